@@ -1,0 +1,118 @@
+"""embedkv: etcd, embedded.
+
+A durable, transactional key-value store that lives inside your Python process::
+
+    import embedkv
+    with embedkv.open("data/") as store:
+        store["config/greeting"] = "hello"
+
+Every write goes through a Raft core (a cluster of one today), is fsync'd and applied to an
+MVCC state machine in LMDB; reads, watches, leases and transactions follow etcd v3.
+"""
+
+from .errors import (
+    Closed,
+    Compacted,
+    CorruptData,
+    DataDirLocked,
+    Error,
+    FutureRevision,
+    LeaseNotFound,
+    NoSpace,
+    Unavailable,
+    UnsupportedFormat,
+)
+from .storage.requests import (
+    MAX_KEY_BYTES,
+    MAX_VALUE_BYTES,
+    CompactResult,
+    Compare,
+    CompareOp,
+    CompareTarget,
+    CreateRevision,
+    Delete,
+    DeleteResult,
+    Event,
+    EventType,
+    Get,
+    Key,
+    KeyValue,
+    LeaseGrantResult,
+    LeaseOf,
+    LeaseRevokeResult,
+    ModRevision,
+    Put,
+    PutResult,
+    RangeResult,
+    SortOrder,
+    SortTarget,
+    TxnResult,
+    Value,
+    Version,
+)
+from .store import (
+    AsyncLease,
+    AsyncStore,
+    AsyncWatch,
+    Deleted,
+    Lease,
+    Status,
+    Store,
+    Watch,
+    WatchIterator,
+    open,
+    open_async,
+)
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "MAX_KEY_BYTES",
+    "MAX_VALUE_BYTES",
+    "AsyncLease",
+    "AsyncStore",
+    "AsyncWatch",
+    "Closed",
+    "CompactResult",
+    "Compacted",
+    "Compare",
+    "CompareOp",
+    "CompareTarget",
+    "CorruptData",
+    "CreateRevision",
+    "DataDirLocked",
+    "Delete",
+    "DeleteResult",
+    "Deleted",
+    "Error",
+    "Event",
+    "EventType",
+    "FutureRevision",
+    "Get",
+    "Key",
+    "KeyValue",
+    "Lease",
+    "LeaseGrantResult",
+    "LeaseNotFound",
+    "LeaseOf",
+    "LeaseRevokeResult",
+    "ModRevision",
+    "NoSpace",
+    "Put",
+    "PutResult",
+    "RangeResult",
+    "SortOrder",
+    "SortTarget",
+    "Status",
+    "Store",
+    "TxnResult",
+    "Unavailable",
+    "UnsupportedFormat",
+    "Value",
+    "Version",
+    "Watch",
+    "WatchIterator",
+    "__version__",
+    "open",
+    "open_async",
+]

@@ -1,0 +1,297 @@
+"""Store benchmarks against raw py-lmdb baselines measured in the same run.
+
+    python bench/bench_store.py            # full run; rewrites the "Store" section of RESULTS.md
+    python bench/bench_store.py --quick    # smaller counts, prints only
+
+Goals (issue #4), as ratios to baselines taken on the same machine in the same run:
+- durable puts from 64 threads >= 50% of raw py-lmdb durable puts batched 64 per fsync'd txn
+  (and >= 10x etcd 3.4's ~5k puts/s with 64 clients over its HTTP gateway);
+- sequential durable put median latency <= one fsync'd raw LMDB txn + 100 us;
+- serializable gets from one thread >= 300k/s (raw py-lmdb: one read txn per get);
+- watch callback latency after commit: p99 <= 2 ms.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import re
+import statistics
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import lmdb
+
+import embedkv
+
+HERE = Path(__file__).resolve().parent
+RESULTS = HERE / "RESULTS.md"
+VALUE = "v" * 100
+RAW_VALUE = b"v" * 100
+THREADS = 64
+ETCD_64_CLIENTS = 5000.0
+
+
+@dataclass
+class Numbers:
+    raw_batched_puts: float = 0.0
+    store_concurrent_puts: float = 0.0
+    raw_fsync_txn_us: float = 0.0
+    store_put_median_us: float = 0.0
+    store_put_p99_us: float = 0.0
+    raw_gets: float = 0.0
+    store_serializable_gets: float = 0.0
+    storage_gets: float = 0.0
+    store_linearizable_gets: float = 0.0
+    watch_p50_us: float = 0.0
+    watch_p99_us: float = 0.0
+    watch_e2e_p99_us: float = 0.0
+
+
+def _raw_env(path: Path) -> lmdb.Environment:
+    return lmdb.open(str(path), map_size=1 << 30, sync=True, metasync=True)
+
+
+def raw_batched_puts(env: lmdb.Environment, lo: int, n: int, batch: int) -> float:
+    """Seconds for one thread to write `n` puts, `batch` per fsync'd LMDB transaction."""
+    started = time.perf_counter()
+    for start in range(lo, lo + n, batch):
+        with env.begin(write=True) as txn:
+            for i in range(start, min(lo + n, start + batch)):
+                txn.put(b"k%08d" % i, RAW_VALUE)
+    return time.perf_counter() - started
+
+
+def raw_gets(path: Path, n: int) -> float:
+    """Gets/s of one thread, one read transaction per get (what a serializable get does)."""
+    env = _raw_env(path)
+    try:
+        with env.begin(write=True) as txn:
+            for i in range(1000):
+                txn.put(b"k%08d" % i, RAW_VALUE)
+        keys = [b"k%08d" % (i % 1000) for i in range(n)]
+        begin = env.begin
+        started = time.perf_counter()
+        for k in keys:
+            txn = begin()
+            txn.get(k)
+            txn.abort()
+        return n / (time.perf_counter() - started)
+    finally:
+        env.close()
+
+
+def store_concurrent_puts(store: embedkv.Store, lo: int, n: int, threads: int) -> float:
+    """Seconds for `threads` threads to put `n` keys, each its share in sequence."""
+    per_thread = n // threads
+    barrier = threading.Barrier(threads + 1)
+
+    def work(t: int) -> None:
+        barrier.wait()
+        for i in range(lo, lo + per_thread):
+            store.put(f"c/{t}/{i}", VALUE)
+
+    workers = [threading.Thread(target=work, args=(t,)) for t in range(threads)]
+    for w in workers:
+        w.start()
+    barrier.wait()
+    started = time.perf_counter()
+    for w in workers:
+        w.join()
+    return time.perf_counter() - started
+
+
+def concurrent_puts(store: embedkv.Store, raw_path: Path, n: int, rounds: int = 5) -> tuple[
+    float, float
+]:
+    """(store, raw) puts/s: rounds of the store's 64-thread puts alternate with rounds of the
+    raw baseline, so that both see the same disk (see sequential_puts)."""
+    env = _raw_env(raw_path)
+    per_round = n // rounds // THREADS * THREADS
+    store_s = raw_s = 0.0
+    try:
+        for r in range(rounds):
+            raw_s += raw_batched_puts(env, r * per_round, per_round, THREADS)
+            store_s += store_concurrent_puts(store, r * per_round // THREADS, per_round, THREADS)
+    finally:
+        env.close()
+    return per_round * rounds / store_s, per_round * rounds / raw_s
+
+
+def sequential_puts(store: embedkv.Store, raw_path: Path, n: int) -> tuple[float, float, float]:
+    """(store median, store p99, raw median) in us of one durable put at a time.
+
+    The store's puts and the raw baseline (one put per fsync'd LMDB transaction) alternate in
+    blocks of 10, so both see the same disk: fsync time on a shared machine drifts by an order
+    of magnitude within seconds, and measuring one after the other would compare two disks.
+    """
+    env = _raw_env(raw_path)
+    store_times: list[float] = []
+    raw_times: list[float] = []
+    try:
+        for lo in range(0, n, 10):
+            for i in range(lo, lo + 10):
+                t = time.perf_counter()
+                with env.begin(write=True) as txn:
+                    txn.put(b"k%08d" % i, RAW_VALUE)
+                raw_times.append(time.perf_counter() - t)
+            for i in range(lo, lo + 10):
+                t = time.perf_counter()
+                store.put(f"s/{i}", VALUE)
+                store_times.append(time.perf_counter() - t)
+    finally:
+        env.close()
+    store_times.sort()
+    return (
+        statistics.median(store_times) * 1e6,
+        store_times[int(len(store_times) * 0.99)] * 1e6,
+        statistics.median(raw_times) * 1e6,
+    )
+
+
+def store_gets(get: Callable[[str], object], n: int) -> float:
+    keys = [f"g/{i % 1000}" for i in range(n)]
+    started = time.perf_counter()
+    for k in keys:
+        get(k)
+    return n / (time.perf_counter() - started)
+
+
+def watch_latency(store: embedkv.Store, n: int) -> tuple[float, float, float]:
+    """(p50, p99) of callback time minus put() return time, clamped at 0 (a callback may run
+    before put() returns), and p99 from put() call to callback (end to end), in us."""
+    fired: dict[int, float] = {}
+    done = threading.Event()
+
+    def on_event(ev: embedkv.Event) -> None:
+        fired[ev.value] = time.perf_counter()
+        if ev.value == n - 1:
+            done.set()
+
+    called: list[float] = []
+    returned: list[float] = []
+    with store.watch("w/", on_event, prefix=True):
+        for i in range(n):
+            called.append(time.perf_counter())
+            store.put("w/k", i)
+            returned.append(time.perf_counter())
+        if not done.wait(30):
+            raise RuntimeError("watch events did not all arrive")
+    after = sorted(max(0.0, fired[i] - returned[i]) for i in range(n))
+    e2e = sorted(fired[i] - called[i] for i in range(n))
+    p = lambda xs, q: xs[min(len(xs) - 1, int(len(xs) * q))] * 1e6  # noqa: E731
+    return p(after, 0.5), p(after, 0.99), p(e2e, 0.99)
+
+
+def run(quick: bool, base: Path) -> Numbers:
+    scale = 0.2 if quick else 1.0
+    n_puts = int(20_480 * scale)
+    n_seq = int(1000 * scale)
+    n_gets = int(300_000 * scale)
+    num = Numbers()
+
+    num.raw_gets = raw_gets(base / "raw-gets", n_gets)
+
+    # Latency first, on a store of modest size (1,000 keys), then the 64-thread load in a
+    # store of its own, so neither measure inherits the other's dirty pages.
+    with embedkv.open(base / "store") as store:
+        for i in range(1000):
+            store[f"g/{i}"] = VALUE
+        num.store_put_median_us, num.store_put_p99_us, num.raw_fsync_txn_us = sequential_puts(
+            store, base / "raw-fsync", n_seq
+        )
+        num.store_serializable_gets = store_gets(
+            lambda k: store.get(k, serializable=True), n_gets
+        )
+        # The storage layer's own read (dd.kv.get), to show what the Store adds on top of it.
+        kv = store._m.data_dir.kv
+        num.storage_gets = store_gets(lambda k: kv.get(k), n_gets)
+        num.store_linearizable_gets = store_gets(store.get, n_gets // 10)
+        num.watch_p50_us, num.watch_p99_us, num.watch_e2e_p99_us = watch_latency(store, n_seq)
+    with embedkv.open(base / "store-concurrent") as store:
+        num.store_concurrent_puts, num.raw_batched_puts = concurrent_puts(
+            store, base / "raw-batched", n_puts
+        )
+    return num
+
+
+def report(num: Numbers, quick: bool) -> str:
+    def ok(cond: bool) -> str:
+        return "yes" if cond else "**no**"
+
+    put_ratio = num.store_concurrent_puts / num.raw_batched_puts
+    latency_budget = num.raw_fsync_txn_us + 100
+    lines = [
+        "## Store",
+        "",
+        f"`python bench/bench_store.py{' --quick' if quick else ''}` on "
+        f"{time.strftime('%Y-%m-%d')}: Python {platform.python_version()}, py-lmdb "
+        f"{lmdb.__version__}, {os.cpu_count()} CPUs, {platform.machine()}, load average "
+        f"{os.getloadavg()[0]:.1f} at the end; values of 100 bytes, "
+        "durable (fsync) unless said otherwise. Baselines are raw py-lmdb on the same disk in "
+        "the same run.",
+        "",
+        "| measure | store | baseline (same run) | ratio | goal | met |",
+        "| --- | --- | --- | --- | --- | --- |",
+        f"| durable puts, {THREADS} threads | {num.store_concurrent_puts:,.0f}/s | raw py-lmdb, "
+        f"{THREADS} puts per fsync'd txn, interleaved: {num.raw_batched_puts:,.0f}/s | "
+        f"{put_ratio:.2f} | >= 0.50 | {ok(put_ratio >= 0.5)} |",
+        f"| durable puts, {THREADS} threads vs etcd 3.4 | {num.store_concurrent_puts:,.0f}/s | "
+        f"etcd, 64 clients, HTTP gateway: ~{ETCD_64_CLIENTS:,.0f}/s (published) | "
+        f"{num.store_concurrent_puts / ETCD_64_CLIENTS:.1f}x | >= 10x | "
+        f"{ok(num.store_concurrent_puts >= 10 * ETCD_64_CLIENTS)} |",
+        f"| sequential durable put, median | {num.store_put_median_us:,.0f} us "
+        f"(p99 {num.store_put_p99_us:,.0f} us) | one fsync'd raw txn, interleaved: "
+        f"{num.raw_fsync_txn_us:,.0f} us | +{num.store_put_median_us - num.raw_fsync_txn_us:,.0f}"
+        f" us | <= +100 us | {ok(num.store_put_median_us <= latency_budget)} |",
+        f"| serializable gets, 1 thread | {num.store_serializable_gets:,.0f}/s | raw py-lmdb, "
+        f"one read txn per get: {num.raw_gets:,.0f}/s | "
+        f"{num.store_serializable_gets / num.raw_gets:.2f} | >= 300k/s | "
+        f"{ok(num.store_serializable_gets >= 300_000)} |",
+        f"| (storage alone: `dd.kv.get`, 1 thread) | {num.storage_gets:,.0f}/s | | "
+        f"Store/storage {num.store_serializable_gets / num.storage_gets:.2f} | | |",
+        f"| linearizable gets, 1 thread | {num.store_linearizable_gets:,.0f}/s | | | "
+        "(no goal: one read barrier each) | |",
+        f"| watch callback after put() returns | p50 {num.watch_p50_us:,.0f} us, p99 "
+        f"{num.watch_p99_us:,.0f} us | | | p99 <= 2 ms | {ok(num.watch_p99_us <= 2000)} |",
+        f"| watch callback after put() is called | p99 {num.watch_e2e_p99_us:,.0f} us | | | | |",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def write_section(section: str) -> None:
+    """Replace (or append) the "## Store" section of RESULTS.md, leaving other sections be."""
+    text = RESULTS.read_text() if RESULTS.exists() else "# Benchmark results\n\n"
+    pattern = re.compile(r"^## Store\n.*?(?=^## |\Z)", re.S | re.M)
+    if pattern.search(text):
+        text = pattern.sub(lambda _: section + "\n", text, count=1)
+    else:
+        text = text.rstrip("\n") + "\n\n" + section + "\n"
+    RESULTS.write_text(text.rstrip("\n") + "\n")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="smaller counts; print only")
+    parser.add_argument("--dir", type=Path, default=None,
+                        help="where to put the data dirs (default: a temp dir beside the repo)")
+    args = parser.parse_args(argv)
+    with tempfile.TemporaryDirectory(prefix="embedkv-bench-", dir=args.dir or HERE) as tmp:
+        numbers = run(args.quick, Path(tmp))
+    section = report(numbers, args.quick)
+    print(section)
+    if not args.quick:
+        write_section(section)
+        print(f"wrote {RESULTS}", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

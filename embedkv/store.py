@@ -1,0 +1,1219 @@
+"""The public face of embedkv: Store (sync, thread-safe, a MutableMapping) and AsyncStore.
+
+Both are thin layers over one ``embedkv.member.Member``: every write is a Raft proposal whose
+concurrent future resolves once the entry is committed and applied locally; reads are local
+LMDB reads, preceded by a read barrier (ReadIndex) unless the caller asks for a serializable
+read. Nothing here talks to LMDB directly except through ``member.data_dir.kv``, so the same
+code serves a one-member store today and a cluster member tomorrow.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import contextlib
+import logging
+import os
+import queue
+import threading
+import time
+from collections.abc import (
+    AsyncIterator,
+    Callable,
+    Generator,
+    ItemsView,
+    Iterable,
+    Iterator,
+    KeysView,
+    MutableMapping,
+    ValuesView,
+)
+from dataclasses import dataclass
+from types import TracebackType
+from typing import Any, TypeVar
+
+from .errors import Closed, LeaseNotFound, Unavailable
+from .member import Member
+from .storage.requests import (
+    Compaction,
+    Compare,
+    Delete,
+    DeleteResult,
+    Event,
+    Get,
+    Key,
+    KeyValue,
+    Put,
+    PutResult,
+    RangeResult,
+    SortOrder,
+    SortTarget,
+    Txn,
+    TxnResult,
+    Value,
+    Version,
+    key_bytes,
+)
+
+__all__ = [
+    "AsyncLease",
+    "AsyncStore",
+    "AsyncWatch",
+    "Deleted",
+    "Lease",
+    "Status",
+    "Store",
+    "Watch",
+    "WatchIterator",
+    "open",
+    "open_async",
+]
+
+log = logging.getLogger("embedkv")
+
+_T = TypeVar("_T")
+
+_PAGE = 1000
+"""Keys fetched per page when iterating: a huge store is never loaded at once."""
+
+_FIRST = b"\x00"
+_TO_END = b"\x00"
+"""As a Get's or Delete's `end`, "to the end of the keyspace"; with key _FIRST it selects every
+key (etcd's convention: the empty key is not a valid key)."""
+
+_WATCH_ALL = b""
+"""A watch with prefix=True and the empty key sees every key (docs/member-api.md)."""
+
+_GRACE = 5.0
+"""Seconds a caller waits beyond request_timeout before giving up on a future itself; the member
+fails its futures with Unavailable at request_timeout, so this only guards against a member
+that died without resolving them."""
+
+_SORT_TARGETS = {
+    "key": SortTarget.KEY,
+    "version": SortTarget.VERSION,
+    "create": SortTarget.CREATE,
+    "mod": SortTarget.MOD,
+    "value": SortTarget.VALUE,
+}
+
+TxnOp = Put | Delete | Get
+
+
+# --- small results --------------------------------------------------------------------------
+
+
+class Deleted(int):
+    """How many keys a delete removed. It is an ``int`` (``store.delete(k) == 1``), and also
+    carries the delete's `revision` and, when asked with ``prev_kv=True``, the removed records
+    in `prev_kvs`: ``delete`` stays a count, and nothing is lost by asking for more."""
+
+    revision: int
+    prev_kvs: tuple[KeyValue, ...]
+
+    def __new__(cls, count: int, revision: int, prev_kvs: tuple[KeyValue, ...] = ()) -> Deleted:
+        self = super().__new__(cls, count)
+        self.revision = revision
+        self.prev_kvs = prev_kvs
+        return self
+
+
+@dataclass(frozen=True, slots=True)
+class Status:
+    """What ``store.status()`` (and ``embedkv status``) reports about the local member."""
+
+    path: str
+    member_id: int
+    cluster_id: int
+    revision: int
+    compact_revision: int
+    applied_index: int
+    durable: bool
+
+
+# --- request building shared by Store and AsyncStore ----------------------------------------
+
+
+def _lease_id(lease: Lease | AsyncLease | int | None) -> int | None:
+    if lease is None:
+        return None
+    if isinstance(lease, Lease | AsyncLease):
+        return lease.id
+    if isinstance(lease, bool) or not isinstance(lease, int):
+        raise TypeError(f"lease must be a Lease or a lease id, not {type(lease).__name__}")
+    return lease
+
+
+def _parse_sort(sort: str | None) -> tuple[SortOrder, SortTarget]:
+    """``"key"`` ascending, ``"-mod"`` descending by mod revision, None: key order."""
+    if sort is None:
+        return SortOrder.NONE, SortTarget.KEY
+    if not isinstance(sort, str):
+        raise TypeError(f"sort must be a str such as 'key' or '-mod', not {type(sort).__name__}")
+    order = SortOrder.DESCEND if sort.startswith("-") else SortOrder.ASCEND
+    target = _SORT_TARGETS.get(sort.lstrip("+-"))
+    if target is None:
+        raise ValueError(f"sort must be one of {sorted(_SORT_TARGETS)} with an optional '-'")
+    return order, target
+
+
+def _check_limit(limit: int | None) -> None:
+    if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
+        raise ValueError("limit must be a positive int or None")
+
+
+def _range_request(
+    prefix: Key | None,
+    start: Key | None,
+    end: Key | None,
+    limit: int | None,
+    revision: int | None,
+    sort: str | None,
+    keys_only: bool,
+) -> Get:
+    """Build the Get for ``range()``: exactly one of `prefix` or `start` (with optional `end`)."""
+    if (prefix is None) == (start is None):
+        raise TypeError("range() takes exactly one of prefix= or start=")
+    _check_limit(limit)
+    order, target = _parse_sort(sort)
+    if prefix is not None:
+        if end is not None:
+            raise TypeError("end= goes with start=, not with prefix=")
+        if prefix in ("", b""):
+            return Get(_FIRST, end=_TO_END, limit=limit, revision=revision, sort_order=order,
+                       sort_target=target, keys_only=keys_only)
+        return Get(key_bytes(prefix), prefix=True, limit=limit, revision=revision,
+                   sort_order=order, sort_target=target, keys_only=keys_only)
+    assert start is not None
+    raw_start = key_bytes(start)
+    if end is None:
+        # [start, end of the keyspace): every key >= start.
+        return Get(raw_start, end=_TO_END, limit=limit, revision=revision, sort_order=order,
+                   sort_target=target, keys_only=keys_only)
+    return Get(raw_start, end=key_bytes(end), limit=limit, revision=revision, sort_order=order,
+               sort_target=target, keys_only=keys_only)
+
+
+def _delete_request(key: Key, prefix: bool, prev_kv: bool) -> Delete:
+    if prefix and key in ("", b""):
+        return Delete(_FIRST, end=_TO_END, prev_kv=prev_kv)
+    key_bytes(key)
+    return Delete(key, prefix=prefix, prev_kv=prev_kv)
+
+
+def _txn_request(
+    compare: Iterable[Compare], success: Iterable[TxnOp], failure: Iterable[TxnOp]
+) -> Txn:
+    for c in compare:
+        if not isinstance(c, Compare):
+            raise TypeError(
+                "txn compare= takes comparisons such as embedkv.Value(k) == v, "
+                f"not {type(c).__name__}"
+            )
+    for op in (*success, *failure):
+        if not isinstance(op, Put | Delete | Get):
+            raise TypeError(
+                f"txn operations must be embedkv.Put, Delete or Get, not {type(op).__name__}"
+            )
+    return Txn(tuple(compare), tuple(success), tuple(failure))
+
+
+def _deleted(result: DeleteResult) -> Deleted:
+    return Deleted(result.deleted, result.revision, result.prev_kvs)
+
+
+def _cas_request(key: Key, expected: Any, new: Any) -> Txn:
+    return Txn(compare=(Value(key) == expected,), success=(Put(key, new),))
+
+
+def _create_request(key: Key, value: Any, lease: int | None) -> Txn:
+    return Txn(compare=(Version(key) == 0,), success=(Put(key, value, lease=lease),))
+
+
+def _setdefault_request(key: Key, default: Any) -> Txn:
+    return Txn(
+        compare=(Version(key) == 0,), success=(Put(key, default),), failure=(Get(key),)
+    )
+
+
+# --- Store ---------------------------------------------------------------------------------
+
+
+def open(
+    path: str | os.PathLike[str],
+    *,
+    durable: bool = True,
+    serializable_reads: bool = False,
+    request_timeout: float = 5.0,
+    tick_interval: float = 0.1,
+    election_tick: int = 10,
+    heartbeat_tick: int = 1,
+) -> Store:
+    """Open (creating if needed) the store in directory `path` and return a Store.
+
+    ``durable=False`` skips the fsync per commit (a crash may lose the last writes, never
+    corrupt). ``serializable_reads=True`` makes every read serializable (no read barrier).
+    The remaining options tune the Raft runtime: see README "Options".
+    """
+    member = Member.open(
+        path,
+        durable=durable,
+        request_timeout=request_timeout,
+        tick_interval=tick_interval,
+        election_tick=election_tick,
+        heartbeat_tick=heartbeat_tick,
+    )
+    return Store(member, serializable_reads=serializable_reads, request_timeout=request_timeout)
+
+
+class Store(MutableMapping[Key, Any]):
+    """A durable, transactional key-value store that feels like a dict.
+
+    Thread-safe: any number of threads may call any method at once; concurrent writes are
+    group-committed (one fsync per batch). Reads are linearizable by default.
+    """
+
+    def __init__(
+        self, member: Member, *, serializable_reads: bool = False, request_timeout: float = 5.0
+    ) -> None:
+        self._m = member
+        self._kv = member.data_dir.kv
+        self._serializable_reads = serializable_reads
+        self._wait_limit = request_timeout + _GRACE
+        self._lock = threading.Lock()
+        self._closed = False
+        self._watches: set[_WatchBase] = set()
+
+    # --- lifecycle ---------------------------------------------------------------------------
+
+    def close(self) -> None:
+        """Cancel every watch, stop keep-alives and the member's threads; idempotent."""
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+            watches = list(self._watches)
+            self._watches.clear()
+        for w in watches:
+            w.cancel()
+        self._m.close()
+
+    @property
+    def closed(self) -> bool:
+        return self._closed or self._m.closed
+
+    def __enter__(self) -> Store:
+        self._check()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        state = "closed" if self.closed else f"revision={self._kv.revision}"
+        return f"<embedkv.Store {str(self._m.data_dir.path)!r} {state}>"
+
+    def _check(self) -> None:
+        if self._closed:
+            raise Closed("the store is closed")
+
+    def _closed_instead(self, exc: BaseException) -> None:
+        """A read that failed because close() ran meanwhile reports Closed, not LMDB noise."""
+        if self._closed or self._m.closed:
+            raise Closed("the store is closed") from exc
+
+    def _wait(self, fut: concurrent.futures.Future[_T]) -> _T:
+        try:
+            return fut.result(self._wait_limit)
+        except concurrent.futures.TimeoutError:
+            raise Unavailable("no answer from the member within the request timeout") from None
+
+    def _propose(self, request: Any) -> concurrent.futures.Future[Any]:
+        self._check()
+        return self._m.propose(request)
+
+    def _barrier(self) -> None:
+        self._wait(self._m.read_barrier())
+
+    def _linearize(self, serializable: bool) -> None:
+        self._check()
+        if not (serializable or self._serializable_reads):
+            self._barrier()
+
+    # --- reads --------------------------------------------------------------------------------
+
+    def get(
+        self,
+        key: Key,
+        default: Any = None,
+        *,
+        revision: int | None = None,
+        serializable: bool = False,
+    ) -> Any:
+        """The value of `key` (at `revision`, if given), or `default`."""
+        if self._closed:
+            raise Closed("the store is closed")
+        if revision is None:
+            if not (serializable or self._serializable_reads):
+                self._barrier()
+            try:
+                kv = self._kv.get(key)
+            except Exception as exc:
+                self._closed_instead(exc)
+                raise
+        else:
+            kv = self._get_kv_at(key, revision, serializable)
+        return default if kv is None else kv.value
+
+    def get_kv(
+        self, key: Key, *, revision: int | None = None, serializable: bool = False
+    ) -> KeyValue | None:
+        """The full record of `key` (value, revisions, version, lease) or None."""
+        if revision is not None:
+            return self._get_kv_at(key, revision, serializable)
+        self._linearize(serializable)
+        try:
+            return self._kv.get(key)
+        except Exception as exc:
+            self._closed_instead(exc)
+            raise
+
+    def _get_kv_at(self, key: Key, revision: int, serializable: bool) -> KeyValue | None:
+        key_bytes(key)
+        kvs = self._range(Get(key, revision=revision), serializable).kvs
+        return kvs[0] if kvs else None
+
+    def _range(self, get: Get, serializable: bool) -> RangeResult:
+        self._linearize(serializable)
+        try:
+            return self._kv.range(get)
+        except Exception as exc:
+            self._closed_instead(exc)
+            raise
+
+    def range(
+        self,
+        prefix: Key | None = None,
+        *,
+        start: Key | None = None,
+        end: Key | None = None,
+        limit: int | None = None,
+        revision: int | None = None,
+        sort: str | None = None,
+        keys_only: bool = False,
+        serializable: bool = False,
+    ) -> list[KeyValue]:
+        """Records under `prefix` (``""`` for all), or in [start, end) (end None: to the last
+        key), in key order unless `sort` says ``"key"``/``"version"``/``"create"``/``"mod"``/
+        ``"value"``, prefixed with ``-`` for descending. ``keys_only`` leaves values None."""
+        get = _range_request(prefix, start, end, limit, revision, sort, keys_only)
+        return list(self._range(get, serializable).kvs)
+
+    def count(self, prefix: Key = "", *, serializable: bool = False) -> int:
+        """How many keys start with `prefix` (all keys by default), without reading values."""
+        if prefix in ("", b""):
+            get = Get(_FIRST, end=_TO_END, count_only=True)
+        else:
+            get = Get(key_bytes(prefix), prefix=True, count_only=True)
+        return self._range(get, serializable).count
+
+    @property
+    def revision(self) -> int:
+        """The store's current revision: the revision of the last applied write."""
+        self._check()
+        return int(self._kv.revision)
+
+    def status(self) -> Status:
+        """Revision, compaction point, applied Raft index and identity of the local member."""
+        self._check()
+        dd = self._m.data_dir
+        return Status(
+            path=str(dd.path),
+            member_id=self._m.member_id,
+            cluster_id=self._m.cluster_id,
+            revision=int(self._kv.revision),
+            compact_revision=int(self._kv.compact_revision),
+            applied_index=int(dd.applied_index),
+            durable=bool(dd.durable),
+        )
+
+    # --- the mapping protocol -----------------------------------------------------------------
+
+    def __getitem__(self, key: Key) -> Any:
+        kv = self.get_kv(key)
+        if kv is None:
+            raise KeyError(key)
+        return kv.value
+
+    def __setitem__(self, key: Key, value: Any) -> None:
+        self.put(key, value)
+
+    def __delitem__(self, key: Key) -> None:
+        if self.delete(key) == 0:
+            raise KeyError(key)
+
+    def __contains__(self, key: object) -> bool:
+        # Like a dict of str: something that cannot be a key is simply not in the store.
+        if not isinstance(key, str | bytes):
+            return False
+        try:
+            key_bytes(key)
+        except ValueError:
+            self._check()
+            return False
+        return self._range(Get(key, count_only=True), False).count > 0
+
+    def __len__(self) -> int:
+        return self.count()
+
+    def __iter__(self) -> Iterator[Key]:
+        for kv in self._snapshot(keys_only=True):
+            yield kv.key
+
+    def keys(self) -> KeysView[Key]:
+        return KeysView(self)
+
+    def values(self) -> ValuesView[Any]:
+        return _ValuesView(self)
+
+    def items(self) -> ItemsView[Key, Any]:
+        return _ItemsView(self)
+
+    def _snapshot(self, *, keys_only: bool) -> Iterator[KeyValue]:
+        """Every record in key order, a page at a time, all pages read at the revision of the
+        first one: iteration sees one consistent snapshot even while writers go on."""
+        get = Get(_FIRST, end=_TO_END, limit=_PAGE, keys_only=keys_only)
+        result = self._range(get, False)
+        revision = result.revision
+        while True:
+            yield from result.kvs
+            if not result.more or not result.kvs:
+                return
+            after = key_bytes(result.kvs[-1].key) + b"\x00"
+            get = Get(after, end=_TO_END, limit=_PAGE, revision=revision, keys_only=keys_only)
+            result = self._range(get, True)
+
+    def pop(self, key: Key, *args: Any) -> Any:
+        """Remove `key` and return its value, atomically (one delete with prev_kv)."""
+        if len(args) > 1:
+            raise TypeError(f"pop expected at most 2 arguments, got {1 + len(args)}")
+        deleted = self.delete(key, prev_kv=True)
+        if deleted.prev_kvs:
+            return deleted.prev_kvs[0].value
+        if args:
+            return args[0]
+        raise KeyError(key)
+
+    def setdefault(self, key: Key, default: Any = None) -> Any:
+        """The value of `key`, storing `default` first if absent, atomically (one txn)."""
+        result: TxnResult = self._wait(self._propose(_setdefault_request(key, default)))
+        if result.succeeded:
+            return default
+        response = result.responses[0]
+        assert isinstance(response, RangeResult)
+        return response.kvs[0].value if response.kvs else default
+
+    def clear(self) -> None:
+        """Delete every key in one write."""
+        self.delete("", prefix=True)
+
+    # --- writes -------------------------------------------------------------------------------
+
+    def put(
+        self,
+        key: Key,
+        value: Any,
+        *,
+        lease: Lease | AsyncLease | int | None = None,
+        prev_kv: bool = False,
+    ) -> PutResult:
+        """Store `value` under `key`; the result has ``.revision`` (and ``.prev`` if asked)."""
+        request = Put(key, value, lease=_lease_id(lease), prev_kv=prev_kv)
+        result: PutResult = self._wait(self._propose(request))
+        return result
+
+    def delete(self, key: Key, *, prefix: bool = False, prev_kv: bool = False) -> Deleted:
+        """Delete `key` (or every key under it with `prefix`); returns how many were deleted,
+        an int that also has ``.revision`` and, with `prev_kv`, ``.prev_kvs``."""
+        result: DeleteResult = self._wait(self._propose(_delete_request(key, prefix, prev_kv)))
+        return _deleted(result)
+
+    def compact(self, revision: int) -> None:
+        """Discard history below `revision`: reads and watches before it raise Compacted."""
+        self._wait(self._propose(Compaction(revision)))
+
+    def txn(
+        self,
+        compare: Iterable[Compare] = (),
+        success: Iterable[TxnOp] = (),
+        failure: Iterable[TxnOp] = (),
+    ) -> TxnResult:
+        """If every comparison holds, apply `success`, else `failure`, atomically; the result
+        has ``.succeeded`` and one response per operation in ``.responses``."""
+        result: TxnResult = self._wait(self._propose(_txn_request(compare, success, failure)))
+        return result
+
+    def compare_and_set(self, key: Key, expected: Any, new: Any) -> bool:
+        """Set `key` to `new` only if its value is `expected`; True if it was set."""
+        result: TxnResult = self._wait(self._propose(_cas_request(key, expected, new)))
+        return result.succeeded
+
+    def create(
+        self, key: Key, value: Any, *, lease: Lease | AsyncLease | int | None = None
+    ) -> bool:
+        """Put `key` only if it does not exist; True if it was created."""
+        result: TxnResult = self._wait(self._propose(_create_request(key, value, _lease_id(lease))))
+        return result.succeeded
+
+    # --- watches ------------------------------------------------------------------------------
+
+    def watch(
+        self,
+        key: Key,
+        callback: Callable[[Event], object],
+        *,
+        prefix: bool = False,
+        end: Key | None = None,
+        start_revision: int | None = None,
+        prev_kv: bool = False,
+    ) -> Watch:
+        """Call `callback(event)` for every change to `key` (or under it with `prefix`, or in
+        [key, end)) from `start_revision` (default: from now on), exactly once, in revision
+        order, on the dispatcher thread. Compacted if `start_revision` was compacted."""
+        w = Watch(self, callback)
+        self._start_watch(w, key, prefix, end, start_revision, prev_kv)
+        return w
+
+    def watch_iter(
+        self,
+        key: Key,
+        *,
+        prefix: bool = False,
+        end: Key | None = None,
+        start_revision: int | None = None,
+        prev_kv: bool = False,
+        timeout: float | None = None,
+    ) -> WatchIterator:
+        """A blocking iterator over the same events as ``watch``. Each ``next()`` waits at most
+        `timeout` seconds (then TimeoutError); the iteration ends after ``.cancel()``/close."""
+        w = WatchIterator(self, timeout)
+        self._start_watch(w, key, prefix, end, start_revision, prev_kv)
+        return w
+
+    def _start_watch(
+        self,
+        w: _WatchBase,
+        key: Key,
+        prefix: bool,
+        end: Key | None,
+        start_revision: int | None,
+        prev_kv: bool,
+    ) -> None:
+        if not (prefix and key in ("", b"")):
+            key_bytes(key)
+        if end is not None:
+            if prefix:
+                raise TypeError("end= and prefix=True are exclusive")
+            key_bytes(end)
+        self._check()
+        # Not under self._lock: a callback cancelling its own watch takes that lock.
+        w._handle = self._m.watch(
+            _WATCH_ALL if prefix and key in ("", b"") else key,
+            w._deliver,
+            prefix=prefix,
+            end=end,
+            start_revision=start_revision,
+            prev_kv=prev_kv,
+        )
+        with self._lock:
+            if not self._closed:
+                self._watches.add(w)
+                return
+        # close() ran meanwhile and did not see this watch: end it here, as close would have.
+        w.cancel()
+        raise Closed("the store is closed")
+
+    def _forget(self, w: _WatchBase) -> None:
+        with self._lock:
+            self._watches.discard(w)
+
+    # --- leases -------------------------------------------------------------------------------
+
+    def lease(self, ttl: int, *, keepalive: bool = True) -> Lease:
+        """Grant a lease of `ttl` seconds through Raft. With `keepalive` the member refreshes it
+        every ttl/3 until it is revoked or the store closes. Keys put with ``lease=`` vanish
+        (DELETE events) when it expires or is revoked."""
+        _check_ttl(ttl)
+        grant = self._wait(self._grant(ttl))
+        if keepalive:
+            self._m.set_auto_keepalive(grant.id, True)
+        return Lease(self, grant.id, grant.ttl, keepalive)
+
+    def _grant(self, ttl: int) -> concurrent.futures.Future[Any]:
+        self._check()
+        return self._m.grant_lease(ttl)
+
+
+def _check_ttl(ttl: int) -> None:
+    if isinstance(ttl, bool) or not isinstance(ttl, int):
+        raise TypeError(f"ttl must be an int number of seconds, not {type(ttl).__name__}")
+    if ttl < 1:
+        raise ValueError("ttl must be at least 1 second")
+
+
+class _ValuesView(ValuesView[Any]):
+    """Values in key order from one snapshot (not one read per key)."""
+
+    _mapping: Store
+
+    def __iter__(self) -> Iterator[Any]:
+        for kv in self._mapping._snapshot(keys_only=False):
+            yield kv.value
+
+
+class _ItemsView(ItemsView[Key, Any]):
+    """(key, value) pairs in key order from one snapshot."""
+
+    _mapping: Store
+
+    def __iter__(self) -> Iterator[tuple[Key, Any]]:
+        for kv in self._mapping._snapshot(keys_only=False):
+            yield kv.key, kv.value
+
+
+# --- watches --------------------------------------------------------------------------------
+
+
+class _WatchBase:
+    """What every kind of watch shares: the member's handle, cancel, context manager."""
+
+    _handle: Any
+
+    def __init__(self, store: Store) -> None:
+        self._store = store
+        self._handle = None
+        self._cancelled = False
+
+    def _deliver(self, event: Event) -> None:
+        raise NotImplementedError
+
+    @property
+    def cancelled(self) -> bool:
+        """True once cancelled, by ``cancel()``, by closing the store, or by the member."""
+        return self._cancelled or (self._handle is not None and bool(self._handle.cancelled))
+
+    @property
+    def error(self) -> BaseException | None:
+        """Why the watch ended on its own, else None: Compacted if a compaction overtook a long
+        history replay (the watch then stops rather than skip events, as in etcd)."""
+        if self._handle is None:
+            return None
+        error: BaseException | None = self._handle.error
+        return error
+
+    def _ended_by_member(self) -> bool:
+        """The member ended the watch (error, or member closed) without our cancel()."""
+        return not self._cancelled and self._handle is not None and bool(self._handle.cancelled)
+
+    def cancel(self) -> None:
+        """Stop the watch; idempotent. No callback starts after this returns."""
+        if self._cancelled:
+            return
+        self._cancelled = True
+        if self._handle is not None:
+            self._handle.cancel()
+        self._store._forget(self)
+        self._on_cancel()
+
+    def _on_cancel(self) -> None:
+        """Subclasses wake up their consumer here."""
+
+    def __enter__(self: _W) -> _W:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.cancel()
+
+
+_W = TypeVar("_W", bound=_WatchBase)
+
+
+class Watch(_WatchBase):
+    """A callback watch from ``store.watch``; ``cancel()`` it or use it as a context manager."""
+
+    def __init__(self, store: Store, callback: Callable[[Event], object]) -> None:
+        super().__init__(store)
+        self._callback = callback
+
+    def _deliver(self, event: Event) -> None:
+        # A failing callback must not take the dispatcher (and every other watch) down with it.
+        try:
+            self._callback(event)
+        except Exception:
+            log.exception("embedkv watch callback %r failed on %r", self._callback, event)
+
+
+_END = object()
+
+_POLL = 0.25
+"""Seconds between checks for a watch that the member ended on its own (see Watch.error)."""
+
+
+@dataclass(frozen=True, slots=True)
+class _Failed:
+    """Queued to an async iterator: the member ended the watch with `error`."""
+
+    error: BaseException
+
+
+class WatchIterator(_WatchBase, Iterator[Event]):
+    """The blocking iterator from ``store.watch_iter``, fed by a queue from the dispatcher."""
+
+    def __init__(self, store: Store, timeout: float | None) -> None:
+        super().__init__(store)
+        self._timeout = timeout
+        self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
+
+    def _deliver(self, event: Event) -> None:
+        self._queue.put(event)
+
+    def _on_cancel(self) -> None:
+        self._queue.put(_END)
+
+    def __iter__(self) -> WatchIterator:
+        return self
+
+    def __next__(self) -> Event:
+        if self._cancelled and self._queue.empty():
+            raise StopIteration
+        deadline = None if self._timeout is None else time.monotonic() + self._timeout
+        while True:
+            wait = _POLL if deadline is None else min(_POLL, deadline - time.monotonic())
+            try:
+                item = self._queue.get(timeout=max(wait, 0.0))
+                break
+            except queue.Empty:
+                # Events wake us at once; the slices only notice a watch that the member ended
+                # on its own (it has no event to say so): every event before that is delivered.
+                if self._ended_by_member() and self._queue.empty():
+                    error = self.error
+                    self.cancel()
+                    if error is not None:
+                        raise error from None
+                    raise StopIteration from None
+                if deadline is not None and time.monotonic() >= deadline:
+                    raise TimeoutError(f"no watch event within {self._timeout} s") from None
+        if item is _END:
+            self._queue.put(_END)  # later next() calls end too
+            raise StopIteration
+        event: Event = item
+        return event
+
+    def close(self) -> None:
+        """The same as cancel(), for code that closes iterators."""
+        self.cancel()
+
+
+# --- leases ---------------------------------------------------------------------------------
+
+
+class Lease:
+    """A lease granted by ``store.lease(ttl)``; a context manager that revokes it on exit."""
+
+    def __init__(self, store: Store, lease_id: int, ttl: int, keepalive: bool) -> None:
+        self._store = store
+        self.id = lease_id
+        self.ttl = ttl
+        self._keepalive = keepalive
+        self._revoked = False
+
+    def __repr__(self) -> str:
+        return f"<embedkv.Lease id={self.id:#x} ttl={self.ttl}>"
+
+    def refresh(self) -> int:
+        """Restart the countdown now; returns the TTL. LeaseNotFound if it already ended."""
+        self._store._check()
+        return int(self._store._m.keepalive(self.id))
+
+    def revoke(self) -> None:
+        """End the lease now, deleting its keys; a second call on this object does nothing.
+        LeaseNotFound if it had already expired."""
+        if self._revoked:
+            return
+        store = self._store
+        store._check()
+        if self._keepalive:
+            store._m.set_auto_keepalive(self.id, False)
+        store._wait(store._m.revoke_lease(self.id))
+        self._revoked = True
+
+    def ttl_remaining(self) -> float:
+        """Seconds until the lease expires unless refreshed; LeaseNotFound if it has ended."""
+        self._store._check()
+        ttl = self._store._m.lease_time_to_live(self.id)
+        if ttl is None:
+            raise LeaseNotFound(self.id)
+        return float(ttl[1])
+
+    def keys(self) -> list[Key]:
+        """The keys currently attached to this lease; LeaseNotFound if it has ended."""
+        self._store._check()
+        found = self._store._kv.lease(self.id)
+        if found is None:
+            raise LeaseNotFound(self.id)
+        return list(found[1])
+
+    def __enter__(self) -> Lease:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        # Whether it expired already or the store closed first, the lease is over either way.
+        with contextlib.suppress(LeaseNotFound, Closed):
+            self.revoke()
+
+
+# --- AsyncStore -----------------------------------------------------------------------------
+
+
+async def _awaited(fut: concurrent.futures.Future[_T]) -> _T:
+    return await asyncio.wrap_future(fut)
+
+
+class _AsyncOpen:
+    """What ``open_async`` returns: ``await`` it for an AsyncStore, or ``async with`` it."""
+
+    def __init__(self, path: str | os.PathLike[str], options: dict[str, Any]) -> None:
+        self._path = path
+        self._options = options
+        self._store: AsyncStore | None = None
+
+    async def _open(self) -> AsyncStore:
+        # Member.open blocks while it starts threads and elects itself: keep the loop free.
+        store = await asyncio.to_thread(open, self._path, **self._options)
+        return AsyncStore(store)
+
+    def __await__(self) -> Generator[Any, None, AsyncStore]:
+        return self._open().__await__()
+
+    async def __aenter__(self) -> AsyncStore:
+        self._store = await self._open()
+        return self._store
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        if self._store is not None:
+            await self._store.close()
+
+
+def open_async(path: str | os.PathLike[str], **options: Any) -> _AsyncOpen:
+    """Open a store for asyncio: ``store = await embedkv.open_async(path)`` or
+    ``async with embedkv.open_async(path) as store:``. Options are those of ``open``."""
+    return _AsyncOpen(path, options)
+
+
+class AsyncStore:
+    """The Store's operations as coroutines, for asyncio code.
+
+    Writes await the member's futures (``asyncio.wrap_future``: no thread per call); reads
+    await the read barrier, then read LMDB inline (a local read that does not block on I/O
+    beyond the page cache). The mapping protocol is sync-only: use ``.store`` from threads.
+    """
+
+    def __init__(self, store: Store) -> None:
+        self.store = store
+
+    async def close(self) -> None:
+        """Close the store (idempotent); the threads are joined off the event loop."""
+        if self.store._closed:
+            return
+        await asyncio.to_thread(self.store.close)
+
+    @property
+    def closed(self) -> bool:
+        return self.store.closed
+
+    async def __aenter__(self) -> AsyncStore:
+        self.store._check()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.close()
+
+    def __repr__(self) -> str:
+        return "<embedkv.AsyncStore " + repr(self.store)[len("<embedkv.Store ") :]
+
+    async def _linearize(self, serializable: bool) -> None:
+        s = self.store
+        s._check()
+        if not (serializable or s._serializable_reads):
+            await asyncio.wrap_future(s._m.read_barrier())
+
+    # --- reads --------------------------------------------------------------------------------
+
+    async def get(
+        self,
+        key: Key,
+        default: Any = None,
+        *,
+        revision: int | None = None,
+        serializable: bool = False,
+    ) -> Any:
+        kv = await self.get_kv(key, revision=revision, serializable=serializable)
+        return default if kv is None else kv.value
+
+    async def get_kv(
+        self, key: Key, *, revision: int | None = None, serializable: bool = False
+    ) -> KeyValue | None:
+        await self._linearize(serializable)
+        return self.store.get_kv(key, revision=revision, serializable=True)
+
+    async def range(
+        self,
+        prefix: Key | None = None,
+        *,
+        start: Key | None = None,
+        end: Key | None = None,
+        limit: int | None = None,
+        revision: int | None = None,
+        sort: str | None = None,
+        keys_only: bool = False,
+        serializable: bool = False,
+    ) -> list[KeyValue]:
+        get = _range_request(prefix, start, end, limit, revision, sort, keys_only)
+        await self._linearize(serializable)
+        return list(self.store._range(get, True).kvs)
+
+    async def count(self, prefix: Key = "", *, serializable: bool = False) -> int:
+        await self._linearize(serializable)
+        return self.store.count(prefix, serializable=True)
+
+    async def contains(self, key: Key, *, serializable: bool = False) -> bool:
+        """``key in store``, as a coroutine."""
+        await self._linearize(serializable)
+        return self.store._range(Get(key, count_only=True), True).count > 0
+
+    @property
+    def revision(self) -> int:
+        return self.store.revision
+
+    def status(self) -> Status:
+        return self.store.status()
+
+    # --- writes -------------------------------------------------------------------------------
+
+    async def put(
+        self,
+        key: Key,
+        value: Any,
+        *,
+        lease: Lease | AsyncLease | int | None = None,
+        prev_kv: bool = False,
+    ) -> PutResult:
+        request = Put(key, value, lease=_lease_id(lease), prev_kv=prev_kv)
+        result: PutResult = await _awaited(self.store._propose(request))
+        return result
+
+    async def delete(self, key: Key, *, prefix: bool = False, prev_kv: bool = False) -> Deleted:
+        fut = self.store._propose(_delete_request(key, prefix, prev_kv))
+        result: DeleteResult = await _awaited(fut)
+        return _deleted(result)
+
+    async def compact(self, revision: int) -> None:
+        await _awaited(self.store._propose(Compaction(revision)))
+
+    async def txn(
+        self,
+        compare: Iterable[Compare] = (),
+        success: Iterable[TxnOp] = (),
+        failure: Iterable[TxnOp] = (),
+    ) -> TxnResult:
+        fut = self.store._propose(_txn_request(compare, success, failure))
+        result: TxnResult = await _awaited(fut)
+        return result
+
+    async def compare_and_set(self, key: Key, expected: Any, new: Any) -> bool:
+        result: TxnResult = await _awaited(self.store._propose(_cas_request(key, expected, new)))
+        return result.succeeded
+
+    async def create(
+        self, key: Key, value: Any, *, lease: Lease | AsyncLease | int | None = None
+    ) -> bool:
+        fut = self.store._propose(_create_request(key, value, _lease_id(lease)))
+        result: TxnResult = await _awaited(fut)
+        return result.succeeded
+
+    # --- watches and leases -------------------------------------------------------------------
+
+    def watch(
+        self,
+        key: Key,
+        *,
+        prefix: bool = False,
+        end: Key | None = None,
+        start_revision: int | None = None,
+        prev_kv: bool = False,
+    ) -> AsyncWatch:
+        """``async for event in astore.watch(key):`` — call from a coroutine (it binds to the
+        running loop). Compacted at once if `start_revision` was compacted."""
+        w = AsyncWatch(self.store, asyncio.get_running_loop())
+        self.store._start_watch(w, key, prefix, end, start_revision, prev_kv)
+        w._start_polling()
+        return w
+
+    async def lease(self, ttl: int, *, keepalive: bool = True) -> AsyncLease:
+        _check_ttl(ttl)
+        grant = await _awaited(self.store._grant(ttl))
+        if keepalive:
+            self.store._m.set_auto_keepalive(grant.id, True)
+        return AsyncLease(Lease(self.store, grant.id, grant.ttl, keepalive))
+
+
+class AsyncWatch(_WatchBase, AsyncIterator[Event]):
+    """An async iterator of events; ``cancel()`` (or leaving ``async with``) ends it."""
+
+    def __init__(self, store: Store, loop: asyncio.AbstractEventLoop) -> None:
+        super().__init__(store)
+        self._loop = loop
+        self._queue: asyncio.Queue[Any] = asyncio.Queue()
+        self._check_handle: asyncio.TimerHandle | None = None
+
+    def _start_polling(self) -> None:
+        """Called once the member accepted the watch (not if it raised Compacted)."""
+        if not self._cancelled:
+            self._check_handle = self._loop.call_later(_POLL, self._poll_member)
+
+    def _poll_member(self) -> None:
+        """Every _POLL seconds on the loop: end the iteration if the member ended the watch on
+        its own (it has no event to say so); events queued before that are delivered first."""
+        if self._cancelled:
+            return
+        if self._ended_by_member():
+            # Every event the dispatcher posted before it ended the watch is already in the
+            # loop's ready queue; call_soon goes behind them, so none is overtaken.
+            self._loop.call_soon(self._finish_ended)
+            return
+        self._check_handle = self._loop.call_later(_POLL, self._poll_member)
+
+    def _finish_ended(self) -> None:
+        error = self.error
+        if error is not None:
+            self._queue.put_nowait(_Failed(error))  # before cancel() queues the end
+        self.cancel()
+
+    def _on_loop(self, fn: Callable[..., object], *args: Any) -> None:
+        """Run `fn` on the watch's loop: now if this is that loop's thread, else soon."""
+        try:
+            running = asyncio.get_running_loop()
+        except RuntimeError:
+            running = None
+        if running is self._loop:
+            fn(*args)
+            return
+        try:
+            self._loop.call_soon_threadsafe(fn, *args)
+        except RuntimeError:
+            # The loop is closed: nobody can consume any more events.
+            self._cancelled = True
+
+    def _deliver(self, event: Event) -> None:
+        self._on_loop(self._queue.put_nowait, event)
+
+    def _on_cancel(self) -> None:
+        self._on_loop(self._stop)
+
+    def _stop(self) -> None:
+        if self._check_handle is not None:
+            self._check_handle.cancel()
+        self._queue.put_nowait(_END)
+
+    def __aiter__(self) -> AsyncWatch:
+        return self
+
+    async def __anext__(self) -> Event:
+        item = await self._queue.get()
+        if isinstance(item, _Failed):
+            raise item.error
+        if item is _END:
+            self._queue.put_nowait(_END)
+            raise StopAsyncIteration
+        event: Event = item
+        return event
+
+    async def __aenter__(self) -> AsyncWatch:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.cancel()
+
+
+class AsyncLease:
+    """A lease from ``await astore.lease(ttl)``; ``async with`` revokes it on exit."""
+
+    def __init__(self, lease: Lease) -> None:
+        self._lease = lease
+        self.id = lease.id
+        self.ttl = lease.ttl
+
+    def __repr__(self) -> str:
+        return f"<embedkv.AsyncLease id={self.id:#x} ttl={self.ttl}>"
+
+    async def refresh(self) -> int:
+        return self._lease.refresh()
+
+    async def revoke(self) -> None:
+        lease = self._lease
+        if lease._revoked:
+            return
+        store = lease._store
+        store._check()
+        if lease._keepalive:
+            store._m.set_auto_keepalive(lease.id, False)
+        await _awaited(store._m.revoke_lease(lease.id))
+        lease._revoked = True
+
+    async def ttl_remaining(self) -> float:
+        return self._lease.ttl_remaining()
+
+    async def keys(self) -> list[Key]:
+        return self._lease.keys()
+
+    async def __aenter__(self) -> AsyncLease:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        with contextlib.suppress(LeaseNotFound, Closed):
+            await self.revoke()
