@@ -1,0 +1,364 @@
+"""Watch fan-out: the hub that routes applied events to watches, and the dispatcher thread.
+
+Events enter the hub from local apply, only after the write batch that produced them is durable
+(the log writer calls `publish`). Callbacks never run on the engine or the writer: each watch has
+its own queue, and one dispatcher thread drains the queues, so a slow callback delays later
+callbacks (of every watch) but never replication or writes.
+
+Exactly once, in order, across the switch from history to live events: a watch is registered
+under the hub lock and notes the hub's revision at that moment (its *boundary*). Every event at or
+below the boundary is already committed, so the replay from history stops there; every event
+above it is published after the registration, so the live queue holds exactly those.
+"""
+
+from __future__ import annotations
+
+import collections
+import itertools
+import logging
+import queue
+import threading
+from collections.abc import Callable, Iterator
+from typing import Protocol
+
+from embedkv.errors import Closed
+from embedkv.storage.requests import Event, Key, key_bytes, prefix_end
+
+log = logging.getLogger("embedkv.watch")
+
+WatchCallback = Callable[[Event], object]
+
+_TURN = 512
+"""Events one watch may deliver before the dispatcher moves on to the next watch (fairness)."""
+
+_EVERY_KEY = b"\x00"
+"""With end=b"\\x00" storage replays every key >= key; b"\\x00" is the smallest valid key."""
+
+
+class History(Protocol):
+    """The part of the key space the hub needs: the revision and history replay."""
+
+    @property
+    def revision(self) -> int: ...
+
+    @property
+    def compact_revision(self) -> int: ...
+
+    def events(
+        self, start_revision: int, key: Key, end: Key | None = None, *, prefix: bool = False
+    ) -> Iterator[Event]: ...
+
+
+def selection(key: Key, prefix: bool, end: Key | None) -> tuple[bytes, bytes | None, bool]:
+    """(low, high, exact) in key bytes, with Get's rules; high None means no upper bound."""
+    if prefix:
+        if end is not None:
+            raise ValueError("give either prefix=True or end, not both")
+        if key in (b"", ""):
+            return b"", None, False
+        low = key_bytes(key)
+        return low, prefix_end(low), False
+    low = key_bytes(key)
+    if end is None:
+        return low, None, True
+    if end in (b"\x00", "\x00"):
+        return low, None, False
+    high = key_bytes(end)
+    if high <= low:
+        raise ValueError("end must sort after key")
+    return low, high, False
+
+
+class _Watch:
+    """One registered watch: its selection, its queue of live events, its replay."""
+
+    __slots__ = (
+        "callback",
+        "cancelled",
+        "error",
+        "exact",
+        "first_live",
+        "high",
+        "lock",
+        "low",
+        "pending",
+        "prev_kv",
+        "replay",
+        "replay_to",
+        "scheduled",
+        "wid",
+    )
+
+    def __init__(
+        self,
+        wid: int,
+        callback: WatchCallback,
+        low: bytes,
+        high: bytes | None,
+        exact: bool,
+        prev_kv: bool,
+        first_live: int,
+    ) -> None:
+        self.wid = wid
+        self.callback = callback
+        self.low = low
+        self.high = high
+        self.exact = exact
+        self.prev_kv = prev_kv
+        self.first_live = first_live
+        self.pending: collections.deque[Event] = collections.deque()
+        self.replay: Iterator[Event] | None = None
+        self.replay_to = 0
+        self.scheduled = False
+        self.cancelled = False
+        self.error: BaseException | None = None
+        # Held while a callback runs, so cancel() returns only when no callback is starting.
+        self.lock = threading.RLock()
+
+    def matches(self, kb: bytes) -> bool:
+        return self.low <= kb and (self.high is None or kb < self.high)
+
+
+class WatchHandle:
+    """What `Member.watch` returns; `cancel()` stops delivery (idempotent)."""
+
+    __slots__ = ("_hub", "_watch")
+
+    def __init__(self, hub: WatchHub, watch: _Watch) -> None:
+        self._hub = hub
+        self._watch = watch
+
+    def cancel(self) -> None:
+        """Stop the watch. Once this returns, no further callback of this watch starts; one
+        already running (on another thread) has finished. Safe to call from a callback."""
+        w = self._watch
+        if w.cancelled:
+            return
+        w.cancelled = True  # seen by the dispatcher before it starts any further callback
+        with w.lock:  # wait for a callback that is running now (re-entrant: a callback may
+            pass  # cancel its own watch)
+        self._hub.remove(w)
+
+    @property
+    def cancelled(self) -> bool:
+        return self._watch.cancelled
+
+    @property
+    def error(self) -> BaseException | None:
+        """Why the watch ended on its own (history compacted while it was being replayed)."""
+        return self._watch.error
+
+    def __enter__(self) -> WatchHandle:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.cancel()
+
+
+class WatchHub:
+    """Routes published events to matching watches and runs their callbacks on one thread."""
+
+    def __init__(self, history: History, revision: int) -> None:
+        self._history = history
+        self._lock = threading.Lock()
+        self._revision = revision  # every event at or below it has been published
+        self._exact: dict[bytes, list[_Watch]] = {}
+        self._ranges: list[_Watch] = []
+        self._count = 0
+        self._ids = itertools.count(1)
+        self._closed = False
+        self._ready: queue.SimpleQueue[_Watch | None] = queue.SimpleQueue()
+        self._thread = threading.Thread(
+            target=self._run, name="embedkv-watch-dispatcher", daemon=True
+        )
+
+    @property
+    def thread(self) -> threading.Thread:
+        return self._thread
+
+    def start(self) -> None:
+        self._thread.start()
+
+    # --- registration (caller threads) ----------------------------------------------------
+
+    def watch(
+        self,
+        key: Key,
+        callback: WatchCallback,
+        *,
+        prefix: bool = False,
+        end: Key | None = None,
+        start_revision: int | None = None,
+        prev_kv: bool = False,
+    ) -> WatchHandle:
+        """Register a watch; Compacted at once if start_revision is below the compact revision."""
+        if not callable(callback):
+            raise TypeError("callback must be callable")
+        if type(prefix) is not bool or type(prev_kv) is not bool:
+            raise TypeError("prefix and prev_kv must be bools")
+        if start_revision is not None:
+            if type(start_revision) is not int:
+                raise TypeError(f"start_revision must be an int, not {start_revision!r}")
+            if start_revision < 0:
+                raise ValueError(f"start_revision must be >= 0, not {start_revision}")
+        low, high, exact = selection(key, prefix, end)
+        start = start_revision or 0  # 0 (etcd) and None both mean "from now"
+        with self._lock:
+            if self._closed:
+                raise Closed("the member is closed")
+            boundary = self._revision
+            first_live = max(boundary + 1, start)
+            w = _Watch(next(self._ids), callback, low, high, exact, prev_kv, first_live)
+            replaying = 0 < start <= boundary
+            # A replaying watch stays off the dispatcher until its replay is attached: live
+            # events queue up meanwhile, and are delivered after the replay.
+            w.scheduled = replaying
+            if exact:
+                self._exact.setdefault(low, []).append(w)
+            else:
+                self._ranges.append(w)
+            self._count += 1
+        if replaying:
+            try:
+                w.replay = self._open_replay(w, start)
+            except BaseException:
+                self.remove(w)
+                raise
+            w.replay_to = boundary
+            self._ready.put(w)
+        return WatchHandle(self, w)
+
+    def _open_replay(self, w: _Watch, start: int) -> Iterator[Event]:
+        """Read the first chunk of history now, so Compacted is raised in the caller's thread."""
+        if w.exact:
+            events = self._history.events(start, w.low)
+        elif w.low == b"":
+            events = self._history.events(start, _EVERY_KEY, _EVERY_KEY)
+        elif w.high is None:
+            events = self._history.events(start, w.low, _EVERY_KEY)
+        else:
+            events = self._history.events(start, w.low, w.high)
+        first = list(itertools.islice(events, _TURN))
+        return itertools.chain(first, events)
+
+    def remove(self, w: _Watch) -> None:
+        with self._lock:
+            if w.exact:
+                watches = self._exact.get(w.low)
+                if watches is not None and w in watches:
+                    watches.remove(w)
+                    if not watches:
+                        del self._exact[w.low]
+                    self._count -= 1
+            elif w in self._ranges:
+                self._ranges.remove(w)
+                self._count -= 1
+        w.pending.clear()
+        w.replay = None
+
+    # --- publishing (the log writer, after each durable batch) ----------------------------
+
+    def publish(self, events: list[Event]) -> None:
+        """Queue `events` (in revision order) on every matching watch; never blocks on callbacks."""
+        with self._lock:
+            if self._count:
+                exact = self._exact
+                ranges = self._ranges
+                for ev in events:
+                    key = ev.kv.key
+                    kb = key if type(key) is bytes else key_bytes(key)
+                    rev = ev.kv.mod_revision
+                    for w in exact.get(kb, ()):
+                        if rev >= w.first_live:
+                            w.pending.append(ev)
+                            self._schedule(w)
+                    for w in ranges:
+                        if rev >= w.first_live and w.matches(kb):
+                            w.pending.append(ev)
+                            self._schedule(w)
+            last = events[-1].kv.mod_revision if events else 0
+            if last > self._revision:
+                self._revision = last
+
+    def _schedule(self, w: _Watch) -> None:
+        if not w.scheduled:
+            w.scheduled = True
+            self._ready.put(w)
+
+    # --- the dispatcher thread --------------------------------------------------------------
+
+    def _run(self) -> None:
+        ready = self._ready
+        while True:
+            w = ready.get()
+            if w is None:
+                return
+            w.scheduled = False  # before draining: an event queued from now on reschedules it
+            if w.cancelled:
+                continue
+            more = self._turn(w)
+            if more and not w.cancelled:
+                with self._lock:
+                    self._schedule(w)
+
+    def _turn(self, w: _Watch) -> bool:
+        """Deliver up to _TURN events of `w` (replay first); True if it has more waiting."""
+        budget = _TURN
+        replay = w.replay
+        if replay is not None:
+            try:
+                for ev in replay:
+                    if ev.kv.mod_revision > w.replay_to:
+                        break
+                    if not self._deliver(w, ev):
+                        return False
+                    budget -= 1
+                    if budget == 0:
+                        return True
+            except Exception as exc:
+                # History compacted under a long replay (or unreadable): end the watch, as etcd
+                # does, rather than skip events.
+                log.warning("watch %d ended during replay: %s", w.wid, exc)
+                w.error = exc
+                WatchHandle(self, w).cancel()
+                return False
+            w.replay = None
+        pending = w.pending
+        while pending and budget:
+            if not self._deliver(w, pending.popleft()):
+                return False
+            budget -= 1
+        return bool(pending)
+
+    @staticmethod
+    def _deliver(w: _Watch, ev: Event) -> bool:
+        """Run the callback unless the watch was cancelled; False once it is."""
+        if not w.prev_kv and ev.prev_kv is not None:
+            ev = Event(ev.type, ev.kv)
+        with w.lock:
+            if w.cancelled:
+                return False
+            try:
+                w.callback(ev)
+            except Exception:
+                log.exception("watch %d callback failed on event at revision %d", w.wid,
+                              ev.revision)
+        return True
+
+    def close(self) -> None:
+        """Stop the dispatcher (events not yet delivered are dropped); idempotent."""
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+            for watches in self._exact.values():
+                for w in watches:
+                    w.cancelled = True
+            for w in self._ranges:
+                w.cancelled = True
+            self._exact.clear()
+            self._ranges.clear()
+            self._count = 0
+        self._ready.put(None)
+        if self._thread.ident is not None and threading.current_thread() is not self._thread:
+            self._thread.join()

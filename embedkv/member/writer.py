@@ -1,0 +1,607 @@
+"""The log writer: the one thread that writes to LMDB, and the Ready loop that feeds it.
+
+Why the Ready loop runs here rather than on the engine thread: an LMDB write transaction and its
+commit must stay on the thread that began it, and the single-voter path calls the Raft core in
+the middle of that transaction (persist the new entries, advance, apply what thereby became
+committed, then one fsync for all of it). Running the loop where the transaction lives saves a
+thread hop per batch, which is most of the budget of a sequential durable put. The engine thread
+still ticks (and, with a transport, steps) the core under the same lock while this thread is in
+fsync with the GIL released.
+
+Group commit: callers only append to a queue (a wake-up happens only when this thread is idle);
+while batch N is being committed, proposals pile up, and the next turn hands all of them to the
+core in one `propose_batch`, so they share the next transaction and its fsync.
+
+Nothing leaves a batch before it is durable: futures, watch events, read states and messages
+are released after the commit returns.
+"""
+
+from __future__ import annotations
+
+import enum
+import itertools
+import logging
+import queue
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import Future
+from dataclasses import dataclass, field
+from typing import Any
+
+from embedkv.errors import Closed, Error, NoSpace, Unavailable
+from embedkv.raft import (
+    NONE,
+    ConfChange,
+    ConfState,
+    DropReason,
+    EntryType,
+    HardState,
+    Message,
+    ProposalDropped,
+    RaftNode,
+    ReadState,
+    Ready,
+    Role,
+    SoftState,
+)
+from embedkv.storage import Applied, DataDir, WriteBatch
+from embedkv.storage.requests import Event, LeaseGrantResult
+
+from .lease import LeaseKeeper
+from .watch import WatchHub
+
+log = logging.getLogger("embedkv.member")
+
+MAX_READIES_PER_BATCH = 4
+"""Readies one single-voter batch may absorb (persist, advance, apply what became committed)."""
+
+LOG_RETAIN = 5000
+"""Applied log entries kept for slow followers before the log is compacted (etcd's default)."""
+
+LOG_COMPACT_EVERY = 10000
+"""Compact the Raft log once this many applied entries beyond LOG_RETAIN have accumulated."""
+
+NO_SPACE_RETRY = 1.0
+"""Seconds between attempts to write again after the disk was full."""
+
+_RETRY_DROPS = frozenset(
+    {DropReason.NO_LEADER, DropReason.TRANSFERRING, DropReason.UNCOMMITTED_SIZE}
+)
+"""Drops that a later attempt may overcome: the proposal waits for it until its deadline."""
+
+
+class Core:
+    """The Raft node and the lock every call into it holds (engine and writer share it)."""
+
+    def __init__(self, node: RaftNode) -> None:
+        self.node = node
+        self.lock = threading.Lock()
+
+
+@dataclass(slots=True)
+class Proposal:
+    seq: int
+    data: bytes
+    future: Future[Any]
+    deadline: float
+
+
+@dataclass(slots=True)
+class ReadWaiter:
+    future: Future[int]
+    deadline: float
+
+
+class Signal(enum.Enum):
+    WAKE = "wake"  # the core may have a Ready (after a call into it from another thread)
+    TICK = "tick"  # time passed: deadlines and retries too
+    STOP = "stop"
+
+
+Item = Proposal | ReadWaiter | Signal
+
+
+@dataclass(slots=True)
+class MemberStats:
+    """Counters for tests and benchmarks (read-only outside the member)."""
+
+    batches: int = 0  # write transactions committed (one fsync each when durable)
+    entries: int = 0  # Raft log entries persisted
+    applied: int = 0  # entries applied to the state machine
+    proposals: int = 0  # proposals handed to the Raft core
+    read_rounds: int = 0  # ReadIndex rounds started
+    ticks: int = 0  # engine ticks done (Raft tick, deadlines, lease timers), counted by the engine
+
+
+@dataclass(slots=True)
+class _Batch:
+    """What one write transaction did, released only once it is durable."""
+
+    applied_index: int
+    conf_state: ConfState
+    written: bool = False  # a write transaction was committed
+    entries: int = 0
+    hard_state: HardState | None = None  # the latest; written once, just before the commit
+    applied: list[Applied] = field(default_factory=list)
+    messages: list[Message] = field(default_factory=list)
+    read_states: list[ReadState] = field(default_factory=list)
+    soft_state: SoftState | None = None
+
+
+def _fail(future: Future[Any], exc: BaseException) -> None:
+    if not future.done():
+        future.set_exception(exc)
+
+
+class LogWriter:
+    """Runs the Ready loop and every write transaction of one member on its own thread."""
+
+    def __init__(
+        self,
+        dd: DataDir,
+        core: Core,
+        *,
+        member_id: int,
+        new_node: Callable[[], RaftNode],
+        hub: WatchHub,
+        leases: LeaseKeeper,
+        request_timeout: float,
+        read_retry: float,
+    ) -> None:
+        self._dd = dd
+        self._core = core
+        self._me = member_id
+        self._new_node = new_node
+        self._hub = hub
+        self._leases = leases
+        self._timeout = request_timeout
+        self._read_retry = read_retry  # a ReadIndex round unanswered this long is asked again
+        self.send: Callable[[list[Message]], None] | None = None
+        """Where messages go once durable (the transport); None: there is nobody to send to."""
+        self.stats = MemberStats()
+        self.leader_known = threading.Event()
+        self.no_space: NoSpace | None = None
+        """Set while the disk is full: proposals are refused at once."""
+        self.failure: BaseException | None = None
+        """Set if the loop died on an unexpected error: the member can only be closed."""
+
+        self._queue: queue.SimpleQueue[Item] = queue.SimpleQueue()
+        self._applied = dd.applied_index
+        self._conf = dd.conf_state
+        self._leader = False
+        self._pending: dict[int, Proposal] = {}  # seq -> proposal in the core
+        self._pending_in_order = True  # insertion order is deadline order
+        self._stalled: list[Proposal] = []  # dropped for want of a leader; retried
+        self._reads: list[ReadWaiter] = []  # not yet in a ReadIndex round
+        # ctx -> (when asked, waiters) of each ReadIndex round in flight
+        self._rounds: dict[bytes, tuple[float, list[ReadWaiter]]] = {}
+        self._released: list[tuple[int, list[ReadWaiter]]] = []  # answered; wait for apply
+        self._ctx = itertools.count(1)
+        self._no_space_retry = 0.0
+        self._disk_full = False  # since the last NoSpace, no batch has committed
+        self._stopping = False
+        self._thread = threading.Thread(target=self._run, name="embedkv-log-writer", daemon=True)
+
+    @property
+    def thread(self) -> threading.Thread:
+        return self._thread
+
+    @property
+    def applied_index(self) -> int:
+        return self._applied
+
+    def start(self) -> None:
+        self._thread.start()
+
+    # --- caller threads -------------------------------------------------------------------
+
+    def submit(self, item: Item) -> None:
+        """Queue a proposal, read or signal; wakes the writer only if it is waiting."""
+        self._queue.put(item)
+
+    def stop(self) -> None:
+        """Finish the batch in progress, then fail everything still waiting with Closed."""
+        self._stopping = True
+        self._queue.put(Signal.STOP)
+        if threading.current_thread() is not self._thread:
+            if self._thread.is_alive():
+                self._thread.join()
+            self.drain()
+
+    @property
+    def stopping(self) -> bool:
+        """Closing or failed: nothing queued from now on will be handled."""
+        return self._stopping
+
+    def drain(self) -> None:
+        """Fail what is still queued once the writer has stopped (safe from any thread)."""
+        if not self._stopping:
+            return
+        stop = False
+        while True:
+            try:
+                item = self._queue.get_nowait()
+            except queue.Empty:
+                break
+            if type(item) is Proposal or type(item) is ReadWaiter:
+                _fail(item.future, self._stopped_error())
+            elif item is Signal.STOP:
+                stop = True
+        if stop:  # not ours to take: the writer may still be waiting for it
+            self._queue.put(Signal.STOP)
+
+    def _stopped_error(self) -> Error:
+        if self.failure is not None:
+            return Unavailable(f"the member stopped after an internal error: {self.failure!r}")
+        return Closed("the member is closed")
+
+    # --- the thread ----------------------------------------------------------------------
+
+    def _run(self) -> None:
+        try:
+            busy = False
+            while not self._stopping:
+                items = self._take(block=not busy)
+                if self._admit(items):
+                    break
+                busy = self._cycle()
+        except BaseException as exc:  # a bug or a broken disk: stop, and say why
+            log.exception("the log writer stopped")
+            self.failure = exc
+            self.leader_known.clear()
+        self._stopping = True
+        self._fail_all(self._stopped_error())
+        self.drain()
+
+    def _take(self, *, block: bool) -> list[Item]:
+        q = self._queue
+        items: list[Item] = [q.get()] if block else []
+        while not q.empty():
+            items.append(q.get_nowait())
+        return items
+
+    def _admit(self, items: list[Item]) -> bool:
+        """Hand new proposals and reads to the core; True when told to stop."""
+        proposals: list[Proposal] = []
+        tick = stop = False
+        for item in items:
+            if type(item) is Proposal:
+                proposals.append(item)
+            elif type(item) is ReadWaiter:
+                self._reads.append(item)
+            elif item is Signal.STOP:
+                stop = True
+            elif item is Signal.TICK:
+                tick = True
+        if stop:
+            self._stalled.extend(proposals)  # failed with Closed on the way out
+            return True
+        if tick:
+            self._on_tick(time.monotonic())
+        if self._stalled and self._leader_known():
+            proposals = self._stalled + proposals
+            self._stalled = []
+            self._pending_in_order = False  # older deadlines now follow newer ones
+        if proposals:
+            self._propose(proposals)
+        if self._reads:
+            self._start_read_round()
+        return False
+
+    def _leader_known(self) -> bool:
+        return self._core.node.leader != NONE
+
+    def _propose(self, proposals: list[Proposal]) -> None:
+        if self.no_space is not None:
+            for p in proposals:
+                _fail(p.future, NoSpace(str(self.no_space)))
+            return
+        core = self._core
+        dropped: ProposalDropped | None = None
+        with core.lock:
+            try:
+                core.node.propose_batch([p.data for p in proposals])
+            except ProposalDropped as exc:
+                dropped = exc
+        if dropped is None:
+            pending = self._pending
+            for p in proposals:
+                pending[p.seq] = p
+            self.stats.proposals += len(proposals)
+        elif dropped.reason in _RETRY_DROPS:
+            self._stalled.extend(proposals)
+        else:
+            for p in proposals:
+                _fail(p.future, Unavailable(f"proposal dropped: {dropped}"))
+
+    def _start_read_round(self) -> None:
+        """One ReadIndex round for every reader waiting since the last round began."""
+        if self.no_space is not None and self._conf.voters == {self._me}:
+            # A single voter that cannot write cannot commit either: everything committed is
+            # applied, so the applied index is a valid read index. Reads keep working.
+            readers, self._reads = self._reads, []
+            for r in readers:
+                if not r.future.done():
+                    r.future.set_result(self._applied)
+            return
+        ctx = next(self._ctx).to_bytes(8, "big")
+        core = self._core
+        with core.lock:
+            try:
+                core.node.read_index(ctx)
+            except ProposalDropped:
+                return  # no leader yet: the readers wait for a later round (or their deadline)
+        self._rounds[ctx] = (time.monotonic(), self._reads)
+        self._reads = []
+        self.stats.read_rounds += 1
+
+    # --- one write batch ------------------------------------------------------------------
+
+    def _cycle(self) -> bool:
+        """Persist and apply one Ready (more with a single voter) in one transaction; True if
+        the core may have more for us (False: wait for the next item or signal)."""
+        if self.no_space is not None:
+            return False
+        core = self._core
+        with core.lock:
+            node = core.node
+            if not node.has_ready():
+                return False
+            rd = node.ready()
+        batch = _Batch(self._applied, self._conf)
+        if not (rd.entries or rd.hard_state or rd.committed_entries or rd.snapshot):
+            # Nothing to persist or apply (read states, messages, a role change): no
+            # transaction, so a linearizable read costs no write.
+            self._note(rd, batch)
+            with core.lock:
+                node.advance(rd)
+            self._release(batch)
+            return True
+        unadvanced: Ready | None = None
+        more = True
+        try:
+            with self._dd.write() as w, core.lock:
+                self._handle(w, node, rd, batch)
+                for _ in range(MAX_READIES_PER_BATCH):
+                    if batch.conf_state.voters != {self._me}:
+                        # Others vote: our entries count for commit only once durable.
+                        unadvanced = rd
+                        break
+                    # The only voter: nothing is released before the commit below, so the core
+                    # may count these entries now and hand back what that commits, to apply in
+                    # this same transaction.
+                    node.advance(rd)
+                    if not node.has_ready():
+                        more = False  # a tick or a new item wakes us again
+                        break
+                    rd = node.ready()
+                    self._handle(w, node, rd, batch)
+                else:
+                    unadvanced = rd
+                if batch.hard_state is not None:
+                    w.set_hard_state(batch.hard_state)
+                self._compact_log(w, batch.applied_index)
+            batch.written = True
+        except NoSpace as exc:
+            self._on_no_space(exc)
+            return False
+        if unadvanced is not None:
+            with core.lock:
+                core.node.advance(unadvanced)
+        self._release(batch)
+        return more
+
+    @staticmethod
+    def _note(rd: Ready, batch: _Batch) -> None:
+        """Keep what a Ready releases once its batch is durable."""
+        if rd.soft_state is not None:
+            batch.soft_state = rd.soft_state
+        if rd.messages:
+            batch.messages.extend(rd.messages)
+        if rd.read_states:
+            batch.read_states.extend(rd.read_states)
+
+    def _handle(self, w: WriteBatch, node: RaftNode, rd: Ready, batch: _Batch) -> None:
+        """Write one Ready into the open transaction; keep what it releases in `batch`."""
+        self._note(rd, batch)
+        snap = rd.snapshot
+        if snap is not None and not snap.is_empty():
+            w.install_snapshot_meta(snap.meta)
+            batch.applied_index = snap.meta.index
+            batch.conf_state = snap.meta.conf_state
+        if rd.entries:
+            w.append_entries(rd.entries)
+            batch.entries += len(rd.entries)
+        if rd.hard_state is not None:
+            batch.hard_state = rd.hard_state
+        if rd.committed_entries:
+            applied = batch.applied
+            for e in rd.committed_entries:
+                if e.type is EntryType.CONF_CHANGE:
+                    cs = node.apply_conf_change(ConfChange.decode(e.data))
+                    w.apply_conf_change(e.index, cs)
+                    batch.conf_state = cs
+                else:
+                    applied.append(w.apply(e))
+            batch.applied_index = rd.committed_entries[-1].index
+
+    def _compact_log(self, w: WriteBatch, applied: int) -> None:
+        """Keep the Raft log bounded: drop entries well behind the applied index."""
+        first = self._dd.log.first_index()
+        if applied - first > LOG_RETAIN + LOG_COMPACT_EVERY:
+            w.compact_log(applied - LOG_RETAIN)
+
+    def _release(self, batch: _Batch) -> None:
+        """The batch is durable: send, publish, resolve, in that order."""
+        self._applied = batch.applied_index
+        self._conf = batch.conf_state
+        stats = self.stats
+        if batch.written:
+            stats.batches += 1
+            if self._disk_full:
+                self._disk_full = False
+                log.warning("writes accepted again")
+        stats.entries += batch.entries
+        stats.applied += len(batch.applied)
+        if batch.messages and self.send is not None:
+            self.send(batch.messages)
+        if batch.applied:
+            events: list[Event] = []
+            for a in batch.applied:
+                if a.events:
+                    events.extend(a.events)
+            if events:
+                self._hub.publish(events)
+            self._resolve(batch.applied)
+        if batch.read_states:
+            for rs in batch.read_states:
+                round_ = self._rounds.pop(rs.context, None)
+                if round_ is not None:
+                    self._released.append((rs.index, round_[1]))
+        if self._released:
+            self._release_reads()
+        if batch.soft_state is not None:
+            self._on_soft_state(batch.soft_state)
+
+    def _resolve(self, applied: list[Applied]) -> None:
+        me = self._me
+        pending = self._pending
+        for a in applied:
+            result = a.result
+            if type(result) is LeaseGrantResult:
+                self._leases.on_granted(result.id, result.ttl)
+            origin = a.origin
+            if origin is None or origin[0] != me:
+                continue
+            p = pending.pop(origin[1], None)
+            if p is None:
+                continue  # timed out already, or proposed before a restart
+            if isinstance(result, BaseException):
+                p.future.set_exception(result)
+            else:
+                p.future.set_result(result)
+
+    def _release_reads(self) -> None:
+        applied = self._applied
+        keep: list[tuple[int, list[ReadWaiter]]] = []
+        for index, waiters in self._released:
+            if index > applied:
+                keep.append((index, waiters))
+                continue
+            for r in waiters:
+                if not r.future.done():
+                    r.future.set_result(index)
+        self._released = keep
+
+    def _on_soft_state(self, ss: SoftState) -> None:
+        leader = ss.role is Role.LEADER
+        if leader != self._leader:
+            self._leader = leader
+            self._leases.on_leadership(leader)
+        if ss.leader != NONE:
+            self.leader_known.set()
+        else:
+            self.leader_known.clear()
+
+    # --- time, failures -----------------------------------------------------------------------
+
+    def _on_tick(self, now: float) -> None:
+        """Fail what waited past its deadline; after a full disk, try writing again."""
+        if self.no_space is not None and now >= self._no_space_retry:
+            self.no_space = None
+            self._dd.clear_no_space()
+        unavailable = f"no result within the request timeout ({self._timeout}s)"
+        pending = self._pending
+        if pending:
+            expired = []
+            in_order = self._pending_in_order
+            for seq, p in pending.items():
+                if p.deadline <= now:
+                    expired.append(seq)
+                elif in_order:
+                    break  # the rest is younger
+            for seq in expired:
+                _fail(pending.pop(seq).future, Unavailable(unavailable))
+        else:
+            self._pending_in_order = True
+        if self._stalled:
+            self._stalled = self._expire(self._stalled, now, unavailable)
+        if self._reads:
+            self._reads = self._expire(self._reads, now, unavailable)
+        if self._rounds:
+            for ctx, (asked, waiters) in list(self._rounds.items()):
+                left = self._expire(waiters, now, unavailable)
+                if not left:
+                    del self._rounds[ctx]
+                elif asked + self._read_retry <= now:
+                    # The request or its answer may have been lost (a leader change, a dropped
+                    # message): ask again in a new round; a late answer to this one is ignored.
+                    del self._rounds[ctx]
+                    self._reads.extend(left)
+                else:
+                    self._rounds[ctx] = (asked, left)
+        if self._released:
+            released = []
+            for index, waiters in self._released:
+                left = self._expire(waiters, now, unavailable)
+                if left:
+                    released.append((index, left))
+            self._released = released
+
+    @staticmethod
+    def _expire(waiters: list[Any], now: float, why: str) -> list[Any]:
+        left = []
+        for w in waiters:
+            if w.deadline <= now:
+                _fail(w.future, Unavailable(why))
+            elif not w.future.done():
+                left.append(w)
+        return left
+
+    def _on_no_space(self, exc: NoSpace) -> None:
+        """The disk is full and the batch was rolled back: refuse writes, restart the core
+        from what is on disk (it may have counted entries that never became durable)."""
+        if self._disk_full:
+            log.debug("disk still full: %s", exc)
+        else:
+            log.error("writes refused until space is freed: %s", exc)
+            self._disk_full = True
+        self.no_space = exc
+        self._no_space_retry = time.monotonic() + NO_SPACE_RETRY
+        pending = list(self._pending.values()) + self._stalled
+        self._pending.clear()
+        self._stalled = []
+        for p in pending:
+            _fail(p.future, NoSpace(str(exc)))
+        for _, waiters in self._rounds.values():
+            self._reads.extend(waiters)
+        self._rounds.clear()
+        self._applied = self._dd.applied_index
+        self._conf = self._dd.conf_state
+        node = self._new_node()
+        with self._core.lock:
+            self._core.node = node
+        if self._leader:
+            self._leader = False
+            self._leases.on_leadership(False)
+        self.leader_known.clear()
+        if self._conf.voters == {self._me}:
+            with self._core.lock:
+                node.campaign()
+
+    def _fail_all(self, exc: Error) -> None:
+        """Fail every proposal and read this writer holds (it has stopped)."""
+        waiting: list[Proposal | ReadWaiter] = [*self._pending.values(), *self._stalled,
+                                                *self._reads]
+        for _, waiters in self._rounds.values():
+            waiting.extend(waiters)
+        for _, waiters in self._released:
+            waiting.extend(waiters)
+        self._pending.clear()
+        self._stalled = []
+        self._reads = []
+        self._rounds.clear()
+        self._released = []
+        for item in waiting:
+            _fail(item.future, type(exc)(str(exc)))
