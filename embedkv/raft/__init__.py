@@ -1,6 +1,8 @@
 """A sans-I/O Raft core: messages and ticks in, a Ready of work out (see docs/raft.md)."""
 
+from .core import CAMPAIGN_TRANSFER, Config, ProgressStatus, RaftNode, Status
 from .memory import MemoryStorage
+from .progress import ProgressState
 from .types import (
     NONE,
     CompactedError,
@@ -28,11 +30,13 @@ from .types import (
 )
 
 __all__ = [
+    "CAMPAIGN_TRANSFER",
     "NONE",
     "CompactedError",
     "ConfChange",
     "ConfChangeType",
     "ConfState",
+    "Config",
     "DropReason",
     "Entry",
     "EntryType",
@@ -40,8 +44,11 @@ __all__ = [
     "MemoryStorage",
     "Message",
     "MessageType",
+    "ProgressState",
+    "ProgressStatus",
     "ProposalDropped",
     "RaftError",
+    "RaftNode",
     "ReadState",
     "Ready",
     "Rng",
@@ -50,6 +57,7 @@ __all__ = [
     "SnapshotMeta",
     "SnapshotTemporarilyUnavailable",
     "SoftState",
+    "Status",
     "Storage",
     "UnavailableError",
 ]

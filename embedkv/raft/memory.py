@@ -24,14 +24,17 @@ class MemoryStorage:
 
     def __init__(self, conf_state: ConfState | None = None) -> None:
         self._hard_state = HardState()
-        self._snapshot = Snapshot(SnapshotMeta(0, 0, conf_state or ConfState()))
+        # The configuration as of the applied index (what a restart starts from); the
+        # snapshot keeps its own, as of its index, because it is what a leader sends.
+        self._conf_state = conf_state or ConfState()
+        self._snapshot = Snapshot(SnapshotMeta(0, 0, self._conf_state))
         # _ents[0] stands for the snapshot point: its index and term, no data.
         self._ents: list[Entry] = [Entry(term=0, index=0)]
 
     # -- the read side the core uses -------------------------------------------------------
 
     def initial_state(self) -> tuple[HardState, ConfState]:
-        return self._hard_state, self._snapshot.meta.conf_state
+        return self._hard_state, self._conf_state
 
     def entries(self, lo: int, hi: int, max_size: int | None = None) -> list[Entry]:
         offset = self._ents[0].index
@@ -39,12 +42,15 @@ class MemoryStorage:
             raise CompactedError(f"index {lo} is compacted (first index {offset + 1})")
         if hi > self.last_index() + 1:
             raise UnavailableError(f"index {hi - 1} is beyond last index {self.last_index()}")
-        selected = self._ents[lo - offset : hi - offset]
         if max_size is None:
-            return list(selected)
+            return self._ents[lo - offset : hi - offset]
+        # Walk only as far as the size allows: copying the whole range first would make
+        # catching up a far-behind follower quadratic.
+        ents = self._ents
         out: list[Entry] = []
         size = 0
-        for entry in selected:
+        for i in range(lo - offset, hi - offset):
+            entry = ents[i]
             size += entry.size()
             if out and size > max_size:
                 break
@@ -75,13 +81,10 @@ class MemoryStorage:
 
     def set_conf_state(self, conf_state: ConfState) -> None:
         """Record the configuration as of the applied index (what a restart starts from)."""
-        meta = self._snapshot.meta
-        self._snapshot = Snapshot(
-            SnapshotMeta(meta.index, meta.term, conf_state), self._snapshot.data
-        )
+        self._conf_state = conf_state
 
     def append(self, entries: Iterable[Entry]) -> None:
-        """Append entries, replacing any conflicting suffix; entries below first_index are ignored."""
+        """Append entries, replacing a conflicting suffix; ignores those below first_index."""
         ents = list(entries)
         if not ents:
             return
@@ -103,6 +106,7 @@ class MemoryStorage:
         if snapshot.meta.index <= self._snapshot.meta.index:
             raise ValueError("snapshot is out of date")
         self._snapshot = snapshot
+        self._conf_state = snapshot.meta.conf_state
         self._ents = [Entry(term=snapshot.meta.term, index=snapshot.meta.index)]
 
     def create_snapshot(self, index: int, conf_state: ConfState, data: bytes) -> Snapshot:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import enum
 import struct
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -68,16 +69,31 @@ class Entry:
 
     def size(self) -> int:
         """Bytes this entry counts for in message-size and uncommitted-size limits."""
-        return len(self.data) + 24
+        return len(self.data) + ENTRY_OVERHEAD
+
+
+ENTRY_OVERHEAD = 24
+"""What an entry counts for beyond its data (see Entry.size)."""
+
+
+def entries_size(entries: Sequence[Entry]) -> int:
+    """Sum of Entry.size() over `entries`, computed without a method call per entry."""
+    return ENTRY_OVERHEAD * len(entries) + sum([len(e.data) for e in entries])
 
 
 class ConfChangeType(enum.IntEnum):
     ADD_VOTER = 0  # also promotes an existing learner
     ADD_LEARNER = 1  # also demotes an existing voter
     REMOVE = 2
+    # Written by the core only, as entry 1 of a new cluster: the whole initial configuration
+    # (`voters`, `learners`), so that a member that joins later and replays the log from
+    # index 1 starts from the same configuration as the founding members.
+    BOOTSTRAP = 3
 
 
 _CONF_CHANGE_HEADER = struct.Struct(">BQ")
+_ID_COUNTS = struct.Struct(">II")
+_NODE_ID = struct.Struct(">Q")
 
 
 @dataclass(frozen=True, slots=True)
@@ -87,9 +103,17 @@ class ConfChange:
     type: ConfChangeType
     node_id: int
     context: bytes = b""  # opaque to Raft (the runtime puts the peer's address here)
+    # BOOTSTRAP only: the complete configuration it establishes.
+    voters: frozenset[int] = frozenset()
+    learners: frozenset[int] = frozenset()
 
     def encode(self) -> bytes:
-        return _CONF_CHANGE_HEADER.pack(int(self.type), self.node_id) + self.context
+        head = _CONF_CHANGE_HEADER.pack(int(self.type), self.node_id)
+        if self.type is ConfChangeType.BOOTSTRAP:
+            ids = sorted(self.voters) + sorted(self.learners)
+            head += _ID_COUNTS.pack(len(self.voters), len(self.learners))
+            head += b"".join(_NODE_ID.pack(i) for i in ids)
+        return head + self.context
 
     @classmethod
     def decode(cls, data: bytes) -> ConfChange:
@@ -100,7 +124,27 @@ class ConfChange:
             change_type = ConfChangeType(kind)
         except ValueError:
             raise ValueError(f"unknown conf change type {kind}") from None
-        return cls(change_type, node_id, bytes(data[_CONF_CHANGE_HEADER.size :]))
+        pos = _CONF_CHANGE_HEADER.size
+        if change_type is not ConfChangeType.BOOTSTRAP:
+            return cls(change_type, node_id, bytes(data[pos:]))
+        if len(data) < pos + _ID_COUNTS.size:
+            raise ValueError("bootstrap conf change is truncated")
+        n_voters, n_learners = _ID_COUNTS.unpack_from(data, pos)
+        pos += _ID_COUNTS.size
+        end = pos + (n_voters + n_learners) * _NODE_ID.size
+        if len(data) < end:
+            raise ValueError("bootstrap conf change is truncated")
+        ids = [
+            _NODE_ID.unpack_from(data, pos + k * _NODE_ID.size)[0]
+            for k in range(n_voters + n_learners)
+        ]
+        return cls(
+            change_type,
+            node_id,
+            bytes(data[end:]),
+            voters=frozenset(ids[:n_voters]),
+            learners=frozenset(ids[n_voters:]),
+        )
 
 
 @dataclass(frozen=True, slots=True)
