@@ -1,1 +1,10 @@
-"""Durable state of one member: the Raft log and the MVCC key-value state machine in LMDB."""
+"""Durable state of one member: the Raft log and the MVCC key-value state machine in LMDB.
+
+See docs/storage-api.md for the interface the runtime uses and docs/storage.md for the layout.
+"""
+
+from .datadir import Applied, DataDir, Identity, WriteBatch
+from .mvcc import KeySpace, LeaseExists
+from .raftlog import RaftLog
+
+__all__ = ["Applied", "DataDir", "Identity", "KeySpace", "LeaseExists", "RaftLog", "WriteBatch"]

@@ -1,0 +1,491 @@
+"""A member's data dir: the lock, the LMDB environment and the write batch.
+
+Everything a member persists changes through ``DataDir.write()``: one LMDB write transaction,
+committed (and fsynced when durable) when the block ends. Appending Raft entries, applying
+committed ones and recording the applied index share that transaction, so a crash leaves either
+all of a batch or none of it.
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import os
+import threading
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager, suppress
+from dataclasses import dataclass
+from typing import Any, Final
+
+import lmdb
+
+from embedkv.errors import Closed, CorruptData, DataDirLocked, Error, NoSpace
+from embedkv.raft.types import ConfState, Entry, EntryType, HardState, SnapshotMeta
+
+from .codec import U64X2, U64X3, BadProposal, decode_wire, encode_conf_state, unpack_exact
+from .lmdbenv import META_STATE, Env, is_disk_full, no_space
+from .mvcc import Applier, KeySpace, Tables, read_state
+from .raftlog import CONF_STATE, RaftLog
+from .requests import Event, Result
+
+LOCK_FILE: Final = "embedkv.lock"
+IDENTITY: Final = b"identity"
+"""`raft_state` key of (cluster_id, member_id)."""
+_ABORTED: Final = "the write batch was aborted by an earlier error: nothing in it was written"
+MAX_MAP_SIZE: Final = 1 << 44
+"""16 TiB of address space: past this, a MapFullError is reported as NoSpace."""
+
+
+@dataclass(frozen=True, slots=True)
+class Identity:
+    """Which cluster this data dir belongs to, and which member it is."""
+
+    cluster_id: int
+    member_id: int
+
+
+@dataclass(slots=True)
+class Applied:
+    """What applying one committed entry did.
+
+    `origin` is (member_id, seq) of the proposal, so the proposer can resolve its future;
+    `result` is an embedkv.Error when the request failed deterministically (the entry is still
+    applied), and None for entries that carry no request (empty or membership entries).
+    Not frozen: one is built per applied entry, and a frozen dataclass costs twice as much.
+    """
+
+    index: int
+    origin: tuple[int, int] | None
+    result: Result | Error | None
+    events: list[Event]
+
+
+def _lock(path: str) -> int:
+    """Take the data dir's exclusive flock, or raise DataDirLocked at once."""
+    lock_path = os.path.join(path, LOCK_FILE)
+    fd = os.open(lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError as exc:
+        holder = os.pread(fd, 32, 0).decode("ascii", "replace").strip()
+        os.close(fd)
+        if exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+            who = f" (pid {holder})" if holder else ""
+            raise DataDirLocked(
+                f"data dir {path} is already open in another Store{who}; a data dir belongs "
+                "to one Store at a time"
+            ) from None
+        raise
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+    return fd
+
+
+class DataDir:
+    """One member's durable state: Raft log and hard state, and the key-value state machine."""
+
+    def __init__(self, path: str, env: Env, lock_fd: int) -> None:
+        self.path = path
+        self.durable = env.durable
+        self._env = env
+        self._lock_fd = lock_fd
+        self._write_lock = threading.Lock()
+        self._writer = 0
+        """Thread id holding the write lock, so that a nested write() fails instead of hanging."""
+        self._no_space: NoSpace | None = None
+        self._closed = False
+        with env.read() as txn:
+            applied, revision, compact = read_state(txn, env.dbs[b"meta"])
+            raw = txn.get(IDENTITY, db=env.dbs[b"raft_state"])
+            self._identity = (
+                None if raw is None else Identity(*unpack_exact(U64X2, raw, "identity"))
+            )
+        self.kv = KeySpace(env, revision, compact)
+        self.log = RaftLog.load(env, applied)
+        self._tables = Tables(env)
+
+    @classmethod
+    def open(cls, path: str | os.PathLike[str], *, durable: bool = True) -> DataDir:
+        """Open (creating if missing) a data dir; DataDirLocked if it is open elsewhere.
+
+        durable=False skips the fsync of each commit: a crash of the machine (not of the
+        process) may lose the most recent commits, but never corrupts what is left.
+        """
+        path = os.fspath(path)
+        os.makedirs(path, exist_ok=True)
+        fd = _lock(path)
+        try:
+            env = Env(path, durable=durable)
+        except BaseException:
+            os.close(fd)
+            raise
+        try:
+            return cls(path, env, fd)
+        except BaseException:
+            env.close()
+            os.close(fd)
+            raise
+
+    def close(self) -> None:
+        """Close the environment and release the lock; idempotent."""
+        if self._writer == threading.get_ident():
+            raise RuntimeError("close() inside a write batch of the same thread")
+        with self._write_lock:
+            if self._closed:
+                return
+            self._closed = True
+            self._env.close()
+            os.close(self._lock_fd)
+
+    def __enter__(self) -> DataDir:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # --- state --------------------------------------------------------------------------
+
+    @property
+    def identity(self) -> Identity | None:
+        return self._identity
+
+    @property
+    def applied_index(self) -> int:
+        return self.log.applied
+
+    @property
+    def conf_state(self) -> ConfState:
+        """The membership as of the applied index."""
+        return self.log.conf_state
+
+    def bootstrap(self, identity: Identity, conf_state: ConfState) -> None:
+        """Record identity and initial membership in a fresh data dir (one transaction)."""
+        for name, value in (("cluster_id", identity.cluster_id),
+                            ("member_id", identity.member_id)):
+            if type(value) is not int or not 0 < value < 1 << 64:
+                raise ValueError(f"{name} must be a positive 64-bit int, not {value!r}")
+        with self.write() as w:
+            w.bootstrap(identity, conf_state)
+        self._identity = identity
+
+    def clear_no_space(self) -> None:
+        """Accept writes again after the operator has freed space."""
+        self._no_space = None
+
+    def sync(self) -> None:
+        """Force what has been committed to disk (useful with durable=False)."""
+        self._env.env.sync(True)
+
+    # --- writing ------------------------------------------------------------------------
+
+    @contextmanager
+    def write(self) -> Iterator[WriteBatch]:
+        """One write transaction: committed on normal exit, aborted on an exception. Batches
+        from several threads run one after the other; nesting one in another is an error."""
+        me = threading.get_ident()
+        if self._writer == me:
+            raise RuntimeError("a write batch is already open in this thread")
+        with self._write_lock:
+            if self._closed:
+                raise Closed("the data dir is closed")
+            if self._no_space is not None:
+                raise self._no_space
+            self._writer = me
+            try:
+                batch = WriteBatch(self)
+                try:
+                    yield batch
+                except BaseException:
+                    batch.abort()
+                    raise
+                batch.commit()
+            finally:
+                self._writer = 0
+
+    def refuse_writes(self, exc: NoSpace) -> None:
+        """Refuse every write batch with `exc` until clear_no_space() (the disk is full)."""
+        self._no_space = exc
+
+    # --- snapshots ----------------------------------------------------------------------
+
+    def snapshot_chunks(self, chunk_size: int = 1 << 20) -> Iterator[bytes]:
+        """The state machine as checksummed chunks, from one consistent read transaction."""
+        from .snapshot import snapshot_chunks
+
+        return snapshot_chunks(self._env, self.log, chunk_size)
+
+    @classmethod
+    def restore(
+        cls,
+        path: str | os.PathLike[str],
+        chunks: Iterable[bytes],
+        *,
+        durable: bool = True,
+        identity: Identity | None = None,
+    ) -> DataDir:
+        """Create a data dir at `path` (missing or empty) from snapshot chunks.
+
+        CorruptData if the stream is damaged; the partial dir is then removed.
+        """
+        from .snapshot import restore_into
+
+        path = os.fspath(path)
+        if os.path.exists(path) and os.listdir(path):
+            raise FileExistsError(f"cannot restore into {path}: the directory is not empty")
+        created = not os.path.exists(path)
+        os.makedirs(path, exist_ok=True)
+        try:
+            fd = _lock(path)
+        except BaseException:
+            _remove_dir(path, created)
+            raise
+        try:
+            env = Env(path, durable=durable)
+            try:
+                restore_into(env, chunks, identity)
+                dd = cls(path, env, fd)
+            except BaseException:
+                env.close()
+                raise
+        except BaseException:
+            os.close(fd)
+            _remove_dir(path, created)
+            raise
+        return dd
+
+
+def _remove_dir(path: str, created: bool) -> None:
+    """Remove what a failed restore wrote (the dir too if the restore created it)."""
+    for name in ("data.mdb", "lock.mdb", LOCK_FILE):
+        with suppress(FileNotFoundError):
+            os.unlink(os.path.join(path, name))
+    if created:
+        with suppress(OSError):
+            os.rmdir(path)
+
+
+class WriteBatch:
+    """The operations of one write transaction (see ``DataDir.write``).
+
+    Each operation is recorded, so that when LMDB's map is full the batch can abort, grow the
+    map and run the same operations again: they are deterministic, so the results already
+    handed out stay true.
+    """
+
+    def __init__(self, dd: DataDir) -> None:
+        self._dd = dd
+        self._env = dd._env
+        self._log = dd.log
+        self._view0 = dd.log.view
+        self._ops: list[tuple[Callable[..., Any], tuple[Any, ...]]] = []
+        self._txn: lmdb.Transaction[bytes] | None = None
+        self._begin()
+
+    def _begin(self) -> None:
+        dd = self._dd
+        try:
+            self._txn = self._env.env.begin(write=True)
+        except lmdb.Error as exc:
+            raise self._translate(exc) from None
+        self._applier = Applier(self._txn, dd._tables, dd.kv.revision, dd.kv.compact_revision)
+        self._applied = dd.log.applied
+        self._conf_state = dd.log.conf_state
+        self._state_dirty = False
+
+    # --- the operations -----------------------------------------------------------------
+
+    def append_entries(self, entries: list[Entry]) -> None:
+        """Append Raft entries, replacing a conflicting suffix."""
+        self._run(self._append_entries, (list(entries),))
+
+    def set_hard_state(self, hard_state: HardState) -> None:
+        self._run(self._set_hard_state, (hard_state,))
+
+    def install_snapshot_meta(self, meta: SnapshotMeta) -> None:
+        """Replace the log by a snapshot point; the state machine must already be at it
+        (``DataDir.restore``), since this does not change the key space."""
+        self._run(self._install_snapshot_meta, (meta,))
+
+    def apply(self, entry: Entry) -> Applied:
+        """Apply a committed entry and record it as the applied index."""
+        if self._txn is None:
+            raise Closed(_ABORTED)
+        # _run() inlined: this runs once per applied entry.
+        self._ops.append((self._apply, (entry,)))
+        try:
+            return self._apply(entry)
+        except lmdb.MapFullError:
+            result: Applied = self._grow_and_replay()
+            return result
+        except lmdb.Error as exc:
+            self.abort()
+            raise self._translate(exc) from None
+        except BaseException:
+            self.abort()
+            raise
+
+    def apply_conf_change(self, index: int, conf_state: ConfState) -> None:
+        """Record the membership after the conf-change entry at `index` (applied+1, or the
+        entry just passed to apply())."""
+        self._run(self._apply_conf_change, (index, conf_state))
+
+    def compact_log(self, index: int) -> None:
+        """Drop log entries <= index (which must be <= the applied index)."""
+        self._run(self._compact_log, (index,))
+
+    def bootstrap(self, identity: Identity, conf_state: ConfState) -> None:
+        self._run(self._bootstrap, (identity, conf_state))
+
+    # --- implementations, run (and re-run after map growth) against self._txn -------------
+
+    def _append_entries(self, entries: list[Entry]) -> None:
+        assert self._txn is not None
+        self._log.append(self._txn, entries)
+
+    def _set_hard_state(self, hard_state: HardState) -> None:
+        assert self._txn is not None
+        self._log.set_hard_state(self._txn, hard_state)
+
+    def _install_snapshot_meta(self, meta: SnapshotMeta) -> None:
+        assert self._txn is not None
+        if meta.index != self._applied:
+            raise ValueError(
+                f"snapshot index {meta.index} differs from the applied index {self._applied}: "
+                "restore the snapshot's data (DataDir.restore) before installing its meta"
+            )
+        self._log.install(self._txn, meta.index, meta.term)
+        self._set_conf_state(meta.conf_state)
+
+    def _apply(self, entry: Entry) -> Applied:
+        if entry.index != self._applied + 1:
+            raise ValueError(f"entry {entry.index} applied out of order (applied {self._applied})")
+        self._applied = entry.index
+        self._state_dirty = True
+        if entry.type is not EntryType.NORMAL or not entry.data:
+            return Applied(entry.index, None, None, [])
+        try:
+            member_id, seq, op = decode_wire(entry.data)
+        except BadProposal as exc:
+            return Applied(entry.index, None, exc, [])
+        result, events = self._applier.apply(op)
+        return Applied(entry.index, (member_id, seq), result, events)
+
+    def _apply_conf_change(self, index: int, conf_state: ConfState) -> None:
+        if index == self._applied + 1:
+            self._applied = index
+            self._state_dirty = True
+        elif index != self._applied:
+            raise ValueError(f"conf change {index} applied out of order (applied {self._applied})")
+        self._set_conf_state(conf_state)
+
+    def _set_conf_state(self, conf_state: ConfState) -> None:
+        assert self._txn is not None
+        self._txn.put(CONF_STATE, encode_conf_state(conf_state), db=self._env.dbs[b"raft_state"])
+        self._conf_state = conf_state
+
+    def _compact_log(self, index: int) -> None:
+        assert self._txn is not None
+        self._log.compact(self._txn, index, self._applied)
+
+    def _bootstrap(self, identity: Identity, conf_state: ConfState) -> None:
+        assert self._txn is not None
+        raft_state = self._env.dbs[b"raft_state"]
+        if (self._txn.get(IDENTITY, db=raft_state) is not None or self._applied
+                or self._log.view.last):
+            raise ValueError(f"data dir {self._dd.path} is not fresh: it cannot be bootstrapped")
+        self._txn.put(IDENTITY, U64X2.pack(identity.cluster_id, identity.member_id),
+                      db=raft_state)
+        self._set_conf_state(conf_state)
+
+    # --- running, growing, committing ---------------------------------------------------
+
+    def _run(self, fn: Callable[..., Any], args: tuple[Any, ...]) -> Any:
+        if self._txn is None:
+            raise Closed(_ABORTED)
+        self._ops.append((fn, args))
+        try:
+            return fn(*args)
+        except lmdb.MapFullError:
+            return self._grow_and_replay()
+        except lmdb.Error as exc:
+            self.abort()
+            raise self._translate(exc) from None
+        except BaseException:
+            self.abort()  # a failed operation may have written part of its changes
+            raise
+
+    def _grow_and_replay(self) -> Any:
+        while True:
+            if self._env.env.info()["map_size"] >= MAX_MAP_SIZE:
+                self.abort()
+                exc = NoSpace(f"the LMDB map of {self._dd.path} reached its maximum size")
+                self._dd.refuse_writes(exc)
+                raise exc
+            self._env.grow(self._discard)
+            self._begin()
+            try:
+                result = None
+                for fn, args in self._ops:
+                    result = fn(*args)
+                return result
+            except lmdb.MapFullError:
+                continue
+            except lmdb.Error as exc:
+                self.abort()
+                raise self._translate(exc) from None
+
+    def _translate(self, exc: lmdb.Error) -> Exception:
+        path = self._dd.path
+        if is_disk_full(exc, path):
+            err = no_space(exc, path)
+            self._dd.refuse_writes(err)
+            return err
+        if isinstance(exc, lmdb.CorruptedError | lmdb.PageNotFoundError | lmdb.InvalidError):
+            return CorruptData(f"{path}: {exc}")
+        return exc
+
+    def _discard(self) -> None:
+        """Abort the transaction and undo what the operations did in memory."""
+        if self._txn is not None:
+            self._txn.abort()
+            self._txn = None
+        self._log.view = self._view0
+
+    def abort(self) -> None:
+        """Abort, with readers held back for that moment (see Env.grow: busy readers can
+        starve py-lmdb's abort of a write transaction)."""
+        if self._txn is None:
+            self._log.view = self._view0
+            return
+        with self._env.gate.exclusive():
+            self._discard()
+
+    def commit(self) -> None:
+        """Record the applied state, commit (fsync when durable), then publish the new
+        applied index, revision and log shape to readers."""
+        while True:
+            txn = self._txn
+            if txn is None:
+                raise Closed(_ABORTED)
+            try:
+                if self._state_dirty or self._applier.revision != self._dd.kv.revision or (
+                    self._applier.compact != self._dd.kv.compact_revision
+                ):
+                    txn.put(META_STATE, U64X3.pack(
+                        self._applied, self._applier.revision, self._applier.compact
+                    ), db=self._dd._tables.meta)
+                txn.commit()
+                break
+            except lmdb.MapFullError:
+                self._grow_and_replay()
+            except lmdb.Error as exc:
+                self.abort()
+                raise self._translate(exc) from None
+        self._txn = None
+        dd = self._dd
+        log = self._log
+        log.applied = self._applied
+        log.conf_state = self._conf_state
+        log.trim_tail()
+        dd.kv.revision = self._applier.revision
+        dd.kv.compact_revision = self._applier.compact

@@ -1,0 +1,246 @@
+"""The LMDB environment of one data dir: its named databases, map growth and error translation.
+
+LMDB remaps its file when the map grows, and a reader that touches the old mapping meanwhile
+would crash the process. Every read transaction therefore passes a ReadGate, which map growth
+(and close) shut for the few microseconds it takes; readers never wait for each other.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import threading
+from collections import deque
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Final
+
+import lmdb
+
+from embedkv.errors import Closed, CorruptData, NoSpace, UnsupportedFormat
+
+from .codec import U32, U64X3, unpack_exact
+
+FORMAT_VERSION: Final = 1
+"""The data-dir format this code reads and writes; stored in `meta` under b"format"."""
+
+INITIAL_MAP_SIZE = 256 << 20
+"""The map a new environment starts with (tests lower it to exercise growth)."""
+MAX_READERS: Final = 1024
+
+DB_NAMES: Final = (
+    b"meta", b"raft_log", b"raft_state", b"kv", b"graves", b"history", b"leases", b"lease_keys"
+)
+META_FORMAT: Final = b"format"
+META_STATE: Final = b"state"
+"""`meta` key of (applied index, revision, compact revision)."""
+RESTORING: Final = b"restoring"
+"""`meta` key present while a restore is incomplete; such a data dir refuses to open."""
+
+_FULL_ERRNOS: Final = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG})
+_LOW_DISK_BYTES: Final = 8 << 20
+
+
+class ReadGate:
+    """Lets any number of readers in at once, and map growth or close in alone.
+
+    A reader registers itself first and looks at the `shut` flag second; the exclusive side
+    sets the flag first and counts readers second. Each step is one atomic operation under the
+    GIL (a deque append or pop, an attribute read), so either the reader sees the flag and
+    backs out, or the exclusive side sees the reader and waits for it: the fast path takes no
+    lock at all.
+    """
+
+    __slots__ = ("_closed", "_cond", "active", "shut")
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition(threading.Lock())
+        self.active: deque[None] = deque()
+        self.shut = False
+        self._closed = False
+
+    def enter(self) -> None:
+        self.active.append(None)
+        if self.shut:
+            self.wait_open()
+
+    def wait_open(self) -> None:
+        """Slow path: back out, wait for the exclusive section to end, then register again."""
+        while True:
+            self.leave()
+            with self._cond:
+                while self.shut and not self._closed:
+                    self._cond.wait()
+                if self._closed:
+                    raise Closed("the data dir is closed")
+            self.active.append(None)
+            if not self.shut:
+                return
+
+    def leave(self) -> None:
+        self.active.pop()
+        if self.shut:
+            self.wake()
+
+    def wake(self) -> None:
+        """Tell a waiting exclusive section that a reader has left."""
+        with self._cond:
+            self._cond.notify_all()
+
+    @contextmanager
+    def exclusive(self) -> Iterator[None]:
+        """Wait until no reader is inside, and keep new ones out until the block ends."""
+        with self._cond:
+            while self.shut:
+                self._cond.wait()
+            self.shut = True
+            while self.active:
+                self._cond.wait()
+        try:
+            yield
+        finally:
+            with self._cond:
+                if not self._closed:
+                    self.shut = False
+                self._cond.notify_all()
+
+    def close(self) -> None:
+        """Refuse every later reader (called inside exclusive())."""
+        self._closed = True
+
+
+def is_disk_full(exc: lmdb.Error, path: str) -> bool:
+    """Whether an LMDB error means the disk is full.
+
+    LMDB 0.9 reports a short write (what a full disk causes) as EIO, so EIO counts as full when
+    the file system has almost no space left.
+    """
+    code = getattr(exc, "code", 0)
+    if code in _FULL_ERRNOS or "No space left" in str(exc):
+        return True
+    if code == errno.EIO:
+        try:
+            st = os.statvfs(path)
+        except OSError:
+            return False
+        return st.f_bavail * st.f_frsize < _LOW_DISK_BYTES
+    return False
+
+
+def no_space(exc: lmdb.Error, path: str) -> NoSpace:
+    return NoSpace(
+        f"no space left on the device holding {path} ({exc}); writes are refused until space "
+        "is freed and clear_no_space() is called; reads keep working"
+    )
+
+
+class Env:
+    """An open LMDB environment with the data dir's named databases."""
+
+    def __init__(self, path: str, *, durable: bool) -> None:
+        self.path = path
+        map_size = INITIAL_MAP_SIZE
+        self.durable = durable
+        self.gate = ReadGate()
+        data_file = os.path.join(path, "data.mdb")
+        if os.path.exists(data_file):
+            size = os.path.getsize(data_file)
+            map_size = max(map_size, _round_up(size * 2))
+        try:
+            self.env = lmdb.open(
+                path,
+                map_size=map_size,
+                subdir=True,
+                max_dbs=len(DB_NAMES),
+                max_readers=MAX_READERS,
+                sync=durable,
+                metasync=durable,
+                readahead=False,
+                meminit=False,
+            )
+        except lmdb.VersionMismatchError as exc:
+            raise UnsupportedFormat(f"{path}: LMDB version mismatch ({exc})") from None
+        except (lmdb.InvalidError, lmdb.CorruptedError) as exc:
+            raise CorruptData(f"{path} does not hold a valid LMDB environment: {exc}") from None
+        except lmdb.Error as exc:
+            if is_disk_full(exc, path):
+                raise no_space(exc, path) from None
+            raise CorruptData(f"{path}: cannot open the LMDB environment: {exc}") from None
+        try:
+            self._check_file_size(data_file)
+            self.env.reader_check()
+            self._open_dbs()
+        except BaseException:
+            self.env.close()
+            raise
+
+    def _check_file_size(self, data_file: str) -> None:
+        """A truncated data file would crash the process (SIGBUS) on first touch: refuse it."""
+        info = self.env.info()
+        psize = self.env.stat()["psize"]
+        need = (info["last_pgno"] + 1) * psize
+        have = os.path.getsize(data_file)
+        if have < need:
+            raise CorruptData(
+                f"{data_file} is truncated: {have} bytes, but its pages need {need} bytes"
+            )
+
+    def _open_dbs(self) -> None:
+        try:
+            with self.env.begin(write=True) as txn:
+                self.dbs = {name: self.env.open_db(name, txn=txn) for name in DB_NAMES}
+                meta = self.dbs[b"meta"]
+                stored = txn.get(META_FORMAT, db=meta)
+                if stored is None:
+                    if txn.get(META_STATE, db=meta) is not None:
+                        raise CorruptData(f"{self.path}: the format version record is missing")
+                    txn.put(META_FORMAT, U32.pack(FORMAT_VERSION), db=meta)
+                    txn.put(META_STATE, U64X3.pack(0, 1, 0), db=meta)
+                elif txn.get(RESTORING, db=meta) is not None:
+                    raise CorruptData(f"{self.path} holds an incomplete snapshot restore")
+                else:
+                    (version,) = unpack_exact(U32, stored, "format version")
+                    if version != FORMAT_VERSION:
+                        raise UnsupportedFormat(
+                            f"{self.path} has data-dir format {version}; this embedkv reads "
+                            f"format {FORMAT_VERSION}"
+                        )
+        except lmdb.Error as exc:
+            if is_disk_full(exc, self.path):
+                raise no_space(exc, self.path) from None
+            raise CorruptData(f"{self.path}: cannot open the databases: {exc}") from None
+
+    def grow(self, abort: Callable[[], None] = lambda: None) -> None:
+        """Double the map. `abort` ends the caller's write transaction first, inside the
+        exclusive section: py-lmdb's abort competes for an environment lock with every read
+        transaction, and busy readers can starve it for seconds."""
+        with self.gate.exclusive():
+            abort()
+            size = self.env.info()["map_size"]
+            self.env.set_mapsize(size * 2)
+
+    @contextmanager
+    def read(self) -> Iterator[lmdb.Transaction[bytes]]:
+        """A read transaction, admitted by the gate."""
+        gate = self.gate
+        gate.enter()
+        try:
+            txn = self.env.begin()
+            try:
+                yield txn
+            finally:
+                txn.abort()
+        finally:
+            gate.leave()
+
+    def close(self) -> None:
+        with self.gate.exclusive():
+            self.gate.close()
+            self.env.close()
+
+
+def _round_up(n: int) -> int:
+    size = INITIAL_MAP_SIZE
+    while size < n:
+        size *= 2
+    return size

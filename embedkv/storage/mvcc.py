@@ -1,0 +1,946 @@
+"""The etcd v3 key space: revisions, ranges at any revision, transactions, leases, compaction.
+
+Databases (see docs/storage.md):
+
+* ``kv``: key bytes -> the key's current record (header + value CBOR), live keys only; the fast
+  path for reads at the current revision.
+* ``history``: (revision, sub) -> one change (kind, key, previous change of that key, record):
+  watch replay and the source of past versions. The "previous change" pointers chain each
+  key's versions from newest to oldest.
+* ``graves``: key bytes -> (revision, sub) of the tombstone of a deleted key: the head of its
+  chain, since it is no longer in ``kv``.
+* ``leases``: lease id -> granted ttl; ``lease_keys``: lease id + key -> key flags (the keys
+  attached to each lease).
+
+A read at a past revision R starts at a key's head (its ``kv`` record, or its grave) and
+follows the chain to the first change at or below R. This costs a lookup per version newer
+than R (compaction bounds it), in exchange for writing one random B-tree page per put (``kv``)
+instead of two: a put appends to ``history`` and the Raft log, and rewrites its ``kv`` record.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import replace
+from typing import Any, Final
+
+import cbor2
+import lmdb
+
+from embedkv.errors import Compacted, CorruptData, Error, FutureRevision, LeaseNotFound
+
+from .codec import (
+    CHANGE,
+    FLAG_STR,
+    FLAG_TOMBSTONE,
+    KIND_DELETE,
+    KIND_PUT,
+    MAX_VALUE_DEPTH,
+    OP_COMPACTION,
+    OP_DELETE,
+    OP_GET,
+    OP_LEASE_GRANT,
+    OP_LEASE_REVOKE,
+    OP_PUT,
+    OP_TXN,
+    RECORD,
+    REV,
+    SORT_ORDERS,
+    SORT_TARGETS,
+    TO_THE_END,
+    U64,
+    U64X3,
+    BadProposal,
+    decode_proposed_value,
+    encode_get,
+    unpack_change,
+    unpack_exact,
+    unpack_record,
+)
+from .lmdbenv import META_STATE, Env
+from .requests import (
+    MAX_KEY_BYTES,
+    CompactResult,
+    DeleteResult,
+    Event,
+    EventType,
+    Get,
+    Key,
+    KeyValue,
+    LeaseGrantResult,
+    LeaseRevokeResult,
+    PutResult,
+    RangeResult,
+    Result,
+    SortOrder,
+    SortTarget,
+    TxnResult,
+    key_bytes,
+    prefix_end,
+)
+
+
+class LeaseExists(Error):
+    """A lease with this id was already granted (etcd: "lease already exists")."""
+
+    def __init__(self, lease_id: int) -> None:
+        self.lease_id = lease_id
+        super().__init__(f"lease {lease_id:#x} already exists")
+
+
+_EVENTS_PER_READ: Final = 256
+"""History replay reads this many changes per read transaction, so no reader stays open long."""
+
+_HEADER: Final = RECORD.size
+_unpack_record = RECORD.unpack_from
+_pack_record = RECORD.pack
+_pack_rev = REV.pack
+_pack_change = CHANGE.pack
+_loads = cbor2.loads
+
+
+# KeyValue and Event are frozen, slotted dataclasses; their generated __init__ sets each field
+# through object.__setattr__, which costs twice what setting the slots directly does, and the
+# apply and read hot paths build a few per key. These fill every slot (a test checks that they
+# equal what the classes' own constructors build, so a new field cannot be missed silently).
+_new = object.__new__
+_kv_key = vars(KeyValue)["key"].__set__
+_kv_value = vars(KeyValue)["value"].__set__
+_kv_create = vars(KeyValue)["create_revision"].__set__
+_kv_mod = vars(KeyValue)["mod_revision"].__set__
+_kv_version = vars(KeyValue)["version"].__set__
+_kv_lease = vars(KeyValue)["lease"].__set__
+_ev_type = vars(Event)["type"].__set__
+_ev_kv = vars(Event)["kv"].__set__
+_ev_prev = vars(Event)["prev_kv"].__set__
+_put_revision = vars(PutResult)["revision"].__set__
+_put_prev = vars(PutResult)["prev"].__set__
+
+
+def _fast_kv(
+    key: Key, value: Any, create: int, mod: int, version: int, lease: int | None
+) -> KeyValue:
+    obj = _new(KeyValue)
+    _kv_key(obj, key)
+    _kv_value(obj, value)
+    _kv_create(obj, create)
+    _kv_mod(obj, mod)
+    _kv_version(obj, version)
+    _kv_lease(obj, lease)
+    return obj
+
+
+def _fast_event(kind: EventType, kv: KeyValue, prev_kv: KeyValue | None) -> Event:
+    obj = _new(Event)
+    _ev_type(obj, kind)
+    _ev_kv(obj, kv)
+    _ev_prev(obj, prev_kv)
+    return obj
+
+
+def _fast_put_result(revision: int, prev: KeyValue | None) -> PutResult:
+    obj = _new(PutResult)
+    _put_revision(obj, revision)
+    _put_prev(obj, prev)
+    return obj
+
+
+def _body(record: bytes) -> bytes | memoryview:
+    """A record's value bytes: a copy is cheaper than a view for small values."""
+    return record[_HEADER:] if len(record) < 4096 else memoryview(record)[_HEADER:]
+
+
+def _key_obj(kb: bytes, flags: int) -> Key:
+    if flags & FLAG_STR:
+        try:
+            return kb.decode("utf-8")
+        except UnicodeDecodeError:
+            raise CorruptData(f"stored str key {kb!r} is not UTF-8") from None
+    return kb
+
+
+def _value(record: bytes) -> Any:
+    try:
+        return _loads(_body(record), max_depth=MAX_VALUE_DEPTH)
+    except Exception as exc:
+        raise CorruptData(f"stored value does not decode: {exc}") from None
+
+
+def record_to_kv(kb: bytes, record: bytes, keys_only: bool = False) -> KeyValue:
+    """The KeyValue a stored record stands for."""
+    if len(record) < _HEADER:
+        raise CorruptData(f"record of key {kb!r} is shorter than its header")
+    create, mod, _sub, version, lease, flags = _unpack_record(record)
+    if flags & FLAG_TOMBSTONE:
+        raise CorruptData(f"live record of key {kb!r} is marked deleted")
+    return _fast_kv(
+        _key_obj(kb, flags),
+        None if keys_only else _value(record),
+        create,
+        mod,
+        version,
+        lease or None,
+    )
+
+
+def read_state(txn: lmdb.Transaction[bytes], meta_db: lmdb._Database) -> tuple[int, int, int]:
+    """(applied index, revision, compact revision) as of `txn`."""
+    raw = txn.get(META_STATE, db=meta_db)
+    if raw is None:
+        raise CorruptData("the meta state record is missing")
+    applied, revision, compact = unpack_exact(U64X3, raw, "meta state")
+    return applied, revision, compact
+
+
+def _in_range(kb: bytes, start: bytes, end: bytes | None) -> bool:
+    """Whether kb is in the wire range: end None = just `start`, b"" = to the end."""
+    if end is None:
+        return kb == start
+    return start <= kb and (end == TO_THE_END or kb < end)
+
+
+def _wire_bytes(key: Key) -> bytes:
+    return key.encode("utf-8") if isinstance(key, str) else key
+
+
+class Tables:
+    """The key space's database handles, looked up once."""
+
+    __slots__ = ("graves", "history", "kv", "lease_keys", "leases", "meta")
+
+    def __init__(self, env: Env) -> None:
+        self.kv = env.dbs[b"kv"]
+        self.graves = env.dbs[b"graves"]
+        self.history = env.dbs[b"history"]
+        self.leases = env.dbs[b"leases"]
+        self.lease_keys = env.dbs[b"lease_keys"]
+        self.meta = env.dbs[b"meta"]
+
+
+# --- reads shared by KeySpace and transactions -----------------------------------------------
+
+
+def _head(txn: lmdb.Transaction[bytes], t: Tables, kb: bytes) -> tuple[int, int, bytes | None]:
+    """The newest change of key kb: (revision, sub, live record or None); (0, 0, None) if the
+    key has no history."""
+    raw = txn.get(kb, db=t.kv)
+    if raw is not None:
+        if len(raw) < _HEADER:
+            raise CorruptData(f"record of key {kb!r} is shorter than its header")
+        _, mod, sub, _, _, _ = _unpack_record(raw)
+        return mod, sub, raw
+    grave = txn.get(kb, db=t.graves)
+    if grave is None:
+        return 0, 0, None
+    r, s = unpack_exact(REV, grave, "grave")
+    return r, s, None
+
+
+def _change(
+    txn: lmdb.Transaction[bytes], t: Tables, r: int, s: int, compact: int
+) -> tuple[int, bytes, int, int, bytes] | None:
+    """History change (r, s); None if compaction dropped it (only changes below the compact
+    revision are ever dropped, so a missing one above it is corruption)."""
+    raw = txn.get(REV.pack(r, s), db=t.history)
+    if raw is None:
+        if r < compact:
+            return None
+        raise CorruptData(f"history record ({r}, {s}) is missing")
+    return unpack_change(raw)
+
+
+def _record_at(
+    txn: lmdb.Transaction[bytes], t: Tables, kb: bytes, rev: int, compact: int
+) -> bytes | None:
+    """The record of key kb as of revision rev (>= compact), None if it did not exist then:
+    walk the key's chain from its head to the first change at or below rev."""
+    r, s, live = _head(txn, t, kb)
+    if live is not None and r <= rev:
+        return live
+    while r:
+        change = _change(txn, t, r, s, compact)
+        if change is None:
+            return None  # a dropped tombstone
+        kind, _, prev_r, prev_s, record = change
+        if r <= rev:
+            return record if kind == KIND_PUT else None
+        r, s = prev_r, prev_s
+    return None
+
+
+def _range_keys(
+    txn: lmdb.Transaction[bytes], t: Tables, start: bytes, stop: bytes | None
+) -> Iterator[bytes]:
+    """Every key in [start, stop) with a head, live (kv) or deleted (graves), in order."""
+    cursors = [txn.cursor(db=t.kv), txn.cursor(db=t.graves)]
+    heads: list[bytes | None] = []
+    for cursor in cursors:
+        heads.append(cursor.key() if cursor.set_range(start) else None)
+    while True:
+        live, dead = heads
+        if live is None and dead is None:
+            return
+        i = 0 if dead is None or (live is not None and live < dead) else 1
+        kb = heads[i]
+        assert kb is not None
+        if stop is not None and kb >= stop:
+            return
+        yield kb
+        heads[i] = cursors[i].key() if cursors[i].next() else None
+
+
+def _scan(
+    txn: lmdb.Transaction[bytes],
+    t: Tables,
+    start: bytes,
+    end: bytes | None,
+    rev: int,
+    live: bool,
+    compact: int,
+) -> Iterator[tuple[bytes, bytes]]:
+    """(key, record) of every key in the wire range as of rev, in key order; `live`: read the
+    current records (kv) only."""
+    if end is None:
+        if live:
+            raw = txn.get(start, db=t.kv)
+            if raw is not None:
+                yield start, raw
+        else:
+            record = _record_at(txn, t, start, rev, compact)
+            if record is not None:
+                yield start, record
+        return
+    stop = None if end == TO_THE_END else end
+    if live:
+        cursor = txn.cursor(db=t.kv)
+        if not cursor.set_range(start):
+            return
+        for kb, raw in cursor:
+            if stop is not None and kb >= stop:
+                return
+            yield kb, raw
+        return
+    for kb in _range_keys(txn, t, start, stop):
+        record = _record_at(txn, t, kb, rev, compact)
+        if record is not None:
+            yield kb, record
+
+
+def run_range(
+    txn: lmdb.Transaction[bytes],
+    t: Tables,
+    op: list[Any],
+    current: int,
+    compact: int,
+    *,
+    pending: bool = False,
+) -> RangeResult:
+    """A range read (a wire Get op) in `txn`, whose current revision is `current`.
+
+    `pending`: the transaction has written changes not yet counted in `current` (a txn's own
+    writes), which a read at an explicit revision must not see.
+    """
+    _, key, end, limit, rev, order_i, target_i, keys_only, count_only = op
+    live = rev <= 0 or (rev == current and not pending)
+    if rev <= 0:
+        rev = current
+    elif rev > current:
+        raise FutureRevision(rev, current)
+    elif rev < compact:
+        raise Compacted(rev, compact)
+    start = _wire_bytes(key)
+    stop = None if end is None or end == TO_THE_END else _wire_bytes(end)
+    if stop is not None and stop <= start:
+        return RangeResult(current, (), 0)
+    wire_end: bytes | None = TO_THE_END if end == TO_THE_END else stop
+    order = SORT_ORDERS[order_i]
+    target = SORT_TARGETS[target_i]
+    if target is not SortTarget.KEY and order is SortOrder.NONE:
+        order = SortOrder.ASCEND
+    it = _scan(txn, t, start, wire_end, rev, live, compact)
+    if count_only:
+        if live and wire_end is not None:
+            return RangeResult(current, (), _count_live(txn, t, start, stop))
+        return RangeResult(current, (), sum(1 for _ in it))
+    natural = order is SortOrder.NONE or (
+        order is SortOrder.ASCEND and target is SortTarget.KEY
+    )
+    rows: list[tuple[bytes, bytes]] = []
+    count = 0
+    if natural and limit:
+        for row in it:
+            rows.append(row)
+            if len(rows) == limit:
+                break
+        if live and wire_end is not None and len(rows) == limit:
+            count = len(rows) + _count_live(txn, t, rows[-1][0] + b"\x00", stop)
+        else:
+            count = len(rows) + sum(1 for _ in it)
+    else:
+        rows = list(it)
+        count = len(rows)
+        if not natural:
+            rows = _sorted_rows(rows, order, target)
+        if limit:
+            rows = rows[:limit]
+    kvs = tuple(record_to_kv(kb, record, keys_only) for kb, record in rows)
+    return RangeResult(current, kvs, count, count > len(kvs))
+
+
+def _count_live(txn: lmdb.Transaction[bytes], t: Tables, start: bytes, stop: bytes | None) -> int:
+    """Live keys in [start, stop): a keys-only cursor walk, for counts past a limit."""
+    cursor = txn.cursor(db=t.kv)
+    if not cursor.set_range(start):
+        return 0
+    n = 0
+    if stop is None:
+        for _ in cursor.iternext(values=False):
+            n += 1
+        return n
+    for kb in cursor.iternext(values=False):
+        if kb >= stop:
+            break
+        n += 1
+    return n
+
+
+def _sorted_rows(
+    rows: list[tuple[bytes, bytes]], order: SortOrder, target: SortTarget
+) -> list[tuple[bytes, bytes]]:
+    """Sort as etcd does; ties keep key order. Values sort by Python order when comparable,
+    otherwise by their encoded bytes (a total order that never fails)."""
+    descending = order is SortOrder.DESCEND
+    if target is SortTarget.KEY:
+        return rows[::-1] if descending else rows
+    if target is SortTarget.VALUE:
+        try:
+            return sorted(rows, key=lambda r: _value(r[1]), reverse=descending)
+        except TypeError:
+            return sorted(rows, key=lambda r: r[1][_HEADER:], reverse=descending)
+    field = {SortTarget.VERSION: 3, SortTarget.CREATE: 0, SortTarget.MOD: 1}[target]
+    return sorted(rows, key=lambda r: unpack_record(r[1])[field], reverse=descending)
+
+
+def _event(
+    t: Tables, txn: lmdb.Transaction[bytes], pos: bytes, raw: bytes, compact: int
+) -> Event:
+    """A replayed change. Its prev_kv is the key as of rev-1, as etcd gives it: absent when
+    rev-1 is below the compact revision (that version may be gone), or was a deletion."""
+    kind, kb, prev_rev, prev_sub, record = unpack_change(raw)
+    rev, _ = REV.unpack(pos)
+    prev_kv = None
+    if prev_rev and rev > compact:
+        prev = _change(txn, t, prev_rev, prev_sub, compact)
+        if prev is not None and prev[0] == KIND_PUT:
+            prev_kv = record_to_kv(kb, prev[4])
+    if kind == KIND_PUT:
+        return Event(EventType.PUT, record_to_kv(kb, record), prev_kv)
+    flags = unpack_record(record)[5]
+    return Event(EventType.DELETE, KeyValue(_key_obj(kb, flags), None, 0, rev, 0), prev_kv)
+
+
+# --- KeySpace: the read side ------------------------------------------------------------------
+
+
+class KeySpace:
+    """``dd.kv``: reads from any thread, each in its own LMDB read transaction."""
+
+    def __init__(self, env: Env, revision: int, compact_revision: int) -> None:
+        self._env = env
+        self._t = Tables(env)
+        self._kv_db = self._t.kv
+        self._gate = env.gate
+        self._begin = env.env.begin
+        self.revision = revision
+        """The current revision as of the last committed write batch."""
+        self.compact_revision = compact_revision
+        """Reads and watches below this revision fail with Compacted."""
+
+    def get(self, key: Key) -> KeyValue | None:
+        """The key's current record: the serializable-read fast path."""
+        if type(key) is str:
+            kb = key.encode("utf-8")
+            if not kb or len(kb) > MAX_KEY_BYTES:
+                key_bytes(key)
+        else:
+            kb = key_bytes(key)
+        gate = self._gate
+        gate.active.append(None)
+        if gate.shut:
+            gate.wait_open()
+        try:
+            txn = self._begin(db=self._kv_db)
+            try:
+                raw = txn.get(kb)
+            finally:
+                txn.abort()
+        finally:
+            gate.active.pop()
+            if gate.shut:
+                gate.wake()
+        if raw is None:
+            return None
+        if len(raw) < _HEADER:
+            raise CorruptData(f"record of key {kb!r} is shorter than its header")
+        create, mod, _sub, version, lease, flags = _unpack_record(raw)
+        try:
+            value = _loads(_body(raw), max_depth=MAX_VALUE_DEPTH)
+        except Exception as exc:
+            raise CorruptData(f"stored value of key {kb!r} does not decode: {exc}") from None
+        if not flags & FLAG_STR:
+            key = kb
+        elif type(key) is not str:
+            key = _key_obj(kb, flags)
+        return _fast_kv(key, value, create, mod, version, lease or None)
+
+    def range(self, get: Get) -> RangeResult:
+        """A range read at the current or a past revision (Compacted, FutureRevision)."""
+        op = encode_get(get)
+        with self._env.read() as txn:
+            _, current, compact = read_state(txn, self._t.meta)
+            return run_range(txn, self._t, op, current, compact)
+
+    def events(
+        self, start_revision: int, key: Key, end: Key | None = None, *, prefix: bool = False
+    ) -> Iterator[Event]:
+        """Every change to `key` (or [key, end), or the prefix) at revision >= start_revision,
+        in revision order; Compacted if that history is gone. end=b"\\x00": all keys >= key."""
+        if type(start_revision) is not int or start_revision < 1:
+            raise ValueError(f"start_revision must be a positive int, not {start_revision!r}")
+        start = key_bytes(key)
+        stop: bytes | None
+        if prefix:
+            if end is not None:
+                raise ValueError("give either prefix=True or end, not both")
+            pe = prefix_end(start)
+            stop = TO_THE_END if pe is None else pe
+        elif end is None:
+            stop = None
+        elif end in (b"\x00", "\x00"):
+            stop = TO_THE_END
+        else:
+            stop = key_bytes(end)
+        with self._env.read() as txn:
+            compact = read_state(txn, self._t.meta)[2]
+        if start_revision < compact:
+            raise Compacted(start_revision, compact)
+        return self._replay(REV.pack(start_revision, 0), start, stop)
+
+    def _replay(self, pos: bytes, start: bytes, stop: bytes | None) -> Iterator[Event]:
+        """Scan history from pos; events are yielded only after each read transaction ends,
+        so a consumer that writes (and grows the map) cannot deadlock against its own read."""
+        if stop is None:
+            yield from self._replay_key(pos, start)
+            return
+        t = self._t
+        done = False
+        while not done:
+            batch: list[Event] = []
+            with self._env.read() as txn:
+                compact = read_state(txn, t.meta)[2]
+                rev = REV.unpack(pos)[0]
+                if rev < compact:
+                    raise Compacted(rev, compact)
+                cursor = txn.cursor(db=t.history)
+                done = True
+                if cursor.set_range(pos):
+                    for seen, (k, raw) in enumerate(cursor):
+                        if seen == _EVENTS_PER_READ:
+                            pos = k
+                            done = False
+                            break
+                        if len(k) != REV.size or len(raw) < CHANGE.size:
+                            raise CorruptData("history record is malformed")
+                        klen = CHANGE.unpack_from(raw)[1]
+                        if _in_range(raw[CHANGE.size : CHANGE.size + klen], start, stop):
+                            batch.append(_event(t, txn, k, raw, compact))
+            yield from batch
+
+    def _replay_key(self, pos: bytes, kb: bytes) -> Iterator[Event]:
+        """One key's changes from pos: collect their positions along the key's chain (newest
+        first), then read them oldest first. A chain longer than a few read batches is left
+        for the history scan, so memory stays bounded."""
+        t = self._t
+        start = REV.unpack(pos)
+        positions: list[tuple[int, int]] = []
+        with self._env.read() as txn:
+            compact = read_state(txn, t.meta)[2]
+            if start[0] < compact:
+                raise Compacted(start[0], compact)
+            r, s, _ = _head(txn, t, kb)
+            while r and (r, s) >= start:
+                if len(positions) == 4 * _EVENTS_PER_READ:
+                    break
+                positions.append((r, s))
+                change = _change(txn, t, r, s, compact)
+                if change is None:
+                    break
+                r, s = change[2], change[3]
+            else:
+                positions.reverse()
+                positions.append((0, 0))  # marks a complete chain
+        if not positions or positions[-1] != (0, 0):
+            yield from self._replay(pos, kb, kb + b"\x00")
+            return
+        positions.pop()
+        for lo in range(0, len(positions), _EVENTS_PER_READ):
+            batch: list[Event] = []
+            with self._env.read() as txn:
+                compact = read_state(txn, t.meta)[2]
+                if positions[lo][0] < compact:
+                    raise Compacted(positions[lo][0], compact)
+                for r, s in positions[lo : lo + _EVENTS_PER_READ]:
+                    here = REV.pack(r, s)
+                    raw = txn.get(here, db=t.history)
+                    if raw is None:
+                        raise CorruptData(f"history lacks change ({r}, {s}) of key {kb!r}")
+                    batch.append(_event(t, txn, here, raw, compact))
+            yield from batch
+
+    def leases(self) -> list[tuple[int, int]]:
+        """(id, granted ttl) of every lease."""
+        with self._env.read() as txn:
+            return [
+                (unpack_exact(U64, k, "lease id")[0], unpack_exact(U64, v, "lease ttl")[0])
+                for k, v in txn.cursor(db=self._t.leases)
+            ]
+
+    def lease(self, lease_id: int) -> tuple[int, list[Key]] | None:
+        """(granted ttl, attached keys) of a lease, None if it does not exist."""
+        if type(lease_id) is not int or not 0 < lease_id < 1 << 63:
+            return None
+        lid = U64.pack(lease_id)
+        with self._env.read() as txn:
+            raw = txn.get(lid, db=self._t.leases)
+            if raw is None:
+                return None
+            (ttl,) = unpack_exact(U64, raw, "lease ttl")
+            keys: list[Key] = []
+            cursor = txn.cursor(db=self._t.lease_keys)
+            if cursor.set_range(lid):
+                for k, v in cursor:
+                    if k[:8] != lid:
+                        break
+                    keys.append(_key_obj(k[8:], v[0] if v else 0))
+            return ttl, keys
+
+
+# --- Applier: the write side, one per write batch ----------------------------------------------
+
+
+class Applier:
+    """Applies wire operations in one LMDB write transaction, tracking the revision."""
+
+    def __init__(
+        self, txn: lmdb.Transaction[bytes], t: Tables, revision: int, compact: int
+    ) -> None:
+        self.txn = txn
+        self.t = t
+        self.revision = revision
+        self.compact = compact
+        self._kv = txn.cursor(db=t.kv)
+        # Bound methods of cursors reused by every put of the batch (the hot path).
+        self._kv_get = txn.cursor(db=t.kv).get
+        self._kv_put = txn.cursor(db=t.kv).put
+        self._history_put = txn.cursor(db=t.history).put
+        self._grave_pop = txn.cursor(db=t.graves).pop
+
+    def apply(self, op: list[Any]) -> tuple[Result | Error, list[Event]]:
+        """Apply one validated wire request; deterministic errors become the result."""
+        code = op[0]
+        events: list[Event] = []
+        try:
+            if code == OP_PUT:
+                return self._put_request(op, events), events
+            if code == OP_DELETE:
+                rev = self.revision + 1
+                res = self._delete(op, rev, 0, events)
+                if res.deleted:
+                    self.revision = rev
+                    return res, events
+                return DeleteResult(self.revision, 0), events
+            if code == OP_TXN:
+                return self._txn(op, events), events
+            if code == OP_LEASE_GRANT:
+                return self._lease_grant(op[1], op[2]), events
+            if code == OP_LEASE_REVOKE:
+                return self._lease_revoke(op[1], events), events
+            if code == OP_COMPACTION:
+                return self._compaction(op[1]), events
+        except (LeaseNotFound, LeaseExists, Compacted, FutureRevision, BadProposal) as exc:
+            return exc, []
+        raise CorruptData(f"unknown operation {code!r}")
+
+    # -- put / delete ---------------------------------------------------------------------
+
+    def _lease_exists(self, lease: int) -> bool:
+        return self.txn.get(U64.pack(lease), db=self.t.leases) is not None
+
+    def _put_request(self, op: list[Any], events: list[Event]) -> PutResult:
+        lease = op[3]
+        if lease and not self._lease_exists(lease):
+            raise LeaseNotFound(lease)
+        try:
+            value = _loads(op[2], max_depth=MAX_VALUE_DEPTH)
+        except Exception:
+            value = decode_proposed_value(op[2])  # raises BadProposal with the reason
+        rev = self.revision + 1
+        res = self._put(op, value, rev, 0, events)
+        self.revision = rev
+        return res
+
+    def _put(
+        self, op: list[Any], value: Any, rev: int, sub: int, events: list[Event]
+    ) -> PutResult:
+        _, key, vbytes, lease, want_prev = op
+        if type(key) is str:
+            kb = key.encode("utf-8")
+            flags = FLAG_STR
+        else:
+            kb = key
+            flags = 0
+        old = self._kv_get(kb)
+        prev_kv: KeyValue | None = None
+        if old is None:
+            create = rev
+            version = 1
+            old_lease = 0
+            grave = self._grave_pop(kb)  # a re-created key: its chain goes on from the grave
+            prev_rev, prev_sub = (0, 0) if grave is None else unpack_exact(REV, grave, "grave")
+        else:
+            if len(old) < _HEADER:
+                raise CorruptData(f"record of key {kb!r} is shorter than its header")
+            create, prev_rev, prev_sub, version, old_lease, old_flags = _unpack_record(old)
+            try:
+                old_value = _loads(_body(old), max_depth=MAX_VALUE_DEPTH)
+            except Exception as exc:
+                raise CorruptData(f"stored value of key {kb!r} does not decode: {exc}") from None
+            prev_kv = _fast_kv(
+                key if old_flags & FLAG_STR == flags else _key_obj(kb, old_flags),
+                old_value, create, prev_rev, version, old_lease or None,
+            )
+            version += 1
+        record = _pack_record(create, rev, sub, version, lease, flags) + vbytes
+        self._kv_put(kb, record)
+        self._history_put(
+            _pack_rev(rev, sub), _pack_change(KIND_PUT, len(kb), prev_rev, prev_sub) + kb + record,
+            append=True,
+        )
+        if old_lease != lease:
+            t = self.t
+            if old_lease:
+                self.txn.delete(U64.pack(old_lease) + kb, db=t.lease_keys)
+            if lease:
+                self.txn.put(U64.pack(lease) + kb, bytes((flags,)), db=t.lease_keys)
+        kv = _fast_kv(key, value, create, rev, version, lease or None)
+        events.append(_fast_event(EventType.PUT, kv, prev_kv))
+        return _fast_put_result(rev, prev_kv if want_prev else None)
+
+    def _delete(self, op: list[Any], rev: int, sub: int, events: list[Event]) -> DeleteResult:
+        _, key, end, want_prev = op
+        start = _wire_bytes(key)
+        txn = self.txn
+        t = self.t
+        victims: list[tuple[bytes, bytes]]
+        if end is None:
+            raw = txn.get(start, db=t.kv)
+            victims = [] if raw is None else [(start, raw)]
+        else:
+            stop = None if end == TO_THE_END else _wire_bytes(end)
+            victims = []
+            cursor = self._kv
+            if cursor.set_range(start):
+                for kb, raw in cursor:
+                    if stop is not None and kb >= stop:
+                        break
+                    victims.append((kb, raw))
+        prevs: list[KeyValue] = []
+        for kb, raw in victims:
+            self._tombstone(kb, raw, rev, sub, events)
+            prevs.append(events[-1].prev_kv)  # type: ignore[arg-type]
+            sub += 1
+        return DeleteResult(rev, len(victims), tuple(prevs) if want_prev else ())
+
+    def _tombstone(self, kb: bytes, old: bytes, rev: int, sub: int, events: list[Event]) -> None:
+        txn = self.txn
+        t = self.t
+        if len(old) < _HEADER:
+            raise CorruptData(f"record of key {kb!r} is shorter than its header")
+        _, prev_rev, prev_sub, _, old_lease, flags = _unpack_record(old)
+        txn.delete(kb, db=t.kv)
+        tomb = RECORD.pack(0, rev, sub, 0, 0, (flags & FLAG_STR) | FLAG_TOMBSTONE)
+        txn.put(REV.pack(rev, sub), CHANGE.pack(KIND_DELETE, len(kb), prev_rev, prev_sub) + kb
+                + tomb, db=t.history, append=True)
+        txn.put(kb, REV.pack(rev, sub), db=t.graves)
+        if old_lease:
+            txn.delete(U64.pack(old_lease) + kb, db=t.lease_keys)
+        key = _key_obj(kb, flags)
+        events.append(
+            _fast_event(EventType.DELETE, _fast_kv(key, None, 0, rev, 0, None),
+                        record_to_kv(kb, old))
+        )
+
+    # -- txn ------------------------------------------------------------------------------
+
+    def _compare(self, cmp: list[Any]) -> bool:
+        target, key, op, operand = cmp
+        raw = self.txn.get(_wire_bytes(key), db=self.t.kv)
+        actual: Any
+        if target == 0:
+            actual = None if raw is None else _value(raw)
+            operand = decode_proposed_value(operand)
+        elif raw is None:
+            actual = 0
+        else:
+            create, mod, _, version, lease, _ = unpack_record(raw)
+            actual = (0, version, create, mod, lease)[target]
+        try:
+            if op == 0:
+                return bool(actual == operand)
+            if op == 1:
+                return bool(actual != operand)
+            if op == 2:
+                return bool(actual < operand)
+            return bool(actual > operand)
+        except TypeError:
+            return False
+
+    def _txn(self, op: list[Any], events: list[Event]) -> TxnResult:
+        _, compares, success, failure = op
+        succeeded = all(self._compare(c) for c in compares)
+        branch = success if succeeded else failure
+        current = self.revision
+        values: list[Any] = []
+        for item in branch:  # refuse the whole txn before changing anything, as etcd does
+            if item[0] == OP_PUT:
+                if item[3] and not self._lease_exists(item[3]):
+                    raise LeaseNotFound(item[3])
+                values.append(decode_proposed_value(item[2]))
+            if item[0] == OP_GET and item[4] > 0:
+                if item[4] > current:
+                    raise FutureRevision(item[4], current)
+                if item[4] < self.compact:
+                    raise Compacted(item[4], self.compact)
+        rev = current + 1
+        sub = 0
+        pending = iter(values)
+        responses: list[PutResult | DeleteResult | RangeResult] = []
+        for item in branch:
+            code = item[0]
+            if code == OP_PUT:
+                responses.append(self._put(item, next(pending), rev, sub, events))
+                sub += 1
+            elif code == OP_DELETE:
+                res = self._delete(item, rev, sub, events)
+                sub += res.deleted
+                responses.append(res)
+            else:
+                responses.append(run_range(self.txn, self.t, item, current, self.compact,
+                                           pending=sub > 0))
+        if sub:
+            self.revision = rev
+        final = self.revision
+        return TxnResult(final, succeeded, tuple(
+            r if r.revision == final else replace(r, revision=final) for r in responses
+        ))
+
+    # -- leases ---------------------------------------------------------------------------
+
+    def _lease_grant(self, lease_id: int, ttl: int) -> LeaseGrantResult:
+        if self._lease_exists(lease_id):
+            raise LeaseExists(lease_id)
+        self.txn.put(U64.pack(lease_id), U64.pack(ttl), db=self.t.leases)
+        return LeaseGrantResult(lease_id, ttl, self.revision)
+
+    def _lease_revoke(self, lease_id: int, events: list[Event]) -> LeaseRevokeResult:
+        lid = U64.pack(lease_id)
+        txn = self.txn
+        t = self.t
+        if not txn.delete(lid, db=t.leases):
+            raise LeaseNotFound(lease_id)
+        cursor = txn.cursor(db=t.lease_keys)
+        keys: list[bytes] = []
+        if cursor.set_range(lid):
+            for k in cursor.iternext(values=False):
+                if k[:8] != lid:
+                    break
+                keys.append(k[8:])
+        rev = self.revision + 1
+        for sub, kb in enumerate(keys):
+            raw = txn.get(kb, db=t.kv)
+            if raw is None:
+                raise CorruptData(f"lease {lease_id:#x} lists key {kb!r}, which does not exist")
+            self._tombstone(kb, raw, rev, sub, events)
+        if keys:
+            self.revision = rev
+        return LeaseRevokeResult(self.revision, len(keys))
+
+    # -- compaction -----------------------------------------------------------------------
+
+    def _compaction(self, rev: int) -> CompactResult:
+        if rev > self.revision:
+            raise FutureRevision(rev, self.revision)
+        if rev <= self.compact:
+            raise Compacted(rev, self.compact)
+        self._compact(rev)
+        return CompactResult(self.revision)
+
+    def _compact(self, rev: int) -> None:
+        """Drop history below rev, keeping each key's latest change at or below rev if it is a
+        put. Visits the keys changed since the previous compaction, in chunks of history;
+        after a compaction every key has at most one change below the compact revision, on
+        its chain, so following the chain down from the kept change finds all that goes."""
+        old = self.compact
+        end = REV.pack(rev, 0)
+        pos = REV.pack(old, 0)
+        while True:
+            keys: dict[bytes, None] = {}
+            cursor = self.txn.cursor(db=self.t.history)
+            more = cursor.set_range(pos)
+            while more and len(keys) < 4096:
+                here = cursor.key()
+                if here >= end:
+                    more = False
+                    break
+                raw = cursor.value()
+                if len(raw) < CHANGE.size:
+                    raise CorruptData("history record is malformed")
+                klen = CHANGE.unpack_from(raw)[1]
+                keys[raw[CHANGE.size : CHANGE.size + klen]] = None
+                more = cursor.next()
+            if more:
+                pos = cursor.key()
+            for kb in keys:
+                self._compact_key(kb, rev)
+            if not more:
+                break
+        self.compact = rev
+
+    def _compact_key(self, kb: bytes, rev: int) -> None:
+        """Compact one key's chain to rev (idempotent: a second visit finds nothing to do)."""
+        txn = self.txn
+        t = self.t
+        r, s, live = _head(txn, t, kb)
+        newest = True
+        while r:
+            change = _change(txn, t, r, s, rev)  # below rev, this compaction may have been here
+            if change is None:
+                return
+            kind, _, prev_r, prev_s, _ = change
+            if r <= rev:
+                break
+            r, s, newest = prev_r, prev_s, False
+        else:
+            return
+        keep = (r, s)
+        while prev_r:  # everything older than the kept change goes
+            here = REV.pack(prev_r, prev_s)
+            raw = txn.get(here, db=t.history)
+            if raw is None:
+                break
+            _, _, prev_r, prev_s, _ = unpack_change(raw)
+            txn.delete(here, db=t.history)
+        if kind == KIND_DELETE and keep[0] < rev:  # a deletion at rev itself is still news
+            txn.delete(REV.pack(*keep), db=t.history)
+            if newest and live is None:
+                txn.delete(kb, db=t.graves)  # deleted for good: no head left either

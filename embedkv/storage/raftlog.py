@@ -1,0 +1,239 @@
+"""The Raft log and hard state in LMDB, implementing ``embedkv.raft.Storage``.
+
+The core reads the log from its own thread while the log writer may have a write transaction
+open. The shape of the log (first and last index, the term at the compaction point) and a tail
+of recent entries live in an immutable ``LogView`` that a write batch replaces at once, so the
+core sees entries appended in a batch that has not committed yet, and an aborted batch puts the
+old view back. Older entries are read from LMDB, where they are committed.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from typing import Final
+
+import lmdb
+
+from embedkv.errors import CorruptData
+from embedkv.raft.types import (
+    CompactedError,
+    ConfState,
+    Entry,
+    HardState,
+    Snapshot,
+    SnapshotMeta,
+    UnavailableError,
+)
+
+from .codec import (
+    LOG_ENTRY,
+    U64,
+    U64X2,
+    decode_conf_state,
+    decode_entry,
+    decode_hard_state,
+    encode_entry,
+    encode_hard_state,
+    unpack_exact,
+)
+from .lmdbenv import Env
+
+TAIL_ENTRIES: Final = 1024
+"""Recent entries kept in memory once committed (an open batch may hold more)."""
+
+HARD_STATE: Final = b"hard_state"
+LOG_START: Final = b"log_start"
+"""`raft_state` key of (index, term) of the last entry compacted away (the snapshot point)."""
+CONF_STATE: Final = b"conf_state"
+
+
+@dataclass(frozen=True, slots=True)
+class LogView:
+    """The log's shape, and its last entries, as the core should see it right now."""
+
+    start: int
+    """Index of the compaction point; first_index() is start + 1."""
+    start_term: int
+    last: int
+    tail: tuple[Entry, ...]
+    """Entries (tail_first .. last), contiguous; may be empty."""
+    hard_state: HardState
+
+    @property
+    def tail_first(self) -> int:
+        return self.last - len(self.tail) + 1
+
+
+class RaftLog:
+    """``dd.log``: what the Raft core reads. Written only through a DataDir write batch."""
+
+    def __init__(self, env: Env, view: LogView, applied: int, conf_state: ConfState) -> None:
+        self._env = env
+        self._log_db = env.dbs[b"raft_log"]
+        self._state_db = env.dbs[b"raft_state"]
+        self.view = view
+        self.applied = applied
+        self.conf_state = conf_state
+
+    @classmethod
+    def load(cls, env: Env, applied: int) -> RaftLog:
+        """Read the log's shape and tail from a freshly opened environment."""
+        with env.read() as txn:
+            state_db = env.dbs[b"raft_state"]
+            raw = txn.get(HARD_STATE, db=state_db)
+            hard_state = HardState() if raw is None else decode_hard_state(raw)
+            raw = txn.get(LOG_START, db=state_db)
+            start, start_term = (0, 0) if raw is None else unpack_exact(U64X2, raw, "log start")
+            raw = txn.get(CONF_STATE, db=state_db)
+            conf_state = ConfState() if raw is None else decode_conf_state(raw)
+            cursor = txn.cursor(db=env.dbs[b"raft_log"])
+            last = start
+            tail: list[Entry] = []
+            if cursor.last():
+                (last,) = unpack_exact(U64, cursor.key(), "raft log key")
+                if last <= start:
+                    raise CorruptData(f"raft log ends at {last}, before its start {start}")
+                for key, value in cursor.iterprev():
+                    (index,) = unpack_exact(U64, key, "raft log key")
+                    if index <= start or len(tail) >= TAIL_ENTRIES:
+                        break
+                    if index != last - len(tail):
+                        raise CorruptData(f"raft log is missing entry {last - len(tail)}")
+                    tail.append(decode_entry(index, value))
+                tail.reverse()
+                if tail[0].index != start + 1 and len(tail) < TAIL_ENTRIES:
+                    raise CorruptData(f"raft log is missing entry {start + 1}")
+        view = LogView(start, start_term, last, tuple(tail), hard_state)
+        return cls(env, view, applied, conf_state)
+
+    # --- embedkv.raft.Storage ---------------------------------------------------------------
+
+    def initial_state(self) -> tuple[HardState, ConfState]:
+        return self.view.hard_state, self.conf_state
+
+    def first_index(self) -> int:
+        return self.view.start + 1
+
+    def last_index(self) -> int:
+        return self.view.last
+
+    def term(self, index: int) -> int:
+        view = self.view
+        if index < view.start:
+            raise CompactedError(f"index {index} is compacted (first index {view.start + 1})")
+        if index > view.last:
+            raise UnavailableError(f"index {index} is beyond last index {view.last}")
+        if index == view.start:
+            return view.start_term
+        tail_first = view.tail_first
+        if index >= tail_first:
+            return view.tail[index - tail_first].term
+        with self._env.read() as txn:
+            raw = txn.get(U64.pack(index), db=self._log_db)
+        if raw is None or len(raw) < LOG_ENTRY.size:
+            raise CorruptData(f"raft log entry {index} is missing or truncated")
+        term: int = LOG_ENTRY.unpack_from(raw)[0]
+        return term
+
+    def entries(self, lo: int, hi: int, max_size: int | None = None) -> list[Entry]:
+        view = self.view
+        if lo <= view.start:
+            raise CompactedError(f"index {lo} is compacted (first index {view.start + 1})")
+        if hi > view.last + 1:
+            raise UnavailableError(f"index {hi - 1} is beyond last index {view.last}")
+        out: list[Entry] = []
+        size = 0
+        tail_first = view.tail_first
+        if lo < tail_first:
+            stop = min(hi, tail_first)
+            with self._env.read() as txn:
+                cursor = txn.cursor(db=self._log_db)
+                if not cursor.set_key(U64.pack(lo)):
+                    raise CorruptData(f"raft log entry {lo} is missing")
+                for key, value in cursor:
+                    (index,) = unpack_exact(U64, key, "raft log key")
+                    if index >= stop:
+                        break
+                    if index != lo + len(out):
+                        raise CorruptData(f"raft log is missing entry {lo + len(out)}")
+                    entry = decode_entry(index, value)
+                    size += entry.size()
+                    if out and max_size is not None and size > max_size:
+                        return out
+                    out.append(entry)
+            if len(out) != stop - lo:
+                raise CorruptData(f"raft log is missing entries before {stop}")
+            lo = stop
+        for entry in view.tail[lo - tail_first : hi - tail_first]:
+            size += entry.size()
+            if out and max_size is not None and size > max_size:
+                break
+            out.append(entry)
+        return out
+
+    def snapshot(self) -> Snapshot:
+        """The snapshot point the state machine is at: the applied index (data is streamed)."""
+        applied = self.applied
+        return Snapshot(SnapshotMeta(applied, self.term(applied), self.conf_state))
+
+    # --- the write side, called by a write batch with its transaction ----------------------
+
+    def append(self, txn: lmdb.Transaction[bytes], entries: list[Entry]) -> None:
+        """Append, replacing a conflicting suffix; entries at or below the start are ignored."""
+        view = self.view
+        ents = [e for e in entries if e.index > view.start]
+        if not ents:
+            return
+        first = ents[0].index
+        for i, entry in enumerate(ents):
+            if entry.index != first + i:
+                raise ValueError("entries to append are not contiguous")
+        if first > view.last + 1:
+            raise ValueError(f"missing log entry: last index {view.last}, appending at {first}")
+        if first <= view.last:
+            cursor = txn.cursor(db=self._log_db)
+            if cursor.set_range(U64.pack(first)):
+                while cursor.delete():
+                    pass
+        put = txn.cursor(db=self._log_db).put
+        pack = U64.pack
+        for entry in ents:
+            put(pack(entry.index), encode_entry(entry), append=True)
+        tail_first = view.tail_first
+        kept = view.tail[: first - tail_first] if first >= tail_first else ()
+        tail = kept + tuple(ents)
+        self.view = replace(view, last=ents[-1].index, tail=tail)
+
+    def set_hard_state(self, txn: lmdb.Transaction[bytes], hard_state: HardState) -> None:
+        txn.put(HARD_STATE, encode_hard_state(hard_state), db=self._state_db)
+        self.view = replace(self.view, hard_state=hard_state)
+
+    def compact(self, txn: lmdb.Transaction[bytes], index: int, applied: int) -> None:
+        """Drop entries <= index (which must be applied); the term at `index` is kept."""
+        view = self.view
+        if index <= view.start:
+            return
+        if index > applied or index > view.last:
+            raise ValueError(f"cannot compact to {index}: applied {applied}, last {view.last}")
+        term = self.term(index)
+        cursor = txn.cursor(db=self._log_db)
+        if cursor.first():
+            while cursor.key() <= U64.pack(index):
+                if not cursor.delete():
+                    break
+        txn.put(LOG_START, U64X2.pack(index, term), db=self._state_db)
+        tail_first = view.tail_first
+        tail = view.tail[max(0, index + 1 - tail_first) :]
+        self.view = replace(view, start=index, start_term=term, tail=tail)
+
+    def install(self, txn: lmdb.Transaction[bytes], index: int, term: int) -> None:
+        """Replace the whole log by a snapshot point."""
+        txn.drop(self._log_db, delete=False)
+        txn.put(LOG_START, U64X2.pack(index, term), db=self._state_db)
+        self.view = LogView(index, term, index, (), self.view.hard_state)
+
+    def trim_tail(self) -> None:
+        """After a commit, keep only the newest TAIL_ENTRIES in memory."""
+        view = self.view
+        if len(view.tail) > TAIL_ENTRIES:
+            self.view = replace(view, tail=view.tail[-TAIL_ENTRIES:])

@@ -1,0 +1,302 @@
+"""A state-machine snapshot as a byte stream, and restoring one into a fresh data dir.
+
+Stream: the magic ``EKVSNAP1``, then frames ``tag (1 byte) | length (u32) | payload``:
+
+* ``H`` once, first: CBOR map of format, applied index and its term, conf state (voters,
+  learners), revision and compact revision;
+* ``R`` per record: ``table (1 byte) | key length (u16) | key | value``, the raw LMDB record of
+  one of the key-space tables, in (table, key, value) order;
+* ``E`` last: the SHA-256 of every byte before this frame.
+
+The stream is cut into chunks of any size. The Raft log and the member's identity are not
+part of it: a snapshot is the state machine as of its applied index.
+"""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import struct
+import tempfile
+from collections.abc import Iterable, Iterator
+from typing import IO, Any, Final
+
+import cbor2
+import lmdb
+
+from embedkv.errors import CorruptData, NoSpace
+from embedkv.raft.types import ConfState, HardState
+
+from .codec import (
+    CHANGE,
+    MAX_PROPOSAL_BYTES,
+    RECORD,
+    REV,
+    U64,
+    U64X2,
+    U64X3,
+    decode_conf_state,
+    encode_conf_state,
+    encode_hard_state,
+    unpack_change,
+)
+from .lmdbenv import FORMAT_VERSION, META_STATE, RESTORING, Env, is_disk_full, no_space
+from .mvcc import read_state
+from .raftlog import CONF_STATE, HARD_STATE, LOG_START
+from .requests import MAX_KEY_BYTES
+
+MAGIC: Final = b"EKVSNAP1"
+FRAME: Final = struct.Struct(">BI")
+RECORD_HEAD: Final = struct.Struct(">BH")
+TAG_HEADER: Final = ord("H")
+TAG_RECORD: Final = ord("R")
+TAG_END: Final = ord("E")
+
+TABLES: Final = (b"kv", b"graves", b"history", b"leases", b"lease_keys")
+"""The tables a snapshot carries, by their number in the stream."""
+
+MAX_FRAME: Final = MAX_PROPOSAL_BYTES + 4096
+MAX_HEADER: Final = 1 << 20
+_RESTORE_TXN_BYTES: Final = 32 << 20
+
+
+def snapshot_chunks(env: Env, log: Any, chunk_size: int) -> Iterator[bytes]:
+    """Spool the snapshot to a temporary file under one read transaction, then stream it.
+
+    Spooling keeps the read transaction short (it holds back map growth and page reuse)
+    however slowly the consumer reads.
+    """
+    if type(chunk_size) is not int or chunk_size < 1:
+        raise ValueError(f"chunk_size must be a positive int, not {chunk_size!r}")
+    spool = tempfile.TemporaryFile(dir=env.path, prefix="snapshot-")  # noqa: SIM115 (streamed)
+    try:
+        try:
+            _write_snapshot(env, spool)
+        except OSError as exc:
+            if exc.errno is not None and exc.errno in (errno.ENOSPC, errno.EDQUOT):
+                raise NoSpace(f"no space to spool a snapshot in {env.path}: {exc}") from None
+            raise
+    except BaseException:
+        spool.close()
+        raise
+    return _stream(spool, chunk_size)
+
+
+def _stream(spool: IO[bytes], chunk_size: int) -> Iterator[bytes]:
+    with spool:
+        spool.seek(0)
+        while chunk := spool.read(chunk_size):
+            yield chunk
+
+
+def _write_snapshot(env: Env, out: IO[bytes]) -> None:
+    digest = hashlib.sha256()
+
+    def emit(data: bytes) -> None:
+        digest.update(data)
+        out.write(data)
+
+    with env.read() as txn:
+        applied, revision, compact = read_state(txn, env.dbs[b"meta"])
+        raw = txn.get(CONF_STATE, db=env.dbs[b"raft_state"])
+        conf = ConfState() if raw is None else decode_conf_state(raw)
+        header = cbor2.dumps({
+            "format": FORMAT_VERSION,
+            "applied": applied,
+            "term": _term_at(txn, env, applied),
+            "voters": sorted(conf.voters),
+            "learners": sorted(conf.learners),
+            "revision": revision,
+            "compact": compact,
+        })
+        emit(MAGIC)
+        emit(FRAME.pack(TAG_HEADER, len(header)) + header)
+        for table_no, name in enumerate(TABLES):
+            for key, value in txn.cursor(db=env.dbs[name]):
+                body = RECORD_HEAD.pack(table_no, len(key)) + key + value
+                emit(FRAME.pack(TAG_RECORD, len(body)) + body)
+    end = digest.digest()
+    out.write(FRAME.pack(TAG_END, len(end)) + end)
+    out.flush()
+
+
+def _term_at(txn: lmdb.Transaction[bytes], env: Env, index: int) -> int:
+    raw = txn.get(U64.pack(index), db=env.dbs[b"raft_log"])
+    if raw is not None and len(raw) >= 8:
+        term: int = U64.unpack_from(raw)[0]
+        return term
+    raw = txn.get(LOG_START, db=env.dbs[b"raft_state"])
+    if raw is not None and len(raw) == U64X2.size:
+        start, start_term = U64X2.unpack(raw)
+        if start == index:
+            return int(start_term)
+    if index == 0:
+        return 0
+    raise CorruptData(f"the term of applied entry {index} is not in the log")
+
+
+# --- restore ---------------------------------------------------------------------------------
+
+
+class _Reader:
+    """Reads exact byte counts from a chunk iterator, hashing everything it hands out."""
+
+    def __init__(self, chunks: Iterable[bytes]) -> None:
+        self._chunks = iter(chunks)
+        self._buf = bytearray()
+        self._pos = 0
+        self.digest = hashlib.sha256()
+
+    def read(self, n: int) -> bytes:
+        while len(self._buf) - self._pos < n:
+            try:
+                chunk = next(self._chunks)
+            except StopIteration:
+                raise CorruptData("snapshot stream is truncated") from None
+            if not isinstance(chunk, bytes | bytearray | memoryview):
+                raise TypeError(f"snapshot chunks must be bytes, not {type(chunk).__name__}")
+            if self._pos:
+                del self._buf[: self._pos]
+                self._pos = 0
+            self._buf += chunk
+        out = bytes(self._buf[self._pos : self._pos + n])
+        self._pos += n
+        self.digest.update(out)
+        return out
+
+    def at_end(self) -> bool:
+        if len(self._buf) > self._pos:
+            return False
+        return all(not chunk for chunk in self._chunks)
+
+
+def _frame(reader: _Reader, limit: int) -> tuple[int, bytes]:
+    tag, length = FRAME.unpack(reader.read(FRAME.size))
+    if length > limit:
+        raise CorruptData(f"snapshot frame of {length} bytes is over the {limit} limit")
+    return tag, reader.read(length)
+
+
+def _header(payload: bytes) -> dict[str, Any]:
+    try:
+        header = cbor2.loads(payload, max_depth=4)
+    except Exception as exc:
+        raise CorruptData(f"snapshot header does not decode: {exc}") from None
+    if not isinstance(header, dict):
+        raise CorruptData("snapshot header is not a map")
+    if header.get("format") != FORMAT_VERSION:
+        raise CorruptData(f"snapshot has format {header.get('format')!r}, not {FORMAT_VERSION}")
+    for name in ("applied", "term", "revision", "compact"):
+        value = header.get(name)
+        if type(value) is not int or not 0 <= value < 1 << 63:
+            raise CorruptData(f"snapshot header field {name} is invalid")
+    for name in ("voters", "learners"):
+        ids = header.get(name)
+        if type(ids) is not list or any(type(i) is not int or not 0 < i < 1 << 64 for i in ids):
+            raise CorruptData(f"snapshot header field {name} is invalid")
+    if header["revision"] < 1 or header["compact"] > header["revision"]:
+        raise CorruptData("snapshot header revisions are inconsistent")
+    return header
+
+
+def _check_record(table: bytes, key: bytes, value: bytes) -> None:
+    """Structural checks, so a restored dir holds only records the reader understands."""
+    ok: bool
+    if table == b"kv":
+        ok = len(value) >= RECORD.size
+    elif table == b"graves":
+        ok = len(value) == REV.size
+    elif table == b"history":
+        ok = len(key) == REV.size and len(value) >= CHANGE.size
+        if ok:
+            unpack_change(value)
+    elif table == b"leases":
+        ok = len(key) == 8 and len(value) == 8
+    else:
+        ok = len(key) > 8 and len(value) <= 1
+    if not ok:
+        raise CorruptData(f"snapshot has a malformed {table.decode()} record")
+
+
+def restore_into(env: Env, chunks: Iterable[bytes], identity: Any) -> None:
+    """Fill a freshly created environment from a snapshot stream, verifying its checksum
+    before the final commit. Raises CorruptData (the caller removes the dir)."""
+    reader = _Reader(chunks)
+    if reader.read(len(MAGIC)) != MAGIC:
+        raise CorruptData("not an embedkv snapshot (bad magic)")
+    tag, payload = _frame(reader, MAX_HEADER)
+    if tag != TAG_HEADER:
+        raise CorruptData("snapshot does not start with its header")
+    header = _header(payload)
+    meta_db = env.dbs[b"meta"]
+    _commit(env, [(meta_db, RESTORING, b"1")])
+    pending: list[tuple[Any, bytes, bytes]] = []
+    pending_bytes = 0
+    last: tuple[int, bytes, bytes] = (-1, b"", b"")
+    while True:
+        expected = reader.digest.digest()
+        tag, payload = _frame(reader, MAX_FRAME)
+        if tag == TAG_END:
+            if payload != expected:
+                raise CorruptData("snapshot checksum mismatch")
+            break
+        if tag != TAG_RECORD or len(payload) < RECORD_HEAD.size:
+            raise CorruptData(f"unexpected snapshot frame {tag!r}")
+        table_no, klen = RECORD_HEAD.unpack_from(payload)
+        if table_no >= len(TABLES) or not 0 < klen <= MAX_KEY_BYTES + 16:
+            raise CorruptData("snapshot record has a bad table or key length")
+        key = payload[RECORD_HEAD.size : RECORD_HEAD.size + klen]
+        value = payload[RECORD_HEAD.size + klen :]
+        if len(key) != klen:
+            raise CorruptData("snapshot record is truncated")
+        order = (table_no, key, value)
+        if order <= last:
+            raise CorruptData("snapshot records are out of order")
+        last = order
+        _check_record(TABLES[table_no], key, value)
+        pending.append((env.dbs[TABLES[table_no]], key, value))
+        pending_bytes += len(payload)
+        if pending_bytes >= _RESTORE_TXN_BYTES:
+            _commit(env, pending)
+            pending, pending_bytes = [], 0
+    if not reader.at_end():
+        raise CorruptData("snapshot has data after its end")
+    conf = ConfState(frozenset(header["voters"]), frozenset(header["learners"]))
+    state_db = env.dbs[b"raft_state"]
+    applied = header["applied"]
+    pending += [
+        (meta_db, META_STATE, U64X3.pack(applied, header["revision"], header["compact"])),
+        (state_db, CONF_STATE, encode_conf_state(conf)),
+        (state_db, LOG_START, U64X2.pack(applied, header["term"])),
+        (state_db, HARD_STATE, encode_hard_state_for(applied, header["term"])),
+    ]
+    if identity is not None:
+        pending.append((state_db, b"identity", U64X2.pack(identity.cluster_id,
+                                                          identity.member_id)))
+    _commit(env, pending, finish=True)
+
+
+def encode_hard_state_for(applied: int, term: int) -> bytes:
+    """A restored member has voted for nobody, and has committed up to the snapshot."""
+    return encode_hard_state(HardState(term=term, vote=0, commit=applied))
+
+
+def _commit(
+    env: Env, items: list[tuple[Any, bytes, bytes]], *, finish: bool = False
+) -> None:
+    """Write records in one transaction, growing the map as needed."""
+    while True:
+        try:
+            with env.env.begin(write=True) as txn:
+                for db, key, value in items:
+                    txn.put(key, value, db=db)
+                if finish:
+                    txn.delete(RESTORING, db=env.dbs[b"meta"])
+            return
+        except lmdb.MapFullError:
+            env.grow()
+        except lmdb.Error as exc:
+            if is_disk_full(exc, env.path):
+                raise no_space(exc, env.path) from None
+            raise
+
