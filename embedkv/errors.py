@@ -50,6 +50,14 @@ class LeaseNotFound(Error):
         super().__init__(f"lease {lease_id:#x} not found")
 
 
+class LeaseExists(Error):
+    """A lease with this id was already granted (etcd: "lease already exists")."""
+
+    def __init__(self, lease_id: int) -> None:
+        self.lease_id = lease_id
+        super().__init__(f"lease {lease_id:#x} already exists")
+
+
 class DataDirLocked(Error):
     """Another Store (in this or another process) has the data directory open."""
 

@@ -3,8 +3,10 @@
 See docs/storage-api.md for the interface the runtime uses and docs/storage.md for the layout.
 """
 
+from embedkv.errors import LeaseExists
+
 from .datadir import Applied, DataDir, Identity, WriteBatch
-from .mvcc import KeySpace, LeaseExists
+from .mvcc import KeySpace
 from .raftlog import RaftLog
 
 __all__ = ["Applied", "DataDir", "Identity", "KeySpace", "LeaseExists", "RaftLog", "WriteBatch"]

@@ -27,7 +27,14 @@ from typing import Any, Final
 import cbor2
 import lmdb
 
-from embedkv.errors import Compacted, CorruptData, Error, FutureRevision, LeaseNotFound
+from embedkv.errors import (
+    Compacted,
+    CorruptData,
+    Error,
+    FutureRevision,
+    LeaseExists,
+    LeaseNotFound,
+)
 
 from .codec import (
     CHANGE,
@@ -78,15 +85,6 @@ from .requests import (
     key_bytes,
     prefix_end,
 )
-
-
-class LeaseExists(Error):
-    """A lease with this id was already granted (etcd: "lease already exists")."""
-
-    def __init__(self, lease_id: int) -> None:
-        self.lease_id = lease_id
-        super().__init__(f"lease {lease_id:#x} already exists")
-
 
 _EVENTS_PER_READ: Final = 256
 """History replay reads this many changes per read transaction, so no reader stays open long."""
