@@ -5,8 +5,8 @@ See docs/storage-api.md for the interface the runtime uses and docs/storage.md f
 
 from embedkv.errors import LeaseExists
 
-from .datadir import Applied, DataDir, Identity, WriteBatch
-from .mvcc import KeySpace
+from .datadir import DataDir, Identity, WriteBatch
+from .mvcc import Applied, KeySpace
 from .raftlog import RaftLog
 
 __all__ = ["Applied", "DataDir", "Identity", "KeySpace", "LeaseExists", "RaftLog", "WriteBatch"]

@@ -300,30 +300,73 @@ PUT_STR_KEY: Final = 2
 
 
 def _encode_put_proposal(member_id: int, seq: int, req: Put) -> bytes:
+    # The common case (str or bytes key, lease None or an int, prev_kv a bool) without building
+    # the wire op; anything else takes _encode_put, which raises the right error in the right
+    # order (lease, key, value, prev_kv).
+    key = req.key
+    lease = req.lease
+    prev = req.prev_kv
+    kflags = PUT_STR_KEY
+    if type(key) is str:
+        try:
+            kb = key.encode("utf-8")
+        except UnicodeEncodeError:
+            kb = b""
+    elif type(key) is bytes:
+        kb = key
+        kflags = 0
+    else:
+        kb = b""
+    if lease is None:
+        lease = 0
+    if (0 < len(kb) <= MAX_KEY_BYTES and type(lease) is int and 0 <= lease <= MAX_ID
+            and type(prev) is bool):
+        return (PUT_PROPOSAL.pack(PUT_TAG, member_id, seq, lease,
+                                  kflags | (PUT_PREV_KV if prev else 0), len(kb))
+                + kb + encode_value(req.value))
     op = _encode_put(req)
-    key: Key = op[1]
-    kb = key.encode("utf-8") if isinstance(key, str) else key
-    flags = (PUT_PREV_KV if op[4] else 0) | (PUT_STR_KEY if isinstance(key, str) else 0)
+    wkey: Key = op[1]
+    kb = wkey.encode("utf-8") if isinstance(wkey, str) else wkey
+    flags = (PUT_PREV_KV if op[4] else 0) | (PUT_STR_KEY if isinstance(wkey, str) else 0)
     value: bytes = op[2]
     return PUT_PROPOSAL.pack(PUT_TAG, member_id, seq, op[3], flags, len(kb)) + kb + value
 
 
-def _decode_put_proposal(data: bytes) -> tuple[int, int, list[Any]]:
-    head = PUT_PROPOSAL.size
-    if len(data) <= head:
+_PUT_HEAD: Final = PUT_PROPOSAL.size
+_unpack_put: Final = PUT_PROPOSAL.unpack_from
+_MAX_DATA: Final = MAX_PROPOSAL_BYTES + 64
+
+
+def split_put(data: bytes) -> tuple[int, int, Key, bytes, bytes, int, int, bool]:
+    """Check a plain Put proposal (data[0] == PUT_TAG) and split it, without building a wire op:
+    (member_id, seq, key, key bytes, value CBOR, lease, key flags (FLAG_STR or 0), prev_kv).
+
+    The write hot path applies it from these directly (``Applier.apply_put``); decode_wire
+    builds the wire op from them. BadProposal when the data is not a valid Put.
+    """
+    n = len(data)
+    if n > _MAX_DATA:
+        raise _corrupt(f"{n} bytes; the limit is {MAX_PROPOSAL_BYTES}")
+    if n <= _PUT_HEAD:
         raise _corrupt("truncated put")
-    _, member_id, seq, lease, flags, klen = PUT_PROPOSAL.unpack_from(data)
-    end = head + klen
+    _, member_id, seq, lease, flags, klen = _unpack_put(data)
+    end = _PUT_HEAD + klen
     if (not 0 < member_id <= MAX_ID or lease > MAX_ID or flags > 3 or not 0 < klen <= MAX_KEY_BYTES
-            or len(data) <= end or len(data) - end > MAX_VALUE_BYTES):
+            or n <= end or n - end > MAX_VALUE_BYTES):
         raise _corrupt("bad put header")
-    key: Key = data[head:end]
+    kb = data[_PUT_HEAD:end]
     if flags & PUT_STR_KEY:
         try:
-            key = data[head:end].decode("utf-8")
+            return (member_id, seq, kb.decode("utf-8"), kb, data[end:], lease, FLAG_STR,
+                    flags & PUT_PREV_KV != 0)
         except UnicodeDecodeError:
             raise _corrupt("key is not UTF-8") from None
-    return member_id, seq, [OP_PUT, key, data[end:], lease, bool(flags & PUT_PREV_KV)]
+    return member_id, seq, kb, kb, data[end:], lease, 0, flags & PUT_PREV_KV != 0
+
+
+def _decode_put_proposal(data: bytes) -> tuple[int, int, list[Any]]:
+    member_id, seq, key, _, value, lease, _, prev_kv = split_put(data)
+    return member_id, seq, [OP_PUT, key, value, lease, prev_kv]
 
 
 def encode_proposal(member_id: int, seq: int, request: Request) -> bytes:
@@ -454,10 +497,10 @@ def check_op(op: object, *, in_txn: bool = False) -> list[Any]:
 
 def decode_wire(data: bytes | memoryview) -> tuple[int, int, list[Any]]:
     """Decode a proposal into (member_id, seq, wire op) without decoding the values in it."""
-    if len(data) > MAX_PROPOSAL_BYTES + 64:
-        raise _corrupt(f"{len(data)} bytes; the limit is {MAX_PROPOSAL_BYTES}")
     if data and data[0] == PUT_TAG:
         return _decode_put_proposal(bytes(data))
+    if len(data) > _MAX_DATA:
+        raise _corrupt(f"{len(data)} bytes; the limit is {MAX_PROPOSAL_BYTES}")
     try:
         decoded = cbor2.loads(data, max_depth=_PROPOSAL_DEPTH)
     except Exception as exc:

@@ -19,19 +19,27 @@ from typing import Any, Final
 
 import lmdb
 
-from embedkv.errors import Closed, CorruptData, DataDirLocked, Error, NoSpace
+from embedkv.errors import Closed, CorruptData, DataDirLocked, NoSpace
 from embedkv.raft.types import ConfState, Entry, EntryType, HardState, SnapshotMeta
 
-from .codec import U64X2, U64X3, BadProposal, decode_wire, encode_conf_state, unpack_exact
+from .codec import (
+    PUT_TAG,
+    U64X2,
+    U64X3,
+    BadProposal,
+    decode_wire,
+    encode_conf_state,
+    unpack_exact,
+)
 from .lmdbenv import META_STATE, Env, is_disk_full, no_space
-from .mvcc import Applier, KeySpace, Tables, read_state
+from .mvcc import Applied, Applier, KeySpace, Tables, read_state
 from .raftlog import CONF_STATE, RaftLog
-from .requests import Event, Result
 
 LOCK_FILE: Final = "embedkv.lock"
 IDENTITY: Final = b"identity"
 """`raft_state` key of (cluster_id, member_id)."""
 _ABORTED: Final = "the write batch was aborted by an earlier error: nothing in it was written"
+_NORMAL: Final = EntryType.NORMAL
 MAX_MAP_SIZE: Final = 1 << 44
 """16 TiB of address space: past this, a MapFullError is reported as NoSpace."""
 
@@ -42,22 +50,6 @@ class Identity:
 
     cluster_id: int
     member_id: int
-
-
-@dataclass(slots=True)
-class Applied:
-    """What applying one committed entry did.
-
-    `origin` is (member_id, seq) of the proposal, so the proposer can resolve its future;
-    `result` is an embedkv.Error when the request failed deterministically (the entry is still
-    applied), and None for entries that carry no request (empty or membership entries).
-    Not frozen: one is built per applied entry, and a frozen dataclass costs twice as much.
-    """
-
-    index: int
-    origin: tuple[int, int] | None
-    result: Result | Error | None
-    events: list[Event]
 
 
 def _lock(path: str) -> int:
@@ -278,6 +270,7 @@ class WriteBatch:
         self._log = dd.log
         self._view0 = dd.log.view
         self._ops: list[tuple[Callable[..., Any], tuple[Any, ...]]] = []
+        self._apply_op = self._apply
         self._txn: lmdb.Transaction[bytes] | None = None
         self._begin()
 
@@ -311,8 +304,16 @@ class WriteBatch:
         if self._txn is None:
             raise Closed(_ABORTED)
         # _run() inlined: this runs once per applied entry.
-        self._ops.append((self._apply, (entry,)))
+        self._ops.append((self._apply_op, (entry,)))
         try:
+            # _apply() inlined for the hot path, a plain Put in order.
+            index = entry.index
+            data = entry.data
+            if (type(data) is bytes and data and data[0] == PUT_TAG
+                    and index == self._applied + 1 and entry.type is _NORMAL):
+                self._applied = index
+                self._state_dirty = True
+                return self._applier.apply_put(index, data)
             return self._apply(entry)
         except lmdb.MapFullError:
             result: Applied = self._grow_and_replay()
@@ -357,18 +358,22 @@ class WriteBatch:
         self._set_conf_state(meta.conf_state)
 
     def _apply(self, entry: Entry) -> Applied:
-        if entry.index != self._applied + 1:
-            raise ValueError(f"entry {entry.index} applied out of order (applied {self._applied})")
-        self._applied = entry.index
+        index = entry.index
+        if index != self._applied + 1:
+            raise ValueError(f"entry {index} applied out of order (applied {self._applied})")
+        self._applied = index
         self._state_dirty = True
-        if entry.type is not EntryType.NORMAL or not entry.data:
-            return Applied(entry.index, None, None, [])
+        data = entry.data
+        if entry.type is not _NORMAL or not data:
+            return Applied(index, None, None, [])
+        if data[0] == PUT_TAG and type(data) is bytes:
+            return self._applier.apply_put(index, data)  # the hot path: a plain Put
         try:
-            member_id, seq, op = decode_wire(entry.data)
+            member_id, seq, op = decode_wire(data)
         except BadProposal as exc:
-            return Applied(entry.index, None, exc, [])
+            return Applied(index, None, exc, [])
         result, events = self._applier.apply(op)
-        return Applied(entry.index, (member_id, seq), result, events)
+        return Applied(index, (member_id, seq), result, events)
 
     def _apply_conf_change(self, index: int, conf_state: ConfState) -> None:
         if index == self._applied + 1:

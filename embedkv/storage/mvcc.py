@@ -20,9 +20,9 @@ instead of two: a put appends to ``history`` and the Raft log, and rewrites its 
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from dataclasses import replace
-from typing import Any, Final
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, replace
+from typing import Any, Final, cast
 
 import cbor2
 import lmdb
@@ -42,6 +42,8 @@ from .codec import (
     FLAG_TOMBSTONE,
     KIND_DELETE,
     KIND_PUT,
+    MAX_ID,
+    MAX_PROPOSAL_BYTES,
     MAX_VALUE_DEPTH,
     OP_COMPACTION,
     OP_DELETE,
@@ -50,6 +52,9 @@ from .codec import (
     OP_LEASE_REVOKE,
     OP_PUT,
     OP_TXN,
+    PUT_PREV_KV,
+    PUT_PROPOSAL,
+    PUT_STR_KEY,
     RECORD,
     REV,
     SORT_ORDERS,
@@ -60,6 +65,7 @@ from .codec import (
     BadProposal,
     decode_proposed_value,
     encode_get,
+    split_put,
     unpack_change,
     unpack_exact,
     unpack_record,
@@ -67,6 +73,7 @@ from .codec import (
 from .lmdbenv import META_STATE, Env
 from .requests import (
     MAX_KEY_BYTES,
+    MAX_VALUE_BYTES,
     CompactResult,
     DeleteResult,
     Event,
@@ -86,6 +93,24 @@ from .requests import (
     prefix_end,
 )
 
+
+@dataclass(slots=True)
+class Applied:
+    """What applying one committed entry did.
+
+    `origin` is (member_id, seq) of the proposal, so the proposer can resolve its future;
+    `result` is an embedkv.Error when the request failed deterministically (the entry is still
+    applied), and None for entries that carry no request (empty or membership entries).
+    Not frozen: one is built per applied entry, and a frozen dataclass costs twice as much.
+    (Defined here so that the put hot path, ``Applier.apply_put``, can build it.)
+    """
+
+    index: int
+    origin: tuple[int, int] | None
+    result: Result | Error | None
+    events: list[Event]
+
+
 _EVENTS_PER_READ: Final = 256
 """History replay reads this many changes per read transaction, so no reader stays open long."""
 
@@ -95,45 +120,56 @@ _pack_record = RECORD.pack
 _pack_rev = REV.pack
 _pack_change = CHANGE.pack
 _loads = cbor2.loads
+_PUT: Final = EventType.PUT
+_PUT_HEAD: Final = PUT_PROPOSAL.size
+_unpack_put: Final = PUT_PROPOSAL.unpack_from
+_MAX_DATA: Final = MAX_PROPOSAL_BYTES + 64
 
 
 # KeyValue and Event are frozen, slotted dataclasses; their generated __init__ sets each field
 # through object.__setattr__, which costs twice what setting the slots directly does, and the
-# apply and read hot paths build a few per key. These fill every slot (a test checks that they
-# equal what the classes' own constructors build, so a new field cannot be missed silently).
+# apply and read hot paths build a few per key. The hot paths build them through "twins":
+# plain classes with the very same slots, whose __init__ fills every slot and then turns the
+# new object into the frozen class (a __class__ assignment, which CPython allows between
+# classes of identical layout). What comes out is an ordinary KeyValue / Event; a test checks
+# that it equals what the classes' own constructors build, so a new field cannot be missed
+# silently.
 _new = object.__new__
-_kv_key = vars(KeyValue)["key"].__set__
-_kv_value = vars(KeyValue)["value"].__set__
-_kv_create = vars(KeyValue)["create_revision"].__set__
-_kv_mod = vars(KeyValue)["mod_revision"].__set__
-_kv_version = vars(KeyValue)["version"].__set__
-_kv_lease = vars(KeyValue)["lease"].__set__
-_ev_type = vars(Event)["type"].__set__
-_ev_kv = vars(Event)["kv"].__set__
-_ev_prev = vars(Event)["prev_kv"].__set__
 _put_revision = vars(PutResult)["revision"].__set__
 _put_prev = vars(PutResult)["prev"].__set__
 
 
-def _fast_kv(
-    key: Key, value: Any, create: int, mod: int, version: int, lease: int | None
-) -> KeyValue:
-    obj = _new(KeyValue)
-    _kv_key(obj, key)
-    _kv_value(obj, value)
-    _kv_create(obj, create)
-    _kv_mod(obj, mod)
-    _kv_version(obj, version)
-    _kv_lease(obj, lease)
-    return obj
+class _KeyValueTwin:
+    __slots__ = KeyValue.__slots__
+
+    def __init__(
+        self, key: Key, value: Any, create: int, mod: int, version: int, lease: int | None
+    ) -> None:
+        self.key = key
+        self.value = value
+        self.create_revision = create
+        self.mod_revision = mod
+        self.version = version
+        self.lease = lease
+        self.__class__ = KeyValue  # type: ignore[assignment]
 
 
-def _fast_event(kind: EventType, kv: KeyValue, prev_kv: KeyValue | None) -> Event:
-    obj = _new(Event)
-    _ev_type(obj, kind)
-    _ev_kv(obj, kv)
-    _ev_prev(obj, prev_kv)
-    return obj
+class _EventTwin:
+    __slots__ = Event.__slots__
+
+    def __init__(self, kind: EventType, kv: KeyValue, prev_kv: KeyValue | None) -> None:
+        self.type = kind
+        self.kv = kv
+        self.prev_kv = prev_kv
+        self.__class__ = Event  # type: ignore[assignment]
+
+
+_fast_kv: Final = cast(
+    "Callable[[Key, Any, int, int, int, int | None], KeyValue]", _KeyValueTwin
+)
+"""KeyValue(key, value, create_revision, mod_revision, version, lease), built fast."""
+_fast_event: Final = cast("Callable[[EventType, KeyValue, KeyValue | None], Event]", _EventTwin)
+"""Event(type, kv, prev_kv), built fast."""
 
 
 def _fast_put_result(revision: int, prev: KeyValue | None) -> PutResult:
@@ -637,9 +673,12 @@ class Applier:
         self.revision = revision
         self.compact = compact
         self._kv = txn.cursor(db=t.kv)
-        # Bound methods of cursors reused by every put of the batch (the hot path).
-        self._kv_get = txn.cursor(db=t.kv).get
-        self._kv_put = txn.cursor(db=t.kv).put
+        # Bound methods of cursors reused by every put of the batch (the hot path). A put's
+        # get and put of its key go through one cursor: LMDB then finds the key again on the
+        # page the get left the cursor on, instead of searching the tree from its root.
+        put_cursor = txn.cursor(db=t.kv)
+        self._kv_get = put_cursor.get
+        self._kv_put = put_cursor.put
         self._history_put = txn.cursor(db=t.history).put
         self._grave_pop = txn.cursor(db=t.graves).pop
 
@@ -674,6 +713,51 @@ class Applier:
     def _lease_exists(self, lease: int) -> bool:
         return self.txn.get(U64.pack(lease), db=self.t.leases) is not None
 
+    def apply_put(self, index: int, data: bytes) -> Applied:
+        """Apply the entry at `index` whose data is a plain Put proposal (data[0] == PUT_TAG):
+        decode_wire + apply, fused for the write hot path, with the same results."""
+        # codec.split_put, inlined (the tests check that both paths give the same answers).
+        n = len(data)
+        if n > _MAX_DATA or n <= _PUT_HEAD:
+            try:
+                split_put(data)  # raises BadProposal with the reason
+            except BadProposal as exc:
+                return Applied(index, None, exc, [])
+        _, member_id, seq, lease, pflags, klen = _unpack_put(data)
+        end = _PUT_HEAD + klen
+        if (not 0 < member_id <= MAX_ID or lease > MAX_ID or pflags > 3
+                or not 0 < klen <= MAX_KEY_BYTES or n <= end or n - end > MAX_VALUE_BYTES):
+            return Applied(index, None, BadProposal("malformed proposal: bad put header"), [])
+        kb = data[_PUT_HEAD:end]
+        key: Key
+        if pflags & PUT_STR_KEY:
+            try:
+                key = kb.decode("utf-8")
+            except UnicodeDecodeError:
+                return Applied(index, None, BadProposal("malformed proposal: key is not UTF-8"),
+                               [])
+            flags = FLAG_STR
+        else:
+            key = kb
+            flags = 0
+        vbytes = data[end:]
+        origin = (member_id, seq)
+        if lease and self.txn.get(U64.pack(lease), db=self.t.leases) is None:
+            return Applied(index, origin, LeaseNotFound(lease), [])
+        try:
+            value = _loads(vbytes, max_depth=MAX_VALUE_DEPTH)
+        except Exception:
+            try:
+                value = decode_proposed_value(vbytes)  # raises BadProposal with the reason
+            except BadProposal as exc:
+                return Applied(index, origin, exc, [])
+        rev = self.revision + 1
+        events: list[Event] = []
+        res = self._write(key, kb, flags, vbytes, value, lease, pflags & PUT_PREV_KV != 0, rev, 0,
+                          events)
+        self.revision = rev
+        return Applied(index, origin, res, events)
+
     def _put_request(self, op: list[Any], events: list[Event]) -> PutResult:
         lease = op[3]
         if lease and not self._lease_exists(lease):
@@ -692,11 +776,25 @@ class Applier:
     ) -> PutResult:
         _, key, vbytes, lease, want_prev = op
         if type(key) is str:
-            kb = key.encode("utf-8")
-            flags = FLAG_STR
-        else:
-            kb = key
-            flags = 0
+            return self._write(key, key.encode("utf-8"), FLAG_STR, vbytes, value, lease,
+                               want_prev, rev, sub, events)
+        return self._write(key, key, 0, vbytes, value, lease, want_prev, rev, sub, events)
+
+    def _write(
+        self,
+        key: Key,
+        kb: bytes,
+        flags: int,
+        vbytes: bytes,
+        value: Any,
+        lease: int,
+        want_prev: bool,
+        rev: int,
+        sub: int,
+        events: list[Event],
+    ) -> PutResult:
+        """Put key (kb its bytes, flags FLAG_STR when it is a str) = value (vbytes its CBOR)
+        at (rev, sub); appends the event, returns the result."""
         old = self._kv_get(kb)
         prev_kv: KeyValue | None = None
         if old is None:
@@ -710,7 +808,10 @@ class Applier:
                 raise CorruptData(f"record of key {kb!r} is shorter than its header")
             create, prev_rev, prev_sub, version, old_lease, old_flags = _unpack_record(old)
             try:
-                old_value = _loads(_body(old), max_depth=MAX_VALUE_DEPTH)
+                old_value = _loads(
+                    old[_HEADER:] if len(old) < 4096 else memoryview(old)[_HEADER:],
+                    max_depth=MAX_VALUE_DEPTH,
+                )
             except Exception as exc:
                 raise CorruptData(f"stored value of key {kb!r} does not decode: {exc}") from None
             prev_kv = _fast_kv(
@@ -731,7 +832,7 @@ class Applier:
             if lease:
                 self.txn.put(U64.pack(lease) + kb, bytes((flags,)), db=t.lease_keys)
         kv = _fast_kv(key, value, create, rev, version, lease or None)
-        events.append(_fast_event(EventType.PUT, kv, prev_kv))
+        events.append(_fast_event(_PUT, kv, prev_kv))
         return _fast_put_result(rev, prev_kv if want_prev else None)
 
     def _delete(self, op: list[Any], rev: int, sub: int, events: list[Event]) -> DeleteResult:

@@ -32,7 +32,6 @@ from .codec import (
     decode_conf_state,
     decode_entry,
     decode_hard_state,
-    encode_entry,
     encode_hard_state,
     unpack_exact,
 )
@@ -181,24 +180,30 @@ class RaftLog:
     def append(self, txn: lmdb.Transaction[bytes], entries: list[Entry]) -> None:
         """Append, replacing a conflicting suffix; entries at or below the start are ignored."""
         view = self.view
-        ents = [e for e in entries if e.index > view.start]
-        if not ents:
+        indexes = [e.index for e in entries]
+        if not indexes:
             return
-        first = ents[0].index
-        for i, entry in enumerate(ents):
-            if entry.index != first + i:
-                raise ValueError("entries to append are not contiguous")
+        ents = entries
+        if min(indexes) <= view.start:
+            ents = [e for e in entries if e.index > view.start]
+            if not ents:
+                return
+            indexes = [e.index for e in ents]
+        first = indexes[0]
+        if indexes != list(range(first, first + len(indexes))):
+            raise ValueError("entries to append are not contiguous")
         if first > view.last + 1:
             raise ValueError(f"missing log entry: last index {view.last}, appending at {first}")
-        if first <= view.last:
-            cursor = txn.cursor(db=self._log_db)
-            if cursor.set_range(U64.pack(first)):
-                while cursor.delete():
-                    pass
-        put = txn.cursor(db=self._log_db).put
+        cursor = txn.cursor(db=self._log_db)
+        if first <= view.last and cursor.set_range(U64.pack(first)):
+            while cursor.delete():
+                pass
+        # One putmulti call for the batch (what encode_entry does, inlined); the keys ascend
+        # past the last one kept, so they append.
         pack = U64.pack
-        for entry in ents:
-            put(pack(entry.index), encode_entry(entry), append=True)
+        head = LOG_ENTRY.pack
+        cursor.putmulti([(pack(e.index), head(e.term, e.type) + e.data) for e in ents],
+                        append=True)
         tail_first = view.tail_first
         kept = view.tail[: first - tail_first] if first >= tail_first else ()
         tail = kept + tuple(ents)
