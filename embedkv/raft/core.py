@@ -366,48 +366,52 @@ class RaftNode:
     # -- Ready / advance --------------------------------------------------------------------------
 
     def has_ready(self) -> bool:
-        if self._read_round_pending:
+        # Called several times per write batch: compare fields in place rather than build a
+        # SoftState and a HardState to compare with the previous ones.
+        if self._read_round_pending or self._msgs or self._read_states:
             return True
-        if self._msgs or self._read_states:
+        soft = self._prev_soft_state
+        if self._lead != soft.leader or self._role is not soft.role:
             return True
-        if self._soft_state() != self._prev_soft_state:
+        log = self._log
+        hard = self._prev_hard_state
+        if self._term != hard.term or self._vote != hard.vote or log.committed != hard.commit:
             return True
-        if self._hard_state() != self._prev_hard_state:
+        unstable = log.unstable
+        if unstable.snapshot is not None and not unstable.snapshot_in_progress:
             return True
-        unstable = self._log.unstable
-        if unstable.next_snapshot() is not None or unstable.has_next_entries():
+        if unstable.offset_in_progress < unstable.offset + len(unstable.entries):
             return True
-        return self._log.has_next_committed_entries()
+        return log.has_next_committed_entries()
 
     def ready(self) -> Ready:
         """The work the runtime must do next (see docs/raft.md); hand it back to advance()."""
         self._flush_read_round()
         log = self._log
-        rd = Ready()
-        soft = self._soft_state()
-        if soft != self._prev_soft_state:
-            rd.soft_state = soft
-            self._prev_soft_state = soft
-        hard = self._hard_state()
-        if hard != self._prev_hard_state:
-            rd.hard_state = hard
-            rd.must_sync = hard.term != self._prev_hard_state.term or (
-                hard.vote != self._prev_hard_state.vote
-            )
-            self._prev_hard_state = hard
-        rd.snapshot = log.unstable.next_snapshot()
-        rd.entries = log.unstable.next_entries()
-        log.unstable.accept_in_progress()
-        if rd.entries or rd.snapshot is not None:
-            rd.must_sync = True
-        rd.committed_entries = log.next_committed_entries(self._max_committed_size_per_ready)
-        if rd.committed_entries:
-            log.accept_applying(rd.committed_entries[-1].index)
-        rd.messages = self._msgs
-        self._msgs = []
-        rd.read_states = self._read_states
-        self._read_states = []
-        return rd
+        unstable = log.unstable
+        soft_state: SoftState | None = None
+        prev_soft = self._prev_soft_state
+        if self._lead != prev_soft.leader or self._role is not prev_soft.role:
+            soft_state = self._prev_soft_state = SoftState(leader=self._lead, role=self._role)
+        hard_state: HardState | None = None
+        must_sync = False
+        prev_hard = self._prev_hard_state
+        term, vote, commit = self._term, self._vote, log.committed
+        if term != prev_hard.term or vote != prev_hard.vote or commit != prev_hard.commit:
+            hard_state = self._prev_hard_state = HardState(term=term, vote=vote, commit=commit)
+            must_sync = term != prev_hard.term or vote != prev_hard.vote
+        snapshot = unstable.next_snapshot()
+        entries = unstable.next_entries()
+        unstable.accept_in_progress()
+        if entries or snapshot is not None:
+            must_sync = True
+        committed = log.next_committed_entries(self._max_committed_size_per_ready)
+        if committed:
+            log.accept_applying(committed[-1].index)
+        messages, self._msgs = self._msgs, []
+        read_states, self._read_states = self._read_states, []
+        return Ready(soft_state, hard_state, entries, snapshot, committed, messages, read_states,
+                     must_sync)
 
     def advance(self, ready: Ready) -> None:
         """The runtime persisted, sent and applied everything in `ready`."""
