@@ -36,7 +36,7 @@ from embedkv.storage.requests import (
 from .engine import Engine
 from .lease import LeaseKeeper
 from .watch import WatchCallback, WatchHandle, WatchHub
-from .writer import Core, LogWriter, MemberStats, Proposal, ReadWaiter, Signal
+from .writer import Core, LogWriter, MemberFuture, MemberStats, Proposal, ReadWaiter, Signal
 
 log = logging.getLogger("embedkv.member")
 
@@ -66,6 +66,7 @@ class Member:
             raise ValueError("the data dir has no identity: bootstrap it first")
         self._dd = dd
         self._identity = identity
+        self._member_id = identity.member_id
         self._timeout = request_timeout
         self._election_tick = election_tick
         self._heartbeat_tick = heartbeat_tick
@@ -204,12 +205,12 @@ class Member:
 
     def propose(self, request: Request) -> Future[Result]:
         """Replicate and apply `request`; the future resolves once it is applied here."""
-        self._check_writable()
-        seq = next(self._seq)
-        data = encode_proposal(self._identity.member_id, seq, request)
-        future: Future[Result] = Future()
-        future.set_running_or_notify_cancel()  # it cannot be taken back once queued
         writer = self._writer
+        if self._closed or writer.failure is not None or writer.no_space is not None:
+            self._check_writable()  # raises
+        seq = next(self._seq)
+        data = encode_proposal(self._member_id, seq, request)
+        future: Future[Result] = MemberFuture()  # running: it cannot be taken back once queued
         writer.submit(Proposal(seq, data, future, time.monotonic() + self._timeout))
         if writer.stopping:
             writer.drain()  # close() (or a failure) raced with us: do not leave it hanging
@@ -218,8 +219,7 @@ class Member:
     def read_barrier(self) -> Future[int]:
         """ReadIndex through Raft: resolves with the read index once it is applied here."""
         self._check_running()
-        future: Future[int] = Future()
-        future.set_running_or_notify_cancel()
+        future: Future[int] = MemberFuture()
         writer = self._writer
         writer.submit(ReadWaiter(future, time.monotonic() + self._timeout))
         if writer.stopping:

@@ -26,8 +26,9 @@ import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import Future
+from concurrent.futures._base import FINISHED, RUNNING
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 from embedkv.errors import Closed, Error, NoSpace, Unavailable
 from embedkv.raft import (
@@ -69,6 +70,56 @@ _RETRY_DROPS = frozenset(
     {DropReason.NO_LEADER, DropReason.TRANSFERRING, DropReason.UNCOMMITTED_SIZE}
 )
 """Drops that a later attempt may overcome: the proposal waits for it until its deadline."""
+
+
+_T = TypeVar("_T")
+
+
+class MemberFuture(Future[_T]):
+    """A `concurrent.futures.Future` created in the RUNNING state.
+
+    A proposal or read cannot be taken back once queued, so its future starts running:
+    the same state `set_running_or_notify_cancel()` would leave it in, without the extra
+    round through the future's condition (this is on every put's path). Everything else is
+    the standard Future: `cancel()` returns False, `result(timeout)`, done-callbacks,
+    `concurrent.futures.wait` and `asyncio.wrap_future` behave as usual.
+    """
+
+    _done_callbacks: list[Callable[[Future[_T]], object]]  # Future's own, set by its __init__
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._state = RUNNING
+
+    def _finish_quietly(self, outcome: Any) -> bool:
+        """Complete with `outcome` (an exception fails the future) and wake the threads that
+        wait for it, unless a done-callback is registered. No callback runs here: the log
+        writer calls this with a write transaction open. False: nothing was done; complete
+        the future the usual way (set_result / set_exception) once the transaction is over.
+        """
+        with self._condition:
+            if self._done_callbacks or self._state != RUNNING:
+                return False
+            if isinstance(outcome, BaseException):
+                self._exception = outcome
+                self._state = FINISHED
+                for waiter in self._waiters:
+                    waiter.add_exception(self)
+            else:
+                self._result = outcome
+                self._state = FINISHED
+                for waiter in self._waiters:
+                    waiter.add_result(self)
+            self._condition.notify_all()
+        return True
+
+
+def _complete(future: Future[Any], outcome: Any) -> None:
+    """Resolve a future with a state-machine outcome (an Error instance fails it)."""
+    if isinstance(outcome, BaseException):
+        future.set_exception(outcome)
+    else:
+        future.set_result(outcome)
 
 
 class Core:
@@ -152,6 +203,7 @@ class LogWriter:
         self._dd = dd
         self._core = core
         self._me = member_id
+        self._solo = frozenset({member_id})  # the voters of a one-member configuration
         self._new_node = new_node
         self._hub = hub
         self._leases = leases
@@ -177,6 +229,12 @@ class LogWriter:
         # ctx -> (when asked, waiters) of each ReadIndex round in flight
         self._rounds: dict[bytes, tuple[float, list[ReadWaiter]]] = {}
         self._released: list[tuple[int, list[ReadWaiter]]] = []  # answered; wait for apply
+        # Outcomes of the last durable batch whose waiting callers are not woken yet: see
+        # _wake_deferred (they are woken just before the next commit, or before we wait).
+        self._deferred: list[tuple[MemberFuture[Any], Any]] = []
+        # Only worth it when a commit waits for an fsync: without one the commit is too short
+        # for the woken callers to run in, and they would delay the release instead.
+        self._defer = dd.durable
         self._ctx = itertools.count(1)
         self._no_space_retry = 0.0
         self._disk_full = False  # since the last NoSpace, no batch has committed
@@ -242,6 +300,8 @@ class LogWriter:
         try:
             busy = False
             while not self._stopping:
+                if not busy and self._deferred and self._queue.empty():
+                    self._complete_deferred()  # nothing more to do: wake them before we wait
                 items = self._take(block=not busy)
                 if self._admit(items):
                     break
@@ -251,8 +311,11 @@ class LogWriter:
             self.failure = exc
             self.leader_known.clear()
         self._stopping = True
-        self._fail_all(self._stopped_error())
-        self.drain()
+        try:
+            self._complete_deferred()  # durable outcomes: they stand whatever happens next
+        finally:
+            self._fail_all(self._stopped_error())
+            self.drain()
 
     def _take(self, *, block: bool) -> list[Item]:
         q = self._queue
@@ -342,17 +405,20 @@ class LogWriter:
         """Persist and apply one Ready (more with a single voter) in one transaction; True if
         the core may have more for us (False: wait for the next item or signal)."""
         if self.no_space is not None:
+            self._complete_deferred()
             return False
         core = self._core
         with core.lock:
             node = core.node
-            if not node.has_ready():
-                return False
-            rd = node.ready()
+            rd = node.ready() if node.has_ready() else None
+        if rd is None:
+            self._complete_deferred()
+            return False
         batch = _Batch(self._applied, self._conf)
         if not (rd.entries or rd.hard_state or rd.committed_entries or rd.snapshot):
             # Nothing to persist or apply (read states, messages, a role change): no
             # transaction, so a linearizable read costs no write.
+            self._complete_deferred()
             self._note(rd, batch)
             with core.lock:
                 node.advance(rd)
@@ -360,36 +426,51 @@ class LogWriter:
             return True
         unadvanced: Ready | None = None
         more = True
+        solo = self._solo
+        late: list[tuple[MemberFuture[Any], Any]] = []
         try:
-            with self._dd.write() as w, core.lock:
-                self._handle(w, node, rd, batch)
-                for _ in range(MAX_READIES_PER_BATCH):
-                    if batch.conf_state.voters != {self._me}:
-                        # Others vote: our entries count for commit only once durable.
-                        unadvanced = rd
-                        break
-                    # The only voter: nothing is released before the commit below, so the core
-                    # may count these entries now and hand back what that commits, to apply in
-                    # this same transaction.
-                    node.advance(rd)
-                    if not node.has_ready():
-                        more = False  # a tick or a new item wakes us again
-                        break
-                    rd = node.ready()
+            with self._dd.write() as w:
+                with core.lock:
                     self._handle(w, node, rd, batch)
-                else:
-                    unadvanced = rd
-                if batch.hard_state is not None:
-                    w.set_hard_state(batch.hard_state)
-                self._compact_log(w, batch.applied_index)
+                    for _ in range(MAX_READIES_PER_BATCH):
+                        if batch.conf_state.voters != solo:
+                            # Others vote: our entries count for commit only once durable.
+                            unadvanced = rd
+                            break
+                        # The only voter: nothing is released before the commit below, so the
+                        # core may count these entries now and hand back what that commits, to
+                        # apply in this same transaction.
+                        node.advance(rd)
+                        if not node.has_ready():
+                            more = False  # a tick or a new item wakes us again
+                            break
+                        rd = node.ready()
+                        self._handle(w, node, rd, batch)
+                    else:
+                        unadvanced = rd
+                    if batch.hard_state is not None:
+                        w.set_hard_state(batch.hard_state)
+                    self._compact_log(w, batch.applied_index)
+                if self._deferred:
+                    # The previous batch is durable: its callers run while this one commits
+                    # (the GIL is free during the write-out and fsync) instead of competing
+                    # with the work above. No done-callback runs here (see _wake_deferred).
+                    late = self._wake_deferred()
             batch.written = True
         except NoSpace as exc:
+            self._deferred.extend(late)
+            self._complete_deferred()
             self._on_no_space(exc)
             return False
+        except BaseException:
+            self._deferred.extend(late)  # completed on the way out (_run)
+            raise
         if unadvanced is not None:
             with core.lock:
                 core.node.advance(unadvanced)
         self._release(batch)
+        for future, outcome in late:  # they got a done-callback meanwhile: run it now
+            _complete(future, outcome)
         return more
 
     @staticmethod
@@ -465,8 +546,13 @@ class LogWriter:
             self._on_soft_state(batch.soft_state)
 
     def _resolve(self, applied: list[Applied]) -> None:
+        """Hand out the outcomes of a durable batch. A future with done-callbacks is resolved
+        now; the others are woken by _wake_deferred or _complete_deferred (soon: just before
+        the next commit, or before this thread waits for work)."""
         me = self._me
-        pending = self._pending
+        pop = self._pending.pop
+        deferred = self._deferred
+        defer = self._defer
         for a in applied:
             result = a.result
             if type(result) is LeaseGrantResult:
@@ -474,13 +560,31 @@ class LogWriter:
             origin = a.origin
             if origin is None or origin[0] != me:
                 continue
-            p = pending.pop(origin[1], None)
+            p = pop(origin[1], None)
             if p is None:
                 continue  # timed out already, or proposed before a restart
-            if isinstance(result, BaseException):
-                p.future.set_exception(result)
+            future = p.future
+            if defer and type(future) is MemberFuture and not future._done_callbacks:
+                deferred.append((future, result))
             else:
-                p.future.set_result(result)
+                _complete(future, result)  # done-callbacks (asyncio, leases) run now
+
+    def _wake_deferred(self) -> list[tuple[MemberFuture[Any], Any]]:
+        """Complete the deferred futures without running done-callbacks (a write transaction
+        is open); returns those that got a callback meanwhile, to complete after it."""
+        deferred, self._deferred = self._deferred, []
+        late: list[tuple[MemberFuture[Any], Any]] = []
+        for future, outcome in deferred:
+            if not future._finish_quietly(outcome):
+                late.append((future, outcome))
+        return late
+
+    def _complete_deferred(self) -> None:
+        """Complete the deferred futures now (no transaction is open)."""
+        deferred, self._deferred = self._deferred, []
+        for future, outcome in deferred:
+            if not future._finish_quietly(outcome):
+                _complete(future, outcome)
 
     def _release_reads(self) -> None:
         applied = self._applied

@@ -36,6 +36,41 @@ def test_open_elects_itself_and_applies_a_put(member: Member) -> None:
     assert member.applied_index == member.data_dir.applied_index
 
 
+def test_futures_are_standard_running_futures(member: Member) -> None:
+    """propose/read_barrier hand out futures that start RUNNING (MemberFuture skips the
+    set_running_or_notify_cancel round): they behave as any concurrent.futures.Future."""
+    import asyncio
+    import concurrent.futures as cf
+
+    fut = member.propose(Put("f", 1))
+    assert isinstance(fut, Future)
+    assert not fut.cancel()  # queued: it cannot be taken back
+    called: list[Future[Any]] = []
+    fut.add_done_callback(called.append)
+    done, not_done = cf.wait([fut, member.read_barrier()], timeout=5)
+    assert not not_done and fut in done
+    assert isinstance(fut.result(0), PutResult) and fut.exception() is None
+    assert fut.done() and not fut.running() and not fut.cancelled()
+    assert called == [fut]
+    assert "finished" in repr(fut)
+    late: list[Future[Any]] = []
+    fut.add_done_callback(late.append)  # added after completion: runs at once
+    assert late == [fut]
+    with pytest.raises(cf.InvalidStateError):
+        fut.set_result(None)
+
+    barrier = member.read_barrier()
+    assert barrier.running() or barrier.done()
+    assert not barrier.cancel()
+    assert isinstance(barrier.result(5), int)
+
+    async def awaited() -> Any:
+        return await asyncio.wrap_future(member.propose(Put("f", 2)))
+
+    assert isinstance(asyncio.run(awaited()), PutResult)
+    assert list(cf.as_completed([member.propose(Put("f", 3))], timeout=5))
+
+
 def test_results_of_delete_and_txn(member: Member) -> None:
     member.propose(Put("a", 1)).result(5)
     txn = Txn(compare=(Value("a") == 1,), success=(Put("a", 2),), failure=())
@@ -279,3 +314,127 @@ def test_raft_log_is_compacted_behind_the_applied_index(
         kv = m.data_dir.kv.get("k")
         assert kv is not None and kv.value == 99
         assert m.propose(Put("k", 100)).result(5)
+
+
+# --- durable members: the callers of a batch are woken while the next one commits ---------
+
+
+def test_member_future_finishes_quietly_unless_it_has_callbacks() -> None:
+    from embedkv.member.writer import MemberFuture
+
+    quiet: MemberFuture[Any] = MemberFuture()
+    got: list[Any] = []
+    waiter = threading.Thread(target=lambda: got.append(quiet.result(5)))
+    waiter.start()
+    assert quiet._finish_quietly("r")
+    waiter.join(5)
+    assert got == ["r"] and quiet.done() and quiet.result() == "r"
+    assert not quiet._finish_quietly("again")  # completed once only
+    assert quiet.result() == "r"
+
+    failed: MemberFuture[Any] = MemberFuture()
+    assert failed._finish_quietly(LeaseNotFound(7))
+    assert isinstance(failed.exception(0), LeaseNotFound)
+
+    with_callback: MemberFuture[Any] = MemberFuture()
+    calls: list[Any] = []
+    with_callback.add_done_callback(calls.append)
+    assert not with_callback._finish_quietly("r")  # its callback must not run here
+    assert not with_callback.done() and not calls
+    with_callback.set_result("r")
+    assert calls == [with_callback]
+
+
+def test_durable_concurrent_puts_results_errors_and_callbacks(
+    path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Many callers on a durable member: every future completes once with its own outcome
+    (results and state-machine errors), and no done-callback ever runs inside a write
+    transaction, also one added after the outcome was set aside for a later wake-up."""
+    from embedkv.member import writer as writer_mod
+    from embedkv.storage.requests import LeaseRevoke
+
+    callback_in_txn: list[bool] = []
+    late_callbacks: list[Any] = []
+
+    def note(fut: Future[Any]) -> None:
+        # DataDir records the thread with an open write batch: it must not be ours.
+        callback_in_txn.append(m.data_dir._writer == threading.get_ident())
+
+    real_wake = writer_mod.LogWriter._wake_deferred
+    real_complete = writer_mod.LogWriter._complete_deferred
+
+    def add_late_callbacks(self: Any) -> None:
+        for i, (fut, _) in enumerate(self._deferred):
+            if i % 7 == 0:  # some futures get a callback after their outcome was set aside
+                fut.add_done_callback(note)
+                late_callbacks.append(fut)
+
+    def wake(self: Any) -> Any:
+        add_late_callbacks(self)
+        return real_wake(self)
+
+    def complete(self: Any) -> None:
+        add_late_callbacks(self)
+        real_complete(self)
+
+    monkeypatch.setattr(writer_mod.LogWriter, "_wake_deferred", wake)
+    monkeypatch.setattr(writer_mod.LogWriter, "_complete_deferred", complete)
+
+    threads, per_thread = 12, 25
+    errors: list[BaseException] = []
+    results: dict[int, list[int]] = {}
+    with Member.open(path, durable=True, tick_interval=TICK) as m:
+        start = m.data_dir.kv.revision
+        go = threading.Barrier(threads)
+
+        def writer(n: int) -> None:
+            revisions = []
+            try:
+                go.wait()
+                for i in range(per_thread):
+                    fut = m.propose(Put(f"d/{n}", i))
+                    if i % 5 == 0:
+                        fut.add_done_callback(note)
+                    res = fut.result(10)
+                    assert isinstance(res, PutResult)
+                    revisions.append(res.revision)
+                    if i % 8 == 0:
+                        with pytest.raises(LeaseNotFound):
+                            m.propose(LeaseRevoke(10_000 + n)).result(10)
+            except BaseException as exc:  # reported below, in the test's thread
+                errors.append(exc)
+            results[n] = revisions
+
+        ts = [threading.Thread(target=writer, args=(n,)) for n in range(threads)]
+        for t in ts:
+            t.start()
+        for t in ts:
+            t.join(60)
+        assert not errors
+        every = sorted(r for revs in results.values() for r in revs)
+        assert every == list(range(start + 1, start + threads * per_thread + 1))
+        for revs in results.values():
+            assert revs == sorted(revs)
+        assert m.stats.batches < threads * per_thread
+    assert callback_in_txn and not any(callback_in_txn)
+    assert late_callbacks and all(f.done() for f in late_callbacks)
+
+
+def test_durable_member_close_completes_what_it_committed(path: Path) -> None:
+    """Closing right after a burst of durable puts: each future either has its result (its
+    batch committed) or fails with Closed; none is left waiting."""
+    from embedkv.errors import Closed
+
+    with Member.open(path, durable=True, tick_interval=TICK) as m:
+        futures = [m.propose(Put(f"c/{i}", i)) for i in range(200)]
+        m.close()
+        for fut in futures:
+            exc = fut.exception(10)
+            assert exc is None or isinstance(exc, Closed)
+        done = [f for f in futures if f.exception() is None]
+    with Member.open(path, durable=True, tick_interval=TICK) as m:
+        for i, fut in enumerate(futures):
+            kv = m.data_dir.kv.get(f"c/{i}")
+            if fut in done:
+                assert kv is not None and kv.value == i  # a result means it is on disk
