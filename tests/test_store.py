@@ -30,21 +30,10 @@ from embedkv import (
     Value,
     Version,
 )
+from tests.waiting import wait_for
 
 TICK = 0.01
 """Short ticks keep lease expiry quick (leases are checked every tick)."""
-
-
-def wait_for(cond: Callable[[], Any], timeout: float = 10.0, what: str = "condition") -> Any:
-    """Poll `cond` until it is truthy; fail (never hang) after `timeout` seconds."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = cond()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.005)
 
 
 class Collector:

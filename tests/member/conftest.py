@@ -4,10 +4,8 @@ conditions with deadlines (never sleeping as synchronisation)."""
 from __future__ import annotations
 
 import threading
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 
@@ -16,18 +14,6 @@ from embedkv.storage.requests import Event
 
 TICK = 0.005
 """Short ticks: lease expiry and deadlines are checked every tick."""
-
-
-def wait_for(cond: Callable[[], Any], timeout: float = 10.0, what: str = "condition") -> Any:
-    """Poll `cond` until it is truthy; fail (never hang) after `timeout` seconds."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = cond()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.002)
 
 
 class FakeClock:

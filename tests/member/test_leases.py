@@ -10,8 +10,9 @@ import pytest
 from embedkv.errors import Closed, LeaseNotFound
 from embedkv.member import Member
 from embedkv.storage.requests import EventType, LeaseGrantResult, Put
+from tests.waiting import wait_for
 
-from .conftest import TICK, Collector, FakeClock, wait_for
+from .conftest import TICK, Collector, FakeClock
 
 
 def settle(m: Member) -> None:

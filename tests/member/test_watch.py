@@ -11,8 +11,9 @@ import pytest
 from embedkv.errors import Closed, Compacted
 from embedkv.member import Member
 from embedkv.storage.requests import Compaction, Delete, EventType, Put, PutResult
+from tests.waiting import wait_for
 
-from .conftest import Collector, wait_for
+from .conftest import Collector
 
 
 def put(m: Member, key: str, value: object) -> int:
