@@ -31,7 +31,7 @@ from .codec import (
     encode_conf_state,
     unpack_exact,
 )
-from .lmdbenv import META_STATE, Env, is_disk_full, no_space
+from .lmdbenv import META_STATE, STATE_DB, Env, is_disk_full, no_space
 from .mvcc import Applied, Applier, KeySpace, Tables, read_state
 from .raftlog import CONF_STATE, RaftLog
 
@@ -87,7 +87,7 @@ class DataDir:
         self._no_space: NoSpace | None = None
         self._closed = False
         with env.read() as txn:
-            applied, revision, compact = read_state(txn, env.dbs[b"meta"])
+            applied, revision, compact = read_state(txn, env.dbs[STATE_DB])
             raw = txn.get(IDENTITY, db=env.dbs[b"raft_state"])
             self._identity = (
                 None if raw is None else Identity(*unpack_exact(U64X2, raw, "identity"))
@@ -478,7 +478,7 @@ class WriteBatch:
                 ):
                     txn.put(META_STATE, U64X3.pack(
                         self._applied, self._applier.revision, self._applier.compact
-                    ), db=self._dd._tables.meta)
+                    ), db=self._dd._tables.state)
                 txn.commit()
                 break
             except lmdb.MapFullError:

@@ -21,7 +21,7 @@ from embedkv.errors import Closed, CorruptData, NoSpace, UnsupportedFormat
 
 from .codec import U32, U64X3, unpack_exact
 
-FORMAT_VERSION: Final = 1
+FORMAT_VERSION: Final = 2
 """The data-dir format this code reads and writes; stored in `meta` under b"format"."""
 
 INITIAL_MAP_SIZE = 256 << 20
@@ -32,8 +32,16 @@ DB_NAMES: Final = (
     b"meta", b"raft_log", b"raft_state", b"kv", b"graves", b"history", b"leases", b"lease_keys"
 )
 META_FORMAT: Final = b"format"
-META_STATE: Final = b"state"
-"""`meta` key of (applied index, revision, compact revision)."""
+MAIN_DB: Final = b""
+"""`Env.dbs` key of LMDB's main (unnamed) database: the catalog of the named databases, which
+every commit that changes a named database rewrites anyway."""
+STATE_DB: Final = MAIN_DB
+"""Where the two records every write batch changes live: META_STATE and the Raft hard state.
+Keeping them in the main database, whose page each commit writes anyway (the catalog), instead
+of in a named database of their own saves writing (and fsyncing) one B-tree per commit
+(format 2; format 1 kept META_STATE in `meta` and the hard state in `raft_state`)."""
+META_STATE: Final = b"applied"
+"""STATE_DB key of (applied index, revision, compact revision)."""
 RESTORING: Final = b"restoring"
 """`meta` key present while a restore is incomplete; such a data dir refuses to open."""
 
@@ -189,13 +197,16 @@ class Env:
         try:
             with self.env.begin(write=True) as txn:
                 self.dbs = {name: self.env.open_db(name, txn=txn) for name in DB_NAMES}
+                self.dbs[MAIN_DB] = self.env.open_db(None, txn=txn)
                 meta = self.dbs[b"meta"]
                 stored = txn.get(META_FORMAT, db=meta)
                 if stored is None:
-                    if txn.get(META_STATE, db=meta) is not None:
+                    state = self.dbs[STATE_DB]
+                    if (txn.get(META_STATE, db=state) is not None
+                            or txn.get(b"state", db=meta) is not None):  # format 1's record
                         raise CorruptData(f"{self.path}: the format version record is missing")
                     txn.put(META_FORMAT, U32.pack(FORMAT_VERSION), db=meta)
-                    txn.put(META_STATE, U64X3.pack(0, 1, 0), db=meta)
+                    txn.put(META_STATE, U64X3.pack(0, 1, 0), db=state)
                 elif txn.get(RESTORING, db=meta) is not None:
                     raise CorruptData(f"{self.path} holds an incomplete snapshot restore")
                 else:

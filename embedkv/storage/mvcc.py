@@ -70,7 +70,7 @@ from .codec import (
     unpack_exact,
     unpack_record,
 )
-from .lmdbenv import META_STATE, Env
+from .lmdbenv import META_STATE, STATE_DB, Env
 from .requests import (
     MAX_KEY_BYTES,
     MAX_VALUE_BYTES,
@@ -217,9 +217,9 @@ def record_to_kv(kb: bytes, record: bytes, keys_only: bool = False) -> KeyValue:
     )
 
 
-def read_state(txn: lmdb.Transaction[bytes], meta_db: lmdb._Database) -> tuple[int, int, int]:
-    """(applied index, revision, compact revision) as of `txn`."""
-    raw = txn.get(META_STATE, db=meta_db)
+def read_state(txn: lmdb.Transaction[bytes], state_db: lmdb._Database) -> tuple[int, int, int]:
+    """(applied index, revision, compact revision) as of `txn` (`state_db`: `raft_state`)."""
+    raw = txn.get(META_STATE, db=state_db)
     if raw is None:
         raise CorruptData("the meta state record is missing")
     applied, revision, compact = unpack_exact(U64X3, raw, "meta state")
@@ -240,7 +240,7 @@ def _wire_bytes(key: Key) -> bytes:
 class Tables:
     """The key space's database handles, looked up once."""
 
-    __slots__ = ("graves", "history", "kv", "lease_keys", "leases", "meta")
+    __slots__ = ("graves", "history", "kv", "lease_keys", "leases", "state")
 
     def __init__(self, env: Env) -> None:
         self.kv = env.dbs[b"kv"]
@@ -248,7 +248,7 @@ class Tables:
         self.history = env.dbs[b"history"]
         self.leases = env.dbs[b"leases"]
         self.lease_keys = env.dbs[b"lease_keys"]
-        self.meta = env.dbs[b"meta"]
+        self.state = env.dbs[STATE_DB]  # META_STATE lives here
 
 
 # --- reads shared by KeySpace and transactions -----------------------------------------------
@@ -531,7 +531,7 @@ class KeySpace:
         """A range read at the current or a past revision (Compacted, FutureRevision)."""
         op = encode_get(get)
         with self._env.read() as txn:
-            _, current, compact = read_state(txn, self._t.meta)
+            _, current, compact = read_state(txn, self._t.state)
             return run_range(txn, self._t, op, current, compact)
 
     def events(
@@ -555,7 +555,7 @@ class KeySpace:
         else:
             stop = key_bytes(end)
         with self._env.read() as txn:
-            compact = read_state(txn, self._t.meta)[2]
+            compact = read_state(txn, self._t.state)[2]
         if start_revision < compact:
             raise Compacted(start_revision, compact)
         return self._replay(REV.pack(start_revision, 0), start, stop)
@@ -571,7 +571,7 @@ class KeySpace:
         while not done:
             batch: list[Event] = []
             with self._env.read() as txn:
-                compact = read_state(txn, t.meta)[2]
+                compact = read_state(txn, t.state)[2]
                 rev = REV.unpack(pos)[0]
                 if rev < compact:
                     raise Compacted(rev, compact)
@@ -598,7 +598,7 @@ class KeySpace:
         start = REV.unpack(pos)
         positions: list[tuple[int, int]] = []
         with self._env.read() as txn:
-            compact = read_state(txn, t.meta)[2]
+            compact = read_state(txn, t.state)[2]
             if start[0] < compact:
                 raise Compacted(start[0], compact)
             r, s, _ = _head(txn, t, kb)
@@ -620,7 +620,7 @@ class KeySpace:
         for lo in range(0, len(positions), _EVENTS_PER_READ):
             batch: list[Event] = []
             with self._env.read() as txn:
-                compact = read_state(txn, t.meta)[2]
+                compact = read_state(txn, t.state)[2]
                 if positions[lo][0] < compact:
                     raise Compacted(positions[lo][0], compact)
                 for r, s in positions[lo : lo + _EVENTS_PER_READ]:

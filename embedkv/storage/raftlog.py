@@ -35,12 +35,13 @@ from .codec import (
     encode_hard_state,
     unpack_exact,
 )
-from .lmdbenv import Env
+from .lmdbenv import STATE_DB, Env
 
 TAIL_ENTRIES: Final = 1024
 """Recent entries kept in memory once committed (an open batch may hold more)."""
 
 HARD_STATE: Final = b"hard_state"
+"""STATE_DB key of the Raft hard state (term, vote, commit)."""
 LOG_START: Final = b"log_start"
 """`raft_state` key of (index, term) of the last entry compacted away (the snapshot point)."""
 CONF_STATE: Final = b"conf_state"
@@ -70,6 +71,7 @@ class RaftLog:
         self._env = env
         self._log_db = env.dbs[b"raft_log"]
         self._state_db = env.dbs[b"raft_state"]
+        self._hard_state_db = env.dbs[STATE_DB]
         self.view = view
         self.applied = applied
         self.conf_state = conf_state
@@ -79,7 +81,7 @@ class RaftLog:
         """Read the log's shape and tail from a freshly opened environment."""
         with env.read() as txn:
             state_db = env.dbs[b"raft_state"]
-            raw = txn.get(HARD_STATE, db=state_db)
+            raw = txn.get(HARD_STATE, db=env.dbs[STATE_DB])
             hard_state = HardState() if raw is None else decode_hard_state(raw)
             raw = txn.get(LOG_START, db=state_db)
             start, start_term = (0, 0) if raw is None else unpack_exact(U64X2, raw, "log start")
@@ -210,7 +212,7 @@ class RaftLog:
         self.view = replace(view, last=ents[-1].index, tail=tail)
 
     def set_hard_state(self, txn: lmdb.Transaction[bytes], hard_state: HardState) -> None:
-        txn.put(HARD_STATE, encode_hard_state(hard_state), db=self._state_db)
+        txn.put(HARD_STATE, encode_hard_state(hard_state), db=self._hard_state_db)
         self.view = replace(self.view, hard_state=hard_state)
 
     def compact(self, txn: lmdb.Transaction[bytes], index: int, applied: int) -> None:

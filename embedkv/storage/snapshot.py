@@ -40,7 +40,7 @@ from .codec import (
     encode_hard_state,
     unpack_change,
 )
-from .lmdbenv import FORMAT_VERSION, META_STATE, RESTORING, Env, is_disk_full, no_space
+from .lmdbenv import FORMAT_VERSION, META_STATE, RESTORING, STATE_DB, Env, is_disk_full, no_space
 from .mvcc import read_state
 from .raftlog import CONF_STATE, HARD_STATE, LOG_START
 from .requests import MAX_KEY_BYTES
@@ -97,7 +97,7 @@ def _write_snapshot(env: Env, out: IO[bytes]) -> None:
         out.write(data)
 
     with env.read() as txn:
-        applied, revision, compact = read_state(txn, env.dbs[b"meta"])
+        applied, revision, compact = read_state(txn, env.dbs[STATE_DB])
         raw = txn.get(CONF_STATE, db=env.dbs[b"raft_state"])
         conf = ConfState() if raw is None else decode_conf_state(raw)
         header = cbor2.dumps({
@@ -265,10 +265,10 @@ def restore_into(env: Env, chunks: Iterable[bytes], identity: Any) -> None:
     state_db = env.dbs[b"raft_state"]
     applied = header["applied"]
     pending += [
-        (meta_db, META_STATE, U64X3.pack(applied, header["revision"], header["compact"])),
+        (env.dbs[STATE_DB], META_STATE, U64X3.pack(applied, header["revision"], header["compact"])),
         (state_db, CONF_STATE, encode_conf_state(conf)),
         (state_db, LOG_START, U64X2.pack(applied, header["term"])),
-        (state_db, HARD_STATE, encode_hard_state_for(applied, header["term"])),
+        (env.dbs[STATE_DB], HARD_STATE, encode_hard_state_for(applied, header["term"])),
     ]
     if identity is not None:
         pending.append((state_db, b"identity", U64X2.pack(identity.cluster_id,

@@ -292,8 +292,8 @@ def test_unknown_format_version(tmp_path: Path) -> None:
     ("table", "key", "value", "match"),
     [
         (b"meta", b"format", b"\x01", "wrong size"),
-        (b"meta", b"state", b"short", "wrong size"),
-        (b"raft_state", b"hard_state", b"\x00" * 5, "wrong size"),
+        (b"", b"applied", b"short", "wrong size"),
+        (b"", b"hard_state", b"\x00" * 5, "wrong size"),
         (b"raft_state", b"identity", b"\x00" * 3, "wrong size"),
         (b"raft_state", b"conf_state", b"\x00\x00\x00\x09", "truncated|wrong size"),
         (b"raft_log", (5).to_bytes(8, "big"), b"\x00", "truncated"),
@@ -305,7 +305,7 @@ def test_garbage_records_fail_on_open(
     _fill(tmp_path)
     env = _raw_env(tmp_path)
     with env.begin(write=True) as txn:
-        txn.put(key, value, db=env.open_db(table, txn=txn))
+        txn.put(key, value, db=env.open_db(table or None, txn=txn))  # b"": the main DB
     env.close()
     with pytest.raises(CorruptData, match=match):
         DataDir.open(tmp_path)
