@@ -29,6 +29,9 @@ from pathlib import Path
 
 import lmdb
 
+# Measure this checkout's embedkv, not whatever `pip install -e` points at (as bench_storage.py).
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
 import embedkv
 
 HERE = Path(__file__).resolve().parent
