@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
 from concurrent.futures import Future
 from pathlib import Path
 from typing import Any
@@ -110,12 +111,11 @@ def test_state_machine_errors_fail_the_future(member: Member) -> None:
     assert member.data_dir.kv.get("k") is not None
 
 
-def test_concurrent_proposals_apply_exactly_once_in_order_and_share_batches(
-    member: Member,
-) -> None:
-    threads, per_thread = 64, 25
-    before = member.stats.batches, member.stats.applied
-    start_revision = member.data_dir.kv.revision
+def _run_writers(
+    threads: int, per_thread: int, write: Callable[[int, int], int]
+) -> dict[int, list[int]]:
+    """Run `write(n, i)` for i in range(per_thread) on each of `threads` threads started
+    together; return each thread's revisions in the order its writes returned them."""
     results: dict[int, list[int]] = {}
     errors: list[BaseException] = []
     go = threading.Barrier(threads)
@@ -125,9 +125,7 @@ def test_concurrent_proposals_apply_exactly_once_in_order_and_share_batches(
         try:
             go.wait()
             for i in range(per_thread):
-                res = member.propose(Put(f"t/{n}", i)).result(10)
-                assert isinstance(res, PutResult)
-                revisions.append(res.revision)
+                revisions.append(write(n, i))
         except BaseException as exc:  # reported below, in the test's thread
             errors.append(exc)
         results[n] = revisions
@@ -138,6 +136,22 @@ def test_concurrent_proposals_apply_exactly_once_in_order_and_share_batches(
     for t in ts:
         t.join(60)
     assert not errors
+    return results
+
+
+def test_concurrent_proposals_apply_exactly_once_in_order_and_share_batches(
+    member: Member,
+) -> None:
+    threads, per_thread = 64, 25
+    before = member.stats.batches, member.stats.applied
+    start_revision = member.data_dir.kv.revision
+
+    def put(n: int, i: int) -> int:
+        res = member.propose(Put(f"t/{n}", i)).result(10)
+        assert isinstance(res, PutResult)
+        return res.revision
+
+    results = _run_writers(threads, per_thread, put)
     writes = threads * per_thread
     every = sorted(r for revs in results.values() for r in revs)
     # Each put applied exactly once: one new revision each, no gaps, no repeats.
@@ -382,36 +396,21 @@ def test_durable_concurrent_puts_results_errors_and_callbacks(
     monkeypatch.setattr(writer_mod.LogWriter, "_complete_deferred", complete)
 
     threads, per_thread = 12, 25
-    errors: list[BaseException] = []
-    results: dict[int, list[int]] = {}
     with Member.open(path, durable=True, tick_interval=TICK) as m:
         start = m.data_dir.kv.revision
-        go = threading.Barrier(threads)
 
-        def writer(n: int) -> None:
-            revisions = []
-            try:
-                go.wait()
-                for i in range(per_thread):
-                    fut = m.propose(Put(f"d/{n}", i))
-                    if i % 5 == 0:
-                        fut.add_done_callback(note)
-                    res = fut.result(10)
-                    assert isinstance(res, PutResult)
-                    revisions.append(res.revision)
-                    if i % 8 == 0:
-                        with pytest.raises(LeaseNotFound):
-                            m.propose(LeaseRevoke(10_000 + n)).result(10)
-            except BaseException as exc:  # reported below, in the test's thread
-                errors.append(exc)
-            results[n] = revisions
+        def put(n: int, i: int) -> int:
+            fut = m.propose(Put(f"d/{n}", i))
+            if i % 5 == 0:
+                fut.add_done_callback(note)
+            res = fut.result(10)
+            assert isinstance(res, PutResult)
+            if i % 8 == 0:
+                with pytest.raises(LeaseNotFound):
+                    m.propose(LeaseRevoke(10_000 + n)).result(10)
+            return res.revision
 
-        ts = [threading.Thread(target=writer, args=(n,)) for n in range(threads)]
-        for t in ts:
-            t.start()
-        for t in ts:
-            t.join(60)
-        assert not errors
+        results = _run_writers(threads, per_thread, put)
         every = sorted(r for revs in results.values() for r in revs)
         assert every == list(range(start + 1, start + threads * per_thread + 1))
         for revs in results.values():
