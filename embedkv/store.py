@@ -333,12 +333,14 @@ class Store(MutableMapping[Key, Any]):
         except concurrent.futures.TimeoutError:
             raise Unavailable("no answer from the member within the request timeout") from None
 
-    def _propose(self, request: Any) -> concurrent.futures.Future[Any]:
+    def _propose(self, request: Any, *, run: bool = True) -> concurrent.futures.Future[Any]:
+        """run: this thread waits for the outcome, so it may run the batch itself (not so
+        for AsyncStore, whose caller is an event loop that must not block on an fsync)."""
         self._check()
-        return self._m.propose(request)
+        return self._m.propose(request, run=run)
 
     def _barrier(self) -> None:
-        self._wait(self._m.read_barrier())
+        self._wait(self._m.read_barrier(run=True))
 
     def _linearize(self, serializable: bool) -> None:
         self._check()
@@ -1034,16 +1036,16 @@ class AsyncStore:
         prev_kv: bool = False,
     ) -> PutResult:
         request = Put(key, value, lease=_lease_id(lease), prev_kv=prev_kv)
-        result: PutResult = await _awaited(self.store._propose(request))
+        result: PutResult = await _awaited(self.store._propose(request, run=False))
         return result
 
     async def delete(self, key: Key, *, prefix: bool = False, prev_kv: bool = False) -> Deleted:
-        fut = self.store._propose(_delete_request(key, prefix, prev_kv))
+        fut = self.store._propose(_delete_request(key, prefix, prev_kv), run=False)
         result: DeleteResult = await _awaited(fut)
         return _deleted(result)
 
     async def compact(self, revision: int) -> None:
-        await _awaited(self.store._propose(Compaction(revision)))
+        await _awaited(self.store._propose(Compaction(revision), run=False))
 
     async def txn(
         self,
@@ -1051,18 +1053,19 @@ class AsyncStore:
         success: Iterable[TxnOp] = (),
         failure: Iterable[TxnOp] = (),
     ) -> TxnResult:
-        fut = self.store._propose(_txn_request(compare, success, failure))
+        fut = self.store._propose(_txn_request(compare, success, failure), run=False)
         result: TxnResult = await _awaited(fut)
         return result
 
     async def compare_and_set(self, key: Key, expected: Any, new: Any) -> bool:
-        result: TxnResult = await _awaited(self.store._propose(_cas_request(key, expected, new)))
+        request = _cas_request(key, expected, new)
+        result: TxnResult = await _awaited(self.store._propose(request, run=False))
         return result.succeeded
 
     async def create(
         self, key: Key, value: Any, *, lease: Lease | AsyncLease | int | None = None
     ) -> bool:
-        fut = self.store._propose(_create_request(key, value, _lease_id(lease)))
+        fut = self.store._propose(_create_request(key, value, _lease_id(lease)), run=False)
         result: TxnResult = await _awaited(fut)
         return result.succeeded
 

@@ -663,7 +663,7 @@ def test_an_answer_that_never_comes_is_unavailable(
     # The member fails its futures with Unavailable at request_timeout; should one never
     # resolve at all, the store still gives up (request_timeout + a grace period).
     monkeypatch.setattr(store, "_wait_limit", 0.05)
-    monkeypatch.setattr(store._m, "read_barrier", concurrent.futures.Future)
+    monkeypatch.setattr(store._m, "read_barrier", lambda **_: concurrent.futures.Future())
     with pytest.raises(embedkv.Unavailable):
         store.get("k")
     assert store.get("k", serializable=True) is None

@@ -203,25 +203,38 @@ class Member:
 
     # --- writes and linearizable reads ----------------------------------------------------
 
-    def propose(self, request: Request) -> Future[Result]:
-        """Replicate and apply `request`; the future resolves once it is applied here."""
+    def propose(self, request: Request, *, run: bool = False) -> Future[Result]:
+        """Replicate and apply `request`; the future resolves once it is applied here.
+
+        `run=True`: the caller is about to block on the future anyway, so if no batch is in
+        progress this thread runs it (and its fsync) before returning (LogWriter.run_here).
+        """
         writer = self._writer
         if self._closed or writer.failure is not None or writer.no_space is not None:
             self._check_writable()  # raises
         seq = next(self._seq)
         data = encode_proposal(self._member_id, seq, request)
         future: Future[Result] = MemberFuture()  # running: it cannot be taken back once queued
-        writer.submit(Proposal(seq, data, future, time.monotonic() + self._timeout))
+        proposal = Proposal(seq, data, future, time.monotonic() + self._timeout)
+        if run:
+            writer.run_here(proposal)
+        else:
+            writer.submit(proposal)
         if writer.stopping:
             writer.drain()  # close() (or a failure) raced with us: do not leave it hanging
         return future
 
-    def read_barrier(self) -> Future[int]:
-        """ReadIndex through Raft: resolves with the read index once it is applied here."""
+    def read_barrier(self, *, run: bool = False) -> Future[int]:
+        """ReadIndex through Raft: resolves with the read index once it is applied here.
+        `run` as for propose."""
         self._check_running()
         future: Future[int] = MemberFuture()
         writer = self._writer
-        writer.submit(ReadWaiter(future, time.monotonic() + self._timeout))
+        waiter = ReadWaiter(future, time.monotonic() + self._timeout)
+        if run:
+            writer.run_here(waiter)
+        else:
+            writer.submit(waiter)
         if writer.stopping:
             writer.drain()
         return future

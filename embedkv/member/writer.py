@@ -18,12 +18,13 @@ are released after the commit returns.
 
 from __future__ import annotations
 
+import contextlib
 import enum
 import itertools
 import logging
-import queue
 import threading
 import time
+from collections import deque
 from collections.abc import Callable
 from concurrent.futures import Future
 from concurrent.futures._base import FINISHED, RUNNING
@@ -72,6 +73,9 @@ _RETRY_DROPS = frozenset(
 """Drops that a later attempt may overcome: the proposal waits for it until its deadline."""
 
 
+MAX_CALLER_CYCLES = 8
+"""Ready cycles a caller runs for its own request before leaving the rest to the writer."""
+
 _T = TypeVar("_T")
 
 
@@ -83,6 +87,11 @@ class MemberFuture(Future[_T]):
     round through the future's condition (this is on every put's path). Everything else is
     the standard Future: `cancel()` returns False, `result(timeout)`, done-callbacks,
     `concurrent.futures.wait` and `asyncio.wrap_future` behave as usual.
+
+    `result()` and `exception()` wait on a plain lock (the gate) instead of the future's
+    Condition: a signal handler that raises in the main thread inside `Condition.wait` can
+    leave the Condition's lock held for good, and the writer, completing the future, would
+    then block forever. A gate left closed that way only delays that one future's waiters.
     """
 
     _done_callbacks: list[Callable[[Future[_T]], object]]  # Future's own, set by its __init__
@@ -90,6 +99,35 @@ class MemberFuture(Future[_T]):
     def __init__(self) -> None:
         super().__init__()
         self._state = RUNNING
+        self._gate = threading.Lock()
+        self._gate.acquire()
+
+    def _open_gate(self) -> None:
+        with contextlib.suppress(RuntimeError):  # open already
+            self._gate.release()
+
+    def _wait_gate(self, timeout: float | None) -> None:
+        if self._state == FINISHED:
+            return
+        if not self._gate.acquire(timeout=-1 if timeout is None else timeout):
+            raise TimeoutError
+        self._gate.release()  # leave it open for the other waiters
+
+    def result(self, timeout: float | None = None) -> _T:
+        self._wait_gate(timeout)
+        return super().result(0)
+
+    def exception(self, timeout: float | None = None) -> BaseException | None:
+        self._wait_gate(timeout)
+        return super().exception(0)
+
+    def set_result(self, result: _T) -> None:
+        super().set_result(result)
+        self._open_gate()
+
+    def set_exception(self, exception: BaseException | None) -> None:
+        super().set_exception(exception)
+        self._open_gate()
 
     def _finish_quietly(self, outcome: Any) -> bool:
         """Complete with `outcome` (an exception fails the future) and wake the threads that
@@ -111,6 +149,7 @@ class MemberFuture(Future[_T]):
                 for waiter in self._waiters:
                     waiter.add_result(self)
             self._condition.notify_all()
+        self._open_gate()
         return True
 
 
@@ -218,7 +257,12 @@ class LogWriter:
         self.failure: BaseException | None = None
         """Set if the loop died on an unexpected error: the member can only be closed."""
 
-        self._queue: queue.SimpleQueue[Item] = queue.SimpleQueue()
+        # Callers append; whoever holds _drive takes. The bell is unlocked to wake this
+        # thread: it is only rung when a caller does not run the batch itself.
+        self._queue: deque[Item] = deque()
+        self._bell = threading.Lock()
+        self._bell.acquire()
+        self._drive = threading.Lock()  # held by the one thread running the Ready loop
         self._applied = dd.applied_index
         self._conf = dd.conf_state
         self._leader = False
@@ -255,13 +299,67 @@ class LogWriter:
     # --- caller threads -------------------------------------------------------------------
 
     def submit(self, item: Item) -> None:
-        """Queue a proposal, read or signal; wakes the writer only if it is waiting."""
-        self._queue.put(item)
+        """Queue a proposal, read or signal for this thread."""
+        self._queue.append(item)
+        self._ring()
+
+    def _ring(self) -> None:
+        bell = self._bell
+        if bell.locked():
+            with contextlib.suppress(RuntimeError):  # another thread rang it first
+                bell.release()
+
+    def run_here(self, item: Proposal | ReadWaiter) -> None:
+        """Queue `item` and, if no thread is running the Ready loop, run it on this thread
+        until the item's future is done: no hop to the writer thread and back.
+
+        Only for callers that block for the result anyway (the synchronous Store): the batch,
+        with its fsync, runs on the calling thread. Never on the main thread: Python runs signal
+        handlers there, between any two bytecodes, and one that raises (KeyboardInterrupt) in
+        the middle of a batch would leave the member's memory out of step with its disk.
+        Blocking signals around the batch is not enough: a signal taken by any other thread of
+        the program still runs its handler on the main thread (docs/runtime.md).
+        """
+        if threading.current_thread() is threading.main_thread() or not self._drive.acquire(
+            blocking=False
+        ):
+            self.submit(item)  # the writer thread (or a caller) runs the batch: ride along
+            return
+        try:
+            self._drive_for(item)
+        finally:
+            self._drive.release()
+            if self._queue and not self._stopping:
+                self._ring()  # what others queued meanwhile is the writer thread's
+
+    def _drive_for(self, item: Proposal | ReadWaiter) -> None:
+        """The Ready loop on a caller's thread (with _drive held), until `item` is done."""
+        self._queue.append(item)
+        if self._stopping:
+            self.drain()
+            return
+        future = item.future
+        try:
+            for _ in range(MAX_CALLER_CYCLES):
+                if self._admit(self._take()):
+                    self._queue.append(Signal.STOP)  # the writer thread's to act on
+                    break
+                busy = self._cycle()
+                if future.done() or not busy or self._stopping:
+                    break
+            self._complete_deferred()
+        except BaseException as exc:
+            # Only a bug, a broken disk, or a signal handler that raised despite the mask
+            # (see run_here) gets here: the member's memory may no longer match its disk,
+            # which LMDB kept consistent. Stop the member, as the writer thread would.
+            self._fail_stop(exc)
+            raise
 
     def stop(self) -> None:
         """Finish the batch in progress, then fail everything still waiting with Closed."""
         self._stopping = True
-        self._queue.put(Signal.STOP)
+        self._queue.append(Signal.STOP)
+        self._ring()
         if threading.current_thread() is not self._thread:
             if self._thread.is_alive():
                 self._thread.join()
@@ -277,17 +375,19 @@ class LogWriter:
         if not self._stopping:
             return
         stop = False
+        q = self._queue
         while True:
             try:
-                item = self._queue.get_nowait()
-            except queue.Empty:
+                item = q.popleft()
+            except IndexError:
                 break
             if type(item) is Proposal or type(item) is ReadWaiter:
                 _fail(item.future, self._stopped_error())
             elif item is Signal.STOP:
                 stop = True
         if stop:  # not ours to take: the writer may still be waiting for it
-            self._queue.put(Signal.STOP)
+            q.append(Signal.STOP)
+            self._ring()
 
     def _stopped_error(self) -> Error:
         if self.failure is not None:
@@ -297,19 +397,40 @@ class LogWriter:
     # --- the thread ----------------------------------------------------------------------
 
     def _run(self) -> None:
+        drive = self._drive
         try:
             busy = False
             while not self._stopping:
-                if not busy and self._deferred and self._queue.empty():
-                    self._complete_deferred()  # nothing more to do: wake them before we wait
-                items = self._take(block=not busy)
-                if self._admit(items):
-                    break
-                busy = self._cycle()
+                if not busy and not self._queue:
+                    if self._deferred:
+                        with drive:
+                            self._complete_deferred()  # wake them before we wait
+                    if not self._queue:
+                        self._bell.acquire()
+                        continue
+                with drive:
+                    if self._stopping:
+                        break
+                    if self._admit(self._take()):
+                        break
+                    busy = self._cycle()
         except BaseException as exc:  # a bug or a broken disk: stop, and say why
-            log.exception("the log writer stopped")
+            with drive:
+                self._fail_stop(exc)
+            return
+        with drive:
+            self._shut()
+
+    def _fail_stop(self, exc: BaseException) -> None:
+        """Stop for good after an unexpected error (with _drive held)."""
+        if self.failure is None:
+            log.error("the member stopped after an internal error", exc_info=exc)
             self.failure = exc
-            self.leader_known.clear()
+        self.leader_known.clear()
+        self._shut()
+        self._ring()  # the writer thread, if it waits, sees _stopping and ends
+
+    def _shut(self) -> None:
         self._stopping = True
         try:
             self._complete_deferred()  # durable outcomes: they stand whatever happens next
@@ -317,12 +438,10 @@ class LogWriter:
             self._fail_all(self._stopped_error())
             self.drain()
 
-    def _take(self, *, block: bool) -> list[Item]:
+    def _take(self) -> list[Item]:
         q = self._queue
-        items: list[Item] = [q.get()] if block else []
-        while not q.empty():
-            items.append(q.get_nowait())
-        return items
+        pop = q.popleft
+        return [pop() for _ in range(len(q))]
 
     def _admit(self, items: list[Item]) -> bool:
         """Hand new proposals and reads to the core; True when told to stop."""

@@ -9,7 +9,7 @@ old view back. Older entries are read from LMDB, where they are committed.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Final
 
 import lmdb
@@ -209,11 +209,12 @@ class RaftLog:
         tail_first = view.tail_first
         kept = view.tail[: first - tail_first] if first >= tail_first else ()
         tail = kept + tuple(ents)
-        self.view = replace(view, last=ents[-1].index, tail=tail)
+        self.view = LogView(view.start, view.start_term, ents[-1].index, tail, view.hard_state)
 
     def set_hard_state(self, txn: lmdb.Transaction[bytes], hard_state: HardState) -> None:
         txn.put(HARD_STATE, encode_hard_state(hard_state), db=self._hard_state_db)
-        self.view = replace(self.view, hard_state=hard_state)
+        view = self.view
+        self.view = LogView(view.start, view.start_term, view.last, view.tail, hard_state)
 
     def compact(self, txn: lmdb.Transaction[bytes], index: int, applied: int) -> None:
         """Drop entries <= index (which must be applied); the term at `index` is kept."""
@@ -231,7 +232,7 @@ class RaftLog:
         txn.put(LOG_START, U64X2.pack(index, term), db=self._state_db)
         tail_first = view.tail_first
         tail = view.tail[max(0, index + 1 - tail_first) :]
-        self.view = replace(view, start=index, start_term=term, tail=tail)
+        self.view = LogView(index, term, view.last, tail, view.hard_state)
 
     def install(self, txn: lmdb.Transaction[bytes], index: int, term: int) -> None:
         """Replace the whole log by a snapshot point."""
@@ -243,4 +244,5 @@ class RaftLog:
         """After a commit, keep only the newest TAIL_ENTRIES in memory."""
         view = self.view
         if len(view.tail) > TAIL_ENTRIES:
-            self.view = replace(view, tail=view.tail[-TAIL_ENTRIES:])
+            self.view = LogView(view.start, view.start_term, view.last,
+                               view.tail[-TAIL_ENTRIES:], view.hard_state)
