@@ -334,8 +334,8 @@ class Store(MutableMapping[Key, Any]):
             raise Unavailable("no answer from the member within the request timeout") from None
 
     def _propose(self, request: Any, *, run: bool = True) -> concurrent.futures.Future[Any]:
-        """run: this thread waits for the outcome, so it may run the batch itself (not so
-        for AsyncStore, whose caller is an event loop that must not block on an fsync)."""
+        """run: this thread waits for the outcome, so it may run the batch itself
+        (AsyncStore._propose passes False)."""
         self._check()
         return self._m.propose(request, run=run)
 
@@ -1027,6 +1027,10 @@ class AsyncStore:
 
     # --- writes -------------------------------------------------------------------------------
 
+    def _propose(self, request: Any) -> concurrent.futures.Future[Any]:
+        """Never runs the batch here: the event loop must not block on an fsync."""
+        return self.store._propose(request, run=False)
+
     async def put(
         self,
         key: Key,
@@ -1036,16 +1040,16 @@ class AsyncStore:
         prev_kv: bool = False,
     ) -> PutResult:
         request = Put(key, value, lease=_lease_id(lease), prev_kv=prev_kv)
-        result: PutResult = await _awaited(self.store._propose(request, run=False))
+        result: PutResult = await _awaited(self._propose(request))
         return result
 
     async def delete(self, key: Key, *, prefix: bool = False, prev_kv: bool = False) -> Deleted:
-        fut = self.store._propose(_delete_request(key, prefix, prev_kv), run=False)
+        fut = self._propose(_delete_request(key, prefix, prev_kv))
         result: DeleteResult = await _awaited(fut)
         return _deleted(result)
 
     async def compact(self, revision: int) -> None:
-        await _awaited(self.store._propose(Compaction(revision), run=False))
+        await _awaited(self._propose(Compaction(revision)))
 
     async def txn(
         self,
@@ -1053,19 +1057,19 @@ class AsyncStore:
         success: Iterable[TxnOp] = (),
         failure: Iterable[TxnOp] = (),
     ) -> TxnResult:
-        fut = self.store._propose(_txn_request(compare, success, failure), run=False)
+        fut = self._propose(_txn_request(compare, success, failure))
         result: TxnResult = await _awaited(fut)
         return result
 
     async def compare_and_set(self, key: Key, expected: Any, new: Any) -> bool:
         request = _cas_request(key, expected, new)
-        result: TxnResult = await _awaited(self.store._propose(request, run=False))
+        result: TxnResult = await _awaited(self._propose(request))
         return result.succeeded
 
     async def create(
         self, key: Key, value: Any, *, lease: Lease | AsyncLease | int | None = None
     ) -> bool:
-        fut = self.store._propose(_create_request(key, value, _lease_id(lease)), run=False)
+        fut = self._propose(_create_request(key, value, _lease_id(lease)))
         result: TxnResult = await _awaited(fut)
         return result.succeeded
 

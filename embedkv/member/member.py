@@ -216,10 +216,7 @@ class Member:
         data = encode_proposal(self._member_id, seq, request)
         future: Future[Result] = MemberFuture()  # running: it cannot be taken back once queued
         proposal = Proposal(seq, data, future, time.monotonic() + self._timeout)
-        if run:
-            writer.run_here(proposal)
-        else:
-            writer.submit(proposal)
+        (writer.run_here if run else writer.submit)(proposal)
         if writer.stopping:
             writer.drain()  # close() (or a failure) raced with us: do not leave it hanging
         return future
@@ -231,10 +228,7 @@ class Member:
         future: Future[int] = MemberFuture()
         writer = self._writer
         waiter = ReadWaiter(future, time.monotonic() + self._timeout)
-        if run:
-            writer.run_here(waiter)
-        else:
-            writer.submit(waiter)
+        (writer.run_here if run else writer.submit)(waiter)
         if writer.stopping:
             writer.drain()
         return future

@@ -349,9 +349,9 @@ class LogWriter:
                     break
             self._complete_deferred()
         except BaseException as exc:
-            # Only a bug, a broken disk, or a signal handler that raised despite the mask
-            # (see run_here) gets here: the member's memory may no longer match its disk,
-            # which LMDB kept consistent. Stop the member, as the writer thread would.
+            # Only a bug or a broken disk gets here (no signal handler runs off the main
+            # thread): the member's memory may no longer match its disk, which LMDB kept
+            # consistent. Stop the member, as the writer thread would.
             self._fail_stop(exc)
             raise
 
