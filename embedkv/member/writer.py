@@ -243,6 +243,7 @@ class LogWriter:
         self._core = core
         self._me = member_id
         self._solo = frozenset({member_id})  # the voters of a one-member configuration
+        self._alone = ConfState(self._solo)  # ... with no learner either
         self._new_node = new_node
         self._hub = hub
         self._leases = leases
@@ -569,7 +570,7 @@ class LogWriter:
                         unadvanced = rd
                     if batch.hard_state is not None:
                         w.set_hard_state(batch.hard_state)
-                    self._compact_log(w, batch.applied_index)
+                    self._compact_log(w, batch.applied_index, batch.conf_state)
                 if self._deferred:
                     # The previous batch is durable: its callers run while this one commits
                     # (the GIL is free during the write-out and fsync) instead of competing
@@ -626,10 +627,17 @@ class LogWriter:
                     applied.append(w.apply(e))
             batch.applied_index = rd.committed_entries[-1].index
 
-    def _compact_log(self, w: WriteBatch, applied: int) -> None:
-        """Keep the Raft log bounded: drop entries well behind the applied index."""
+    def _compact_log(self, w: WriteBatch, applied: int, conf: ConfState) -> None:
+        """Keep the Raft log bounded: drop entries well behind the applied index. A member
+        alone in its configuration (no other voter, no learner) has nobody to send entries
+        to: it drops everything applied, in the batch that applied it, so those entries never
+        reach LMDB and the commit writes one B-tree fewer (a member added later gets a
+        snapshot, as it would from any compacted log)."""
         first = self._dd.log.first_index()
-        if applied - first > LOG_RETAIN + LOG_COMPACT_EVERY:
+        if conf == self._alone:
+            if applied >= first:
+                w.compact_log(applied)
+        elif applied - first > LOG_RETAIN + LOG_COMPACT_EVERY:
             w.compact_log(applied - LOG_RETAIN)
 
     def _release(self, batch: _Batch) -> None:

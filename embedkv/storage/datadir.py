@@ -455,12 +455,14 @@ class WriteBatch:
             self._txn.abort()
             self._txn = None
         self._log.view = self._view0
+        self._log.discard_unwritten()
 
     def abort(self) -> None:
         """Abort, with readers held back for that moment (see Env.grow: busy readers can
         starve py-lmdb's abort of a write transaction)."""
         if self._txn is None:
             self._log.view = self._view0
+            self._log.discard_unwritten()
             return
         with self._env.gate.exclusive():
             self._discard()
@@ -479,6 +481,7 @@ class WriteBatch:
                     txn.put(META_STATE, U64X3.pack(
                         self._applied, self._applier.revision, self._applier.compact
                     ), db=self._dd._tables.state)
+                self._log.flush(txn)
                 txn.commit()
                 break
             except lmdb.MapFullError:

@@ -21,8 +21,9 @@ from embedkv.errors import Closed, CorruptData, NoSpace, UnsupportedFormat
 
 from .codec import U32, U64X3, unpack_exact
 
-FORMAT_VERSION: Final = 2
-"""The data-dir format this code reads and writes; stored in `meta` under b"format"."""
+FORMAT_VERSION: Final = 3
+"""The data-dir format this code writes; stored in `meta` under b"format". Format 2 is upgraded
+in place on open (one record moves: `log_start`, from `raft_state` to the main database)."""
 
 INITIAL_MAP_SIZE = 256 << 20
 """The map a new environment starts with (tests lower it to exercise growth)."""
@@ -39,7 +40,12 @@ STATE_DB: Final = MAIN_DB
 """Where the two records every write batch changes live: META_STATE and the Raft hard state.
 Keeping them in the main database, whose page each commit writes anyway (the catalog), instead
 of in a named database of their own saves writing (and fsyncing) one B-tree per commit
-(format 2; format 1 kept META_STATE in `meta` and the hard state in `raft_state`)."""
+(format 2; format 1 kept META_STATE in `meta` and the hard state in `raft_state`). LOG_START
+joined them in format 3."""
+LOG_START: Final = b"log_start"
+"""STATE_DB key of (index, term) of the last Raft entry compacted away (the snapshot point).
+In the main database since format 3: a member with nobody to replicate to moves it every
+batch (docs/storage.md)."""
 META_STATE: Final = b"applied"
 """STATE_DB key of (applied index, revision, compact revision)."""
 RESTORING: Final = b"restoring"
@@ -211,7 +217,9 @@ class Env:
                     raise CorruptData(f"{self.path} holds an incomplete snapshot restore")
                 else:
                     (version,) = unpack_exact(U32, stored, "format version")
-                    if version != FORMAT_VERSION:
+                    if version == 2:
+                        self._upgrade_from_2(txn)
+                    elif version != FORMAT_VERSION:
                         raise UnsupportedFormat(
                             f"{self.path} has data-dir format {version}; this embedkv reads "
                             f"format {FORMAT_VERSION}"
@@ -220,6 +228,15 @@ class Env:
             if is_disk_full(exc, self.path):
                 raise no_space(exc, self.path) from None
             raise CorruptData(f"{self.path}: cannot open the databases: {exc}") from None
+
+    def _upgrade_from_2(self, txn: lmdb.Transaction[bytes]) -> None:
+        """Format 2 to 3, in the transaction that opens the databases: move the log's
+        compaction point next to the records every batch writes."""
+        raft_state = self.dbs[b"raft_state"]
+        raw = txn.pop(LOG_START, db=raft_state)
+        if raw is not None:
+            txn.put(LOG_START, raw, db=self.dbs[STATE_DB])
+        txn.put(META_FORMAT, U32.pack(FORMAT_VERSION), db=self.dbs[b"meta"])
 
     def grow(self, abort: Callable[[], None] = lambda: None) -> None:
         """Double the map. `abort` ends the caller's write transaction first, inside the

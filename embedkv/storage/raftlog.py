@@ -5,6 +5,10 @@ open. The shape of the log (first and last index, the term at the compaction poi
 of recent entries live in an immutable ``LogView`` that a write batch replaces at once, so the
 core sees entries appended in a batch that has not committed yet, and an aborted batch puts the
 old view back. Older entries are read from LMDB, where they are committed.
+
+Entries appended in a batch reach LMDB only when the batch commits (``flush``): a batch that
+also compacts the log past them (a member with nobody to replicate to, docs/storage.md) never
+writes them, and the commit then leaves the ``raft_log`` B-tree untouched.
 """
 
 from __future__ import annotations
@@ -35,15 +39,13 @@ from .codec import (
     encode_hard_state,
     unpack_exact,
 )
-from .lmdbenv import STATE_DB, Env
+from .lmdbenv import LOG_START, STATE_DB, Env
 
 TAIL_ENTRIES: Final = 1024
 """Recent entries kept in memory once committed (an open batch may hold more)."""
 
 HARD_STATE: Final = b"hard_state"
 """STATE_DB key of the Raft hard state (term, vote, commit)."""
-LOG_START: Final = b"log_start"
-"""`raft_state` key of (index, term) of the last entry compacted away (the snapshot point)."""
 CONF_STATE: Final = b"conf_state"
 
 
@@ -70,9 +72,10 @@ class RaftLog:
     def __init__(self, env: Env, view: LogView, applied: int, conf_state: ConfState) -> None:
         self._env = env
         self._log_db = env.dbs[b"raft_log"]
-        self._state_db = env.dbs[b"raft_state"]
-        self._hard_state_db = env.dbs[STATE_DB]
+        self._hard_state_db = self._state_db = env.dbs[STATE_DB]
         self.view = view
+        self._unwritten: list[Entry] = []
+        """Entries of the open batch not yet in LMDB (ascending, all in view.tail)."""
         self.applied = applied
         self.conf_state = conf_state
 
@@ -83,7 +86,7 @@ class RaftLog:
             state_db = env.dbs[b"raft_state"]
             raw = txn.get(HARD_STATE, db=env.dbs[STATE_DB])
             hard_state = HardState() if raw is None else decode_hard_state(raw)
-            raw = txn.get(LOG_START, db=state_db)
+            raw = txn.get(LOG_START, db=env.dbs[STATE_DB])
             start, start_term = (0, 0) if raw is None else unpack_exact(U64X2, raw, "log start")
             raw = txn.get(CONF_STATE, db=state_db)
             conf_state = ConfState() if raw is None else decode_conf_state(raw)
@@ -180,7 +183,8 @@ class RaftLog:
     # --- the write side, called by a write batch with its transaction ----------------------
 
     def append(self, txn: lmdb.Transaction[bytes], entries: list[Entry]) -> None:
-        """Append, replacing a conflicting suffix; entries at or below the start are ignored."""
+        """Append, replacing a conflicting suffix; entries at or below the start are ignored.
+        The new entries reach LMDB at `flush` (unless compacted away before it)."""
         view = self.view
         indexes = [e.index for e in entries]
         if not indexes:
@@ -196,20 +200,39 @@ class RaftLog:
             raise ValueError("entries to append are not contiguous")
         if first > view.last + 1:
             raise ValueError(f"missing log entry: last index {view.last}, appending at {first}")
-        cursor = txn.cursor(db=self._log_db)
-        if first <= view.last and cursor.set_range(U64.pack(first)):
-            while cursor.delete():
-                pass
-        # One putmulti call for the batch (what encode_entry does, inlined); the keys ascend
-        # past the last one kept, so they append.
-        pack = U64.pack
-        head = LOG_ENTRY.pack
-        cursor.putmulti([(pack(e.index), head(e.term, e.type) + e.data) for e in ents],
-                        append=True)
+        unwritten = self._unwritten
+        if first <= view.last:  # a conflicting suffix goes, from LMDB and from the batch
+            if unwritten and unwritten[0].index >= first:
+                unwritten.clear()
+            elif unwritten:
+                del unwritten[first - unwritten[0].index :]
+            cursor = txn.cursor(db=self._log_db)
+            if cursor.set_range(U64.pack(first)):
+                while cursor.delete():
+                    pass
+        unwritten.extend(ents)
         tail_first = view.tail_first
         kept = view.tail[: first - tail_first] if first >= tail_first else ()
         tail = kept + tuple(ents)
         self.view = LogView(view.start, view.start_term, ents[-1].index, tail, view.hard_state)
+
+    def flush(self, txn: lmdb.Transaction[bytes]) -> None:
+        """Write the batch's appended entries that are still in the log (just before commit)."""
+        unwritten = self._unwritten
+        if not unwritten:
+            return
+        # One putmulti call (what encode_entry does, inlined); the keys ascend past every key
+        # in LMDB (append and compact removed any at or above them), so they append.
+        pack = U64.pack
+        head = LOG_ENTRY.pack
+        txn.cursor(db=self._log_db).putmulti(
+            [(pack(e.index), head(e.term, e.type) + e.data) for e in unwritten], append=True
+        )
+        unwritten.clear()
+
+    def discard_unwritten(self) -> None:
+        """The batch was aborted: forget what it appended (its view is put back by the batch)."""
+        self._unwritten.clear()
 
     def set_hard_state(self, txn: lmdb.Transaction[bytes], hard_state: HardState) -> None:
         txn.put(HARD_STATE, encode_hard_state(hard_state), db=self._hard_state_db)
@@ -224,11 +247,18 @@ class RaftLog:
         if index > applied or index > view.last:
             raise ValueError(f"cannot compact to {index}: applied {applied}, last {view.last}")
         term = self.term(index)
-        cursor = txn.cursor(db=self._log_db)
-        if cursor.first():
-            while cursor.key() <= U64.pack(index):
-                if not cursor.delete():
-                    break
+        # LMDB holds (start, stored_last]; the batch's unwritten entries follow.
+        unwritten = self._unwritten
+        stored_last = unwritten[0].index - 1 if unwritten else view.last
+        if stored_last > view.start:
+            cursor = txn.cursor(db=self._log_db)
+            if cursor.first():
+                stop = U64.pack(index)
+                while cursor.key() <= stop:
+                    if not cursor.delete():
+                        break
+        if unwritten and unwritten[0].index <= index:
+            del unwritten[: index + 1 - unwritten[0].index]
         txn.put(LOG_START, U64X2.pack(index, term), db=self._state_db)
         tail_first = view.tail_first
         tail = view.tail[max(0, index + 1 - tail_first) :]
@@ -237,6 +267,7 @@ class RaftLog:
     def install(self, txn: lmdb.Transaction[bytes], index: int, term: int) -> None:
         """Replace the whole log by a snapshot point."""
         txn.drop(self._log_db, delete=False)
+        self._unwritten.clear()
         txn.put(LOG_START, U64X2.pack(index, term), db=self._state_db)
         self.view = LogView(index, term, index, (), self.view.hard_state)
 

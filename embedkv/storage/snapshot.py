@@ -40,9 +40,18 @@ from .codec import (
     encode_hard_state,
     unpack_change,
 )
-from .lmdbenv import FORMAT_VERSION, META_STATE, RESTORING, STATE_DB, Env, is_disk_full, no_space
+from .lmdbenv import (
+    FORMAT_VERSION,
+    LOG_START,
+    META_STATE,
+    RESTORING,
+    STATE_DB,
+    Env,
+    is_disk_full,
+    no_space,
+)
 from .mvcc import read_state
-from .raftlog import CONF_STATE, HARD_STATE, LOG_START
+from .raftlog import CONF_STATE, HARD_STATE
 from .requests import MAX_KEY_BYTES
 
 MAGIC: Final = b"EKVSNAP1"
@@ -54,6 +63,9 @@ TAG_END: Final = ord("E")
 
 TABLES: Final = (b"kv", b"graves", b"history", b"leases", b"lease_keys")
 """The tables a snapshot carries, by their number in the stream."""
+
+READS_FORMATS: Final = frozenset({2, FORMAT_VERSION})
+"""Snapshot formats a restore accepts: format 3 only moved a record the stream does not carry."""
 
 MAX_FRAME: Final = MAX_PROPOSAL_BYTES + 4096
 MAX_HEADER: Final = 1 << 20
@@ -125,7 +137,7 @@ def _term_at(txn: lmdb.Transaction[bytes], env: Env, index: int) -> int:
     if raw is not None and len(raw) >= 8:
         term: int = U64.unpack_from(raw)[0]
         return term
-    raw = txn.get(LOG_START, db=env.dbs[b"raft_state"])
+    raw = txn.get(LOG_START, db=env.dbs[STATE_DB])
     if raw is not None and len(raw) == U64X2.size:
         start, start_term = U64X2.unpack(raw)
         if start == index:
@@ -184,7 +196,7 @@ def _header(payload: bytes) -> dict[str, Any]:
         raise CorruptData(f"snapshot header does not decode: {exc}") from None
     if not isinstance(header, dict):
         raise CorruptData("snapshot header is not a map")
-    if header.get("format") != FORMAT_VERSION:
+    if header.get("format") not in READS_FORMATS:
         raise CorruptData(f"snapshot has format {header.get('format')!r}, not {FORMAT_VERSION}")
     for name in ("applied", "term", "revision", "compact"):
         value = header.get(name)
@@ -267,7 +279,7 @@ def restore_into(env: Env, chunks: Iterable[bytes], identity: Any) -> None:
     pending += [
         (env.dbs[STATE_DB], META_STATE, U64X3.pack(applied, header["revision"], header["compact"])),
         (state_db, CONF_STATE, encode_conf_state(conf)),
-        (state_db, LOG_START, U64X2.pack(applied, header["term"])),
+        (env.dbs[STATE_DB], LOG_START, U64X2.pack(applied, header["term"])),
         (env.dbs[STATE_DB], HARD_STATE, encode_hard_state_for(applied, header["term"])),
     ]
     if identity is not None:

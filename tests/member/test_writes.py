@@ -312,18 +312,43 @@ def test_durable_member_with_a_fake_clock_still_commits(path: Path) -> None:
         assert m.propose(Put("k", 1)).result(5).revision > 1
 
 
+def _raft_log_rows(m: Member) -> list[int]:
+    env = m.data_dir._env
+    with env.read() as txn:
+        return [int.from_bytes(k, "big") for k, _ in txn.cursor(db=env.dbs[b"raft_log"])]
+
+
+def test_a_member_alone_writes_no_raft_log(path: Path) -> None:
+    """Nobody could ever be sent those entries: each batch compacts what it applied."""
+    with Member.open(path, durable=False, tick_interval=TICK) as m:
+        for i in range(50):
+            m.propose(Put("k", i)).result(5)
+        applied = m.data_dir.applied_index
+        assert applied > 50 and m.data_dir.log.first_index() == applied + 1
+        assert _raft_log_rows(m) == []
+    with Member.open(path, durable=False, tick_interval=TICK) as m:  # restarts from it
+        kv = m.data_dir.kv.get("k")
+        assert kv is not None and kv.value == 49
+        assert m.propose(Put("k", 50)).result(5).revision == kv.mod_revision + 1
+        assert m.data_dir.log.first_index() == m.data_dir.applied_index + 1
+
+
 def test_raft_log_is_compacted_behind_the_applied_index(
     path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    """With a learner to feed, the log keeps LOG_RETAIN entries behind the applied index."""
     from embedkv.member import writer as writer_module
 
     monkeypatch.setattr(writer_module, "LOG_RETAIN", 10)
     monkeypatch.setattr(writer_module, "LOG_COMPACT_EVERY", 20)
+    with DataDir.open(path, durable=False) as dd:
+        dd.bootstrap(Identity(7, 1), ConfState(voters=frozenset({1}), learners=frozenset({2})))
     with Member.open(path, durable=False, tick_interval=TICK) as m:
         for i in range(100):
             m.propose(Put("k", i)).result(5)
         first, applied = m.data_dir.log.first_index(), m.data_dir.applied_index
-        assert first > 1 and applied - first < 10 + 20 + 2
+        assert first > 1 and 10 <= applied - first < 10 + 20 + 2
+        assert _raft_log_rows(m) == list(range(first, applied + 1))
     with Member.open(path, durable=False, tick_interval=TICK) as m:  # restarts from it
         kv = m.data_dir.kv.get("k")
         assert kv is not None and kv.value == 99

@@ -288,6 +288,31 @@ def test_unknown_format_version(tmp_path: Path) -> None:
         DataDir.open(tmp_path)
 
 
+def test_format_2_is_upgraded_in_place(tmp_path: Path) -> None:
+    """Format 3 moved the log's compaction point from `raft_state` to the main database."""
+    with DataDir.open(tmp_path, durable=False) as dd, dd.write() as w:
+        w.append_entries([Entry(2, i) for i in range(1, 6)])
+        for i in range(1, 4):
+            w.apply(Entry(2, i))
+        w.compact_log(3)
+    env = _raw_env(tmp_path)  # make it a format-2 dir, as that code left it
+    with env.begin(write=True) as txn:
+        start = txn.pop(b"log_start")
+        assert start is not None
+        txn.put(b"log_start", start, db=env.open_db(b"raft_state", txn=txn))
+        txn.put(b"format", U32.pack(2), db=env.open_db(b"meta", txn=txn))
+    env.close()
+    with DataDir.open(tmp_path, durable=False) as dd:
+        assert (dd.log.first_index(), dd.log.last_index(), dd.log.term(3)) == (4, 5, 2)
+        assert dd.applied_index == 3
+    env = _raw_env(tmp_path)
+    with env.begin() as txn:
+        assert txn.get(b"format", db=env.open_db(b"meta", txn=txn)) == U32.pack(3)
+        assert txn.get(b"log_start", db=env.open_db(b"raft_state", txn=txn)) is None
+        assert txn.get(b"log_start") == start
+    env.close()
+
+
 @pytest.mark.parametrize(
     ("table", "key", "value", "match"),
     [

@@ -87,6 +87,28 @@ class LogMachine(RuleBasedStateMachine):
         self.applied = max(self.applied, index)
         self.ref.compact(index)
 
+    @rule(data=st.data(), count=st.integers(1, 9), bump=st.integers(0, 2),
+          keep=st.integers(0, 4))
+    def append_apply_compact_in_one_batch(
+        self, data: st.DataObject, count: int, bump: int, keep: int
+    ) -> None:
+        """What a member alone in its configuration does: the entries it appends are applied
+        and compacted away in the same batch (keep > 0: the newest few stay in the log)."""
+        last = self.ref.last_index()
+        start = data.draw(st.integers(max(self.applied + 1, self.ref.first_index()), last + 1))
+        term = (self.ref.term(start - 1) if start - 1 >= self.ref.first_index() - 1 else 1) + bump
+        entries = self._entries(start, count, max(term, 1))
+        self.ref.append(entries)
+        index = max(self.applied, entries[-1].index - keep)
+        with self.dd.write() as w:
+            w.append_entries(entries)
+            for e in self.dd.log.entries(self.applied + 1, index + 1):
+                w.apply(Entry(e.term, e.index))
+            w.compact_log(index)
+        self.applied = index
+        if index >= self.ref.first_index():
+            self.ref.compact(index)
+
     @rule(count=st.integers(1, 5))
     def aborted_batch(self, count: int) -> None:
         start = self.ref.last_index() + 1
@@ -125,6 +147,13 @@ class LogMachine(RuleBasedStateMachine):
         for i in range(log.first_index() - 2, log.last_index() + 2):
             assert _outcome(partial(log.term, i)) == _outcome(partial(self.ref.term, i))
         assert log.initial_state()[0] == self.ref.initial_state()[0]
+
+    @invariant()
+    def lmdb_holds_exactly_the_log(self) -> None:
+        env = self.dd._env
+        with env.read() as txn:
+            keys = [int.from_bytes(k, "big") for k, _ in txn.cursor(db=env.dbs[b"raft_log"])]
+        assert keys == list(range(self.ref.first_index(), self.ref.last_index() + 1))
 
 
 LogMachine.TestCase.settings = settings(
