@@ -461,8 +461,7 @@ class WriteBatch:
         """Abort, with readers held back for that moment (see Env.grow: busy readers can
         starve py-lmdb's abort of a write transaction)."""
         if self._txn is None:
-            self._log.view = self._view0
-            self._log.discard_unwritten()
+            self._discard()  # only the memory to undo
             return
         with self._env.gate.exclusive():
             self._discard()

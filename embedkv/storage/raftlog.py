@@ -72,7 +72,7 @@ class RaftLog:
     def __init__(self, env: Env, view: LogView, applied: int, conf_state: ConfState) -> None:
         self._env = env
         self._log_db = env.dbs[b"raft_log"]
-        self._hard_state_db = self._state_db = env.dbs[STATE_DB]
+        self._state_db = env.dbs[STATE_DB]
         self.view = view
         self._unwritten: list[Entry] = []
         """Entries of the open batch not yet in LMDB (ascending, all in view.tail)."""
@@ -83,12 +83,12 @@ class RaftLog:
     def load(cls, env: Env, applied: int) -> RaftLog:
         """Read the log's shape and tail from a freshly opened environment."""
         with env.read() as txn:
-            state_db = env.dbs[b"raft_state"]
-            raw = txn.get(HARD_STATE, db=env.dbs[STATE_DB])
+            state_db = env.dbs[STATE_DB]
+            raw = txn.get(HARD_STATE, db=state_db)
             hard_state = HardState() if raw is None else decode_hard_state(raw)
-            raw = txn.get(LOG_START, db=env.dbs[STATE_DB])
+            raw = txn.get(LOG_START, db=state_db)
             start, start_term = (0, 0) if raw is None else unpack_exact(U64X2, raw, "log start")
-            raw = txn.get(CONF_STATE, db=state_db)
+            raw = txn.get(CONF_STATE, db=env.dbs[b"raft_state"])
             conf_state = ConfState() if raw is None else decode_conf_state(raw)
             cursor = txn.cursor(db=env.dbs[b"raft_log"])
             last = start
@@ -202,14 +202,14 @@ class RaftLog:
             raise ValueError(f"missing log entry: last index {view.last}, appending at {first}")
         unwritten = self._unwritten
         if first <= view.last:  # a conflicting suffix goes, from LMDB and from the batch
-            if unwritten and unwritten[0].index >= first:
-                unwritten.clear()
-            elif unwritten:
-                del unwritten[first - unwritten[0].index :]
-            cursor = txn.cursor(db=self._log_db)
-            if cursor.set_range(U64.pack(first)):
-                while cursor.delete():
-                    pass
+            stored_last = self._stored_last()
+            if unwritten:
+                del unwritten[max(0, first - unwritten[0].index) :]
+            if first <= stored_last:
+                cursor = txn.cursor(db=self._log_db)
+                if cursor.set_range(U64.pack(first)):
+                    while cursor.delete():
+                        pass
         unwritten.extend(ents)
         tail_first = view.tail_first
         kept = view.tail[: first - tail_first] if first >= tail_first else ()
@@ -230,12 +230,18 @@ class RaftLog:
         )
         unwritten.clear()
 
+    def _stored_last(self) -> int:
+        """The last index in LMDB: it holds (start, stored_last], the batch's unwritten
+        entries follow."""
+        unwritten = self._unwritten
+        return unwritten[0].index - 1 if unwritten else self.view.last
+
     def discard_unwritten(self) -> None:
         """The batch was aborted: forget what it appended (its view is put back by the batch)."""
         self._unwritten.clear()
 
     def set_hard_state(self, txn: lmdb.Transaction[bytes], hard_state: HardState) -> None:
-        txn.put(HARD_STATE, encode_hard_state(hard_state), db=self._hard_state_db)
+        txn.put(HARD_STATE, encode_hard_state(hard_state), db=self._state_db)
         view = self.view
         self.view = LogView(view.start, view.start_term, view.last, view.tail, hard_state)
 
@@ -247,18 +253,16 @@ class RaftLog:
         if index > applied or index > view.last:
             raise ValueError(f"cannot compact to {index}: applied {applied}, last {view.last}")
         term = self.term(index)
-        # LMDB holds (start, stored_last]; the batch's unwritten entries follow.
-        unwritten = self._unwritten
-        stored_last = unwritten[0].index - 1 if unwritten else view.last
-        if stored_last > view.start:
+        if self._stored_last() > view.start:  # earlier batches' entries are in LMDB
             cursor = txn.cursor(db=self._log_db)
             if cursor.first():
                 stop = U64.pack(index)
                 while cursor.key() <= stop:
                     if not cursor.delete():
                         break
-        if unwritten and unwritten[0].index <= index:
-            del unwritten[: index + 1 - unwritten[0].index]
+        unwritten = self._unwritten
+        if unwritten:
+            del unwritten[: max(0, index + 1 - unwritten[0].index)]
         txn.put(LOG_START, U64X2.pack(index, term), db=self._state_db)
         tail_first = view.tail_first
         tail = view.tail[max(0, index + 1 - tail_first) :]

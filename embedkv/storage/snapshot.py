@@ -197,7 +197,8 @@ def _header(payload: bytes) -> dict[str, Any]:
     if not isinstance(header, dict):
         raise CorruptData("snapshot header is not a map")
     if header.get("format") not in READS_FORMATS:
-        raise CorruptData(f"snapshot has format {header.get('format')!r}, not {FORMAT_VERSION}")
+        raise CorruptData(f"snapshot has format {header.get('format')!r}; this embedkv "
+                          f"restores formats {sorted(READS_FORMATS)}")
     for name in ("applied", "term", "revision", "compact"):
         value = header.get(name)
         if type(value) is not int or not 0 <= value < 1 << 63:
