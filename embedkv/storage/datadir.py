@@ -129,6 +129,13 @@ class DataDir:
             self._env.close()
             os.close(self._lock_fd)
 
+    def forget_after_fork(self) -> None:
+        """In a child of os.fork(): close the inherited lock descriptor (the parent keeps its
+        lock: a flock lasts while any copy is open) and never use or close anything else."""
+        if not self._closed:
+            self._closed = True
+            os.close(self._lock_fd)
+
     def __enter__(self) -> DataDir:
         return self
 
