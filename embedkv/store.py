@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
+import inspect
 import logging
 import os
 import queue
@@ -355,41 +356,25 @@ def _ticks(name: str, value: object) -> int:
     return value
 
 
-def _open_options(
-    *,
-    durable: bool = True,
-    serializable_reads: bool = False,
-    request_timeout: float = 5.0,
-    tick_interval: float = 0.1,
-    election_tick: int = 10,
-    heartbeat_tick: int = 1,
-) -> dict[str, Any]:
+def _check_options(
+    durable: object, serializable_reads: object, request_timeout: object, tick_interval: object,
+    election_tick: object, heartbeat_tick: object,
+) -> None:
     """Check ``open``'s options before anything touches the disk (open_async checks them at
-    its call too, not when awaited); returns them as keyword arguments."""
+    its call too, not when awaited)."""
     _check_flag("durable", durable)
     _check_flag("serializable_reads", serializable_reads)
     # The longest a thread may wait, less the grace a caller adds (see _GRACE).
-    request_timeout = _seconds("request_timeout", request_timeout,
-                               threading.TIMEOUT_MAX - 2 * _GRACE)
-    tick_interval = _seconds("tick_interval", tick_interval, MAX_TICK_INTERVAL,
-                             MIN_TICK_INTERVAL)
-    heartbeat_tick = _ticks("heartbeat_tick", heartbeat_tick)
-    election_tick = _ticks("election_tick", election_tick)
-    if heartbeat_tick < 1:
-        raise ValueError(f"heartbeat_tick must be at least 1, not {heartbeat_tick}")
-    if election_tick <= heartbeat_tick:
+    _seconds("request_timeout", request_timeout, threading.TIMEOUT_MAX - 2 * _GRACE)
+    _seconds("tick_interval", tick_interval, MAX_TICK_INTERVAL, MIN_TICK_INTERVAL)
+    heartbeat = _ticks("heartbeat_tick", heartbeat_tick)
+    election = _ticks("election_tick", election_tick)
+    if heartbeat < 1:
+        raise ValueError(f"heartbeat_tick must be at least 1, not {heartbeat}")
+    if election <= heartbeat:
         raise ValueError(
-            f"election_tick ({election_tick}) must be greater than heartbeat_tick "
-            f"({heartbeat_tick})"
+            f"election_tick ({election}) must be greater than heartbeat_tick ({heartbeat})"
         )
-    return {
-        "durable": durable,
-        "serializable_reads": serializable_reads,
-        "request_timeout": request_timeout,
-        "tick_interval": tick_interval,
-        "election_tick": election_tick,
-        "heartbeat_tick": heartbeat_tick,
-    }
 
 
 def open(
@@ -418,18 +403,17 @@ def open(
     child raises Closed (the store's threads do not exist there, and LMDB must not be used
     across a fork), and the child never closes or unlocks the parent's data dir.
     """
-    options = _open_options(
+    _check_options(durable, serializable_reads, request_timeout, tick_interval, election_tick,
+                   heartbeat_tick)
+    member = Member.open(
+        os.fspath(path),
         durable=durable,
-        serializable_reads=serializable_reads,
         request_timeout=request_timeout,
         tick_interval=tick_interval,
         election_tick=election_tick,
         heartbeat_tick=heartbeat_tick,
     )
-    serializable = options.pop("serializable_reads")
-    member = Member.open(os.fspath(path), **options)
-    return Store(member, serializable_reads=serializable,
-                 request_timeout=options["request_timeout"])
+    return Store(member, serializable_reads=serializable_reads, request_timeout=request_timeout)
 
 
 class Store(MutableMapping[Key, Any]):
@@ -1167,7 +1151,10 @@ def open_async(path: str | os.PathLike[str], **options: Any) -> _AsyncOpen:
     """Open a store for asyncio: ``store = await embedkv.open_async(path)`` or
     ``async with embedkv.open_async(path) as store:``. Options are those of ``open``, checked
     at this call (not when awaited)."""
-    return _AsyncOpen(os.fspath(path), _open_options(**options))
+    bound = inspect.signature(open).bind(path, **options)  # TypeError for an unknown option
+    bound.apply_defaults()
+    _check_options(**{k: v for k, v in bound.arguments.items() if k != "path"})
+    return _AsyncOpen(os.fspath(path), options)
 
 
 class AsyncStore:

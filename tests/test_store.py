@@ -866,7 +866,7 @@ def test_a_forked_child_cannot_use_the_store_and_leaves_it_alone(path: Path) -> 
             s.close()  # does nothing in the child
             events.cancel()
             os.write(write, repr(outcome).encode())
-        except BaseException as exc:  # noqa: BLE001 - reported to the parent
+        except BaseException as exc:
             os.write(write, repr(exc).encode())
             status = 1
         finally:

@@ -80,7 +80,7 @@ def test_async_txn_reads_generators(path: Path) -> None:
             assert r.succeeded
             assert await s.get("z") == 1
             assert await s.get("y") is None
-            await s.update((kv for kv in [("g1", 1), ("g2", 2)]))
+            await s.update(kv for kv in [("g1", 1), ("g2", 2)])
             assert await s.get("g2") == 2
 
     run(main)
@@ -208,7 +208,7 @@ def test_open_checks_options_before_creating_anything(
     assert not path.exists()  # refused before the data dir was created
 
 
-@pytest.mark.parametrize(("options", "error"), _BAD_OPTIONS[:3] + [({"nonsense": 1}, TypeError)])
+@pytest.mark.parametrize(("options", "error"), [*_BAD_OPTIONS[:3], ({"nonsense": 1}, TypeError)])
 def test_open_async_checks_options_at_the_call(
     path: Path, options: dict[str, Any], error: type[Exception]
 ) -> None:

@@ -101,7 +101,8 @@ class DataDir:
         """Open (creating if missing) a data dir; DataDirLocked if it is open elsewhere.
 
         durable=False skips the fsync of each commit: a crash of the machine (not of the
-        process) may lose the most recent commits, but never corrupts what is left.
+        process) may lose the most recent commits and, on a file system that reorders writes,
+        damage the data file (LMDB's MDB_NOSYNC; README "Durability").
         """
         path = os.fspath(path)
         os.makedirs(path, exist_ok=True)
