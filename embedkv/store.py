@@ -584,7 +584,8 @@ class Store(MutableMapping[Key, Any]):
     ) -> list[KeyValue]:
         """Records under `prefix` (``""`` for all), or in [start, end) (end None: to the last
         key), in key order unless `sort` says ``"key"``/``"version"``/``"create"``/``"mod"``/
-        ``"value"``, prefixed with ``-`` for descending. ``keys_only`` leaves values None."""
+        ``"value"``, prefixed with one ``-`` for descending. ``keys_only`` leaves values None.
+        `limit`: a positive int or None; `revision` as for ``get``. Checked at the call."""
         get = _range_request(prefix, start, end, limit, revision, sort, keys_only)
         return list(self._range(get, serializable).kvs)
 
@@ -738,7 +739,8 @@ class Store(MutableMapping[Key, Any]):
         failure: Iterable[TxnOp] = (),
     ) -> TxnResult:
         """If every comparison holds, apply `success`, else `failure`, atomically; the result
-        has ``.succeeded`` and one response per operation in ``.responses``."""
+        has ``.succeeded`` and one response per operation in ``.responses``. Each argument
+        may be any iterable (a generator too): it is read once."""
         result: TxnResult = self._wait(self._propose(_txn_request(compare, success, failure)))
         return result
 
