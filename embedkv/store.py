@@ -12,11 +12,13 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
+import inspect
 import logging
 import os
 import queue
 import threading
 import time
+import weakref
 from collections.abc import (
     AsyncIterator,
     Callable,
@@ -34,6 +36,7 @@ from typing import Any, TypeVar
 
 from .errors import Closed, LeaseNotFound, Unavailable
 from .member import Member
+from .storage.codec import MAX_PROPOSAL_BYTES, MAX_TXN_OPS, encode_value
 from .storage.requests import (
     Compaction,
     Compare,
@@ -99,6 +102,10 @@ _SORT_TARGETS = {
 
 TxnOp = Put | Delete | Get
 
+_UPDATE_BYTES = MAX_PROPOSAL_BYTES - 64 * 1024
+"""Most bytes of puts that ``update()`` puts in one transaction: a proposal's limit, less room
+for its framing."""
+
 
 # --- small results --------------------------------------------------------------------------
 
@@ -145,21 +152,56 @@ def _lease_id(lease: Lease | AsyncLease | int | None) -> int | None:
 
 
 def _parse_sort(sort: str | None) -> tuple[SortOrder, SortTarget]:
-    """``"key"`` ascending, ``"-mod"`` descending by mod revision, None: key order."""
+    """``"key"`` ascending, ``"-mod"`` descending by mod revision, None: key order. One sign
+    at most: ``"--key"`` is refused, not read as ``"-key"``."""
     if sort is None:
         return SortOrder.NONE, SortTarget.KEY
     if not isinstance(sort, str):
         raise TypeError(f"sort must be a str such as 'key' or '-mod', not {type(sort).__name__}")
     order = SortOrder.DESCEND if sort.startswith("-") else SortOrder.ASCEND
-    target = _SORT_TARGETS.get(sort.lstrip("+-"))
+    target = _SORT_TARGETS.get(sort[1:] if sort[:1] in ("+", "-") else sort)
     if target is None:
-        raise ValueError(f"sort must be one of {sorted(_SORT_TARGETS)} with an optional '-'")
+        raise ValueError(
+            f"sort must be one of {sorted(_SORT_TARGETS)} with an optional '-', not {sort!r}"
+        )
     return order, target
 
 
 def _check_limit(limit: int | None) -> None:
     if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
-        raise ValueError("limit must be a positive int or None")
+        raise ValueError(f"limit must be a positive int or None, not {limit!r}")
+
+
+def _check_revision(revision: int | None) -> None:
+    """A read's revision: None or 0 mean the current one (etcd: revision <= 0 reads the latest,
+    but a negative one is always a mistake here, so it is refused rather than read as 0)."""
+    if revision is None:
+        return
+    if isinstance(revision, bool) or not isinstance(revision, int):
+        raise TypeError(f"revision must be an int or None, not {type(revision).__name__}")
+    if revision < 0:
+        raise ValueError(f"revision must be >= 0 (0 or None: the current one), not {revision}")
+
+
+def _check_flag(name: str, value: object) -> None:
+    """A keyword flag must be a real bool: ``durable="no"`` would otherwise count as true."""
+    if value is not True and value is not False:
+        raise TypeError(f"{name} must be a bool, not {type(value).__name__}")
+
+
+def _materialise(name: str, items: Iterable[_T]) -> tuple[_T, ...]:
+    """Read an iterable argument exactly once: generators and other one-shot iterables give the
+    same result as lists (they would otherwise be used up by validation and read as empty)."""
+    if isinstance(items, str | bytes):  # a key where a list of them was meant
+        raise TypeError(f"{name} must be an iterable of operations, not {type(items).__name__}")
+    try:
+        return tuple(items)
+    except TypeError:
+        if not hasattr(items, "__iter__"):
+            raise TypeError(
+                f"{name} must be an iterable (a list, a tuple...), not {type(items).__name__}"
+            ) from None
+        raise
 
 
 def _range_request(
@@ -175,6 +217,8 @@ def _range_request(
     if (prefix is None) == (start is None):
         raise TypeError("range() takes exactly one of prefix= or start=")
     _check_limit(limit)
+    _check_revision(revision)
+    _check_flag("keys_only", keys_only)
     order, target = _parse_sort(sort)
     if prefix is not None:
         if end is not None:
@@ -195,27 +239,76 @@ def _range_request(
 
 
 def _delete_request(key: Key, prefix: bool, prev_kv: bool) -> Delete:
-    if prefix and key in ("", b""):
-        return Delete(_FIRST, end=_TO_END, prev_kv=prev_kv)
-    key_bytes(key)
+    _check_flag("prefix", prefix)
+    _check_flag("prev_kv", prev_kv)
     return Delete(key, prefix=prefix, prev_kv=prev_kv)
 
 
 def _txn_request(
     compare: Iterable[Compare], success: Iterable[TxnOp], failure: Iterable[TxnOp]
 ) -> Txn:
-    for c in compare:
+    """Each argument is read once (a generator works like a list), then checked."""
+    compares = _materialise("compare", compare)
+    then = _materialise("success", success)
+    otherwise = _materialise("failure", failure)
+    for c in compares:
         if not isinstance(c, Compare):
             raise TypeError(
                 "txn compare= takes comparisons such as embedkv.Value(k) == v, "
                 f"not {type(c).__name__}"
             )
-    for op in (*success, *failure):
+    for op in (*then, *otherwise):
         if not isinstance(op, Put | Delete | Get):
             raise TypeError(
                 f"txn operations must be embedkv.Put, Delete or Get, not {type(op).__name__}"
             )
-    return Txn(tuple(compare), tuple(success), tuple(failure))
+    return Txn(compares, then, otherwise)
+
+
+def _update_requests(args: tuple[Any, ...], kwargs: dict[str, Any]) -> list[Txn]:
+    """``update()``'s writes: one Txn of Puts, or several if the pairs exceed one
+    transaction's limits (MAX_TXN_OPS operations, MAX_PROPOSAL_BYTES). Every key and value is
+    checked before anything is written, and a key given twice keeps its last value, as in
+    dict.update."""
+    if len(args) > 1:
+        raise TypeError(f"update expected at most 1 positional argument, got {len(args)}")
+    pairs: list[tuple[Any, Any]] = []
+    if args:
+        other = args[0]
+        if hasattr(other, "keys"):  # a mapping, as dict.update decides: it calls keys()
+            pairs.extend((k, other[k]) for k in other.keys())  # noqa: SIM118
+        else:
+            for i, item in enumerate(_materialise("update()'s argument", other)):
+                try:
+                    pair = tuple(item)
+                except TypeError:
+                    raise TypeError(
+                        f"update() sequence element #{i} is not a (key, value) pair"
+                    ) from None
+                if len(pair) != 2:
+                    raise ValueError(
+                        f"update() sequence element #{i} has length {len(pair)}; 2 is required"
+                    )
+                pairs.append((pair[0], pair[1]))
+    pairs.extend(kwargs.items())
+    latest: dict[bytes, tuple[Key, Any, int]] = {}
+    for key, value in pairs:
+        kb = key_bytes(key)
+        # A put's share of a proposal: its encoded value, its key and some CBOR framing.
+        cost = len(encode_value(value)) + len(kb) + 32
+        latest[kb] = (key, value, cost)  # a later pair wins, as in a dict
+    txns: list[Txn] = []
+    batch: list[Put] = []
+    size = 0
+    for key, value, cost in latest.values():
+        if batch and (len(batch) == MAX_TXN_OPS or size + cost > _UPDATE_BYTES):
+            txns.append(Txn(success=tuple(batch)))
+            batch, size = [], 0
+        batch.append(Put(key, value))
+        size += cost
+    if batch:
+        txns.append(Txn(success=tuple(batch)))
+    return txns
 
 
 def _deleted(result: DeleteResult) -> Deleted:
@@ -239,6 +332,51 @@ def _setdefault_request(key: Key, default: Any) -> Txn:
 # --- Store ---------------------------------------------------------------------------------
 
 
+MIN_TICK_INTERVAL = 0.001
+"""Shortest tick_interval accepted (1 ms): shorter ticks only burn CPU while the store idles."""
+
+MAX_TICK_INTERVAL = 1.0
+"""Longest tick_interval accepted: leases are checked once a tick, and the shortest lease lives
+1 s, so a longer tick would let leases outlive their TTL."""
+
+
+def _seconds(name: str, value: object, high: float, low: float = 0.0) -> float:
+    """A duration option: a finite number of seconds in (0, high], and >= low if low > 0."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise TypeError(f"{name} must be a number of seconds, not {type(value).__name__}")
+    if not (0 < value <= high and value >= low):  # NaN fails every comparison
+        bounds = f"[{low:g}, {high:g}]" if low else f"(0, {high:g}]"
+        raise ValueError(f"{name} must be in {bounds} seconds, not {value!r}")
+    return float(value)
+
+
+def _ticks(name: str, value: object) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"{name} must be an int number of ticks, not {type(value).__name__}")
+    return value
+
+
+def _check_options(
+    durable: object, serializable_reads: object, request_timeout: object, tick_interval: object,
+    election_tick: object, heartbeat_tick: object,
+) -> None:
+    """Check ``open``'s options before anything touches the disk (open_async checks them at
+    its call too, not when awaited)."""
+    _check_flag("durable", durable)
+    _check_flag("serializable_reads", serializable_reads)
+    # The longest a thread may wait, less the grace a caller adds (see _GRACE).
+    _seconds("request_timeout", request_timeout, threading.TIMEOUT_MAX - 2 * _GRACE)
+    _seconds("tick_interval", tick_interval, MAX_TICK_INTERVAL, MIN_TICK_INTERVAL)
+    heartbeat = _ticks("heartbeat_tick", heartbeat_tick)
+    election = _ticks("election_tick", election_tick)
+    if heartbeat < 1:
+        raise ValueError(f"heartbeat_tick must be at least 1, not {heartbeat}")
+    if election <= heartbeat:
+        raise ValueError(
+            f"election_tick ({election}) must be greater than heartbeat_tick ({heartbeat})"
+        )
+
+
 def open(
     path: str | os.PathLike[str],
     *,
@@ -251,12 +389,24 @@ def open(
 ) -> Store:
     """Open (creating if needed) the store in directory `path` and return a Store.
 
-    ``durable=False`` skips the fsync per commit (a crash may lose the last writes, never
-    corrupt). ``serializable_reads=True`` makes every read serializable (no read barrier).
-    The remaining options tune the Raft runtime: see README "Options".
+    ``durable=True``: a write returns once it is fsync'd. ``durable=False`` skips the fsync per
+    commit: a crash of the process loses nothing, a crash of the machine may lose the last
+    writes and, on a file system that reorders writes, damage the data file (README
+    "Durability"). ``serializable_reads=True`` makes every read serializable (no read barrier).
+    ``request_timeout`` (seconds, > 0, finite) bounds every wait on the member, and ``close()``.
+    ``tick_interval`` (seconds, 1 ms to 1 s), ``election_tick`` and ``heartbeat_tick`` (ints,
+    heartbeat_tick >= 1, election_tick > heartbeat_tick) tune the Raft runtime (README
+    "Options"). Every option is checked here: TypeError or ValueError before anything is
+    created.
+
+    A Store belongs to the process that opened it: after ``os.fork()`` every operation in the
+    child raises Closed (the store's threads do not exist there, and LMDB must not be used
+    across a fork), and the child never closes or unlocks the parent's data dir.
     """
+    _check_options(durable, serializable_reads, request_timeout, tick_interval, election_tick,
+                   heartbeat_tick)
     member = Member.open(
-        path,
+        os.fspath(path),
         durable=durable,
         request_timeout=request_timeout,
         tick_interval=tick_interval,
@@ -283,11 +433,22 @@ class Store(MutableMapping[Key, Any]):
         self._lock = threading.Lock()
         self._closed = False
         self._watches: set[_WatchBase] = set()
+        self._pid = os.getpid()
+        self._forked = False
+        """Set in a child of os.fork(): the store is closed there, and close() touches nothing."""
+        _stores[id(self)] = self
 
     # --- lifecycle ---------------------------------------------------------------------------
 
     def close(self) -> None:
-        """Cancel every watch, stop keep-alives and the member's threads; idempotent."""
+        """Cancel every watch, stop keep-alives and the member's threads; idempotent.
+
+        Returns within about the request timeout even behind a watch callback that never
+        returns: that callback's thread is left behind, with a warning logged (logger
+        ``embedkv``); no further callback starts. In a forked child it does nothing (the
+        parent's store is not the child's to close)."""
+        if self._forked:
+            return
         with self._lock:
             if self._closed:
                 return
@@ -295,7 +456,9 @@ class Store(MutableMapping[Key, Any]):
             watches = list(self._watches)
             self._watches.clear()
         for w in watches:
-            w.cancel()
+            # No waiting here for a callback that is running: the member's close waits for the
+            # dispatcher, once, for at most the request timeout.
+            w._cancel(wait=False)
         self._m.close()
 
     @property
@@ -320,6 +483,11 @@ class Store(MutableMapping[Key, Any]):
 
     def _check(self) -> None:
         if self._closed:
+            if self._forked:
+                raise Closed(
+                    f"this Store was opened by process {self._pid} and cannot be used after "
+                    "os.fork(): open the data dir in the process that uses it"
+                )
             raise Closed("the store is closed")
 
     def _closed_instead(self, exc: BaseException) -> None:
@@ -357,9 +525,10 @@ class Store(MutableMapping[Key, Any]):
         revision: int | None = None,
         serializable: bool = False,
     ) -> Any:
-        """The value of `key` (at `revision`, if given), or `default`."""
+        """The value of `key` (at `revision`, if given: 0 or None mean the current one, a
+        negative revision is a ValueError), or `default`."""
         if self._closed:
-            raise Closed("the store is closed")
+            self._check()
         if revision is None:
             if not (serializable or self._serializable_reads):
                 self._barrier()
@@ -369,14 +538,17 @@ class Store(MutableMapping[Key, Any]):
                 self._closed_instead(exc)
                 raise
         else:
+            _check_revision(revision)
             kv = self._get_kv_at(key, revision, serializable)
         return default if kv is None else kv.value
 
     def get_kv(
         self, key: Key, *, revision: int | None = None, serializable: bool = False
     ) -> KeyValue | None:
-        """The full record of `key` (value, revisions, version, lease) or None."""
+        """The full record of `key` (value, revisions, version, lease) or None; `revision`
+        as for ``get``."""
         if revision is not None:
+            _check_revision(revision)
             return self._get_kv_at(key, revision, serializable)
         self._linearize(serializable)
         try:
@@ -412,7 +584,8 @@ class Store(MutableMapping[Key, Any]):
     ) -> list[KeyValue]:
         """Records under `prefix` (``""`` for all), or in [start, end) (end None: to the last
         key), in key order unless `sort` says ``"key"``/``"version"``/``"create"``/``"mod"``/
-        ``"value"``, prefixed with ``-`` for descending. ``keys_only`` leaves values None."""
+        ``"value"``, prefixed with one ``-`` for descending. ``keys_only`` leaves values None.
+        `limit`: a positive int or None; `revision` as for ``get``. Checked at the call."""
         get = _range_request(prefix, start, end, limit, revision, sort, keys_only)
         return list(self._range(get, serializable).kvs)
 
@@ -460,7 +633,9 @@ class Store(MutableMapping[Key, Any]):
             raise KeyError(key)
 
     def __contains__(self, key: object) -> bool:
-        # Like a dict of str: something that cannot be a key is simply not in the store.
+        # Like a dict of str: something that cannot be a key is simply not in the store. But a
+        # closed store answers nothing, like every other operation.
+        self._check()
         if not isinstance(key, str | bytes):
             return False
         try:
@@ -524,6 +699,14 @@ class Store(MutableMapping[Key, Any]):
         """Delete every key in one write."""
         self.delete("", prefix=True)
 
+    def update(self, *args: Any, **kwargs: Any) -> None:
+        """``dict.update``, written as one transaction (one revision, all or nothing) when it
+        fits a transaction's limits (128 keys, about 3 MiB of values); more is written as
+        several transactions in turn, each atomic. Every key and value is checked first: a bad
+        one raises before anything is written. Iterables are read once."""
+        for request in _update_requests(args, kwargs):
+            self._wait(self._propose(request))
+
     # --- writes -------------------------------------------------------------------------------
 
     def put(
@@ -556,7 +739,8 @@ class Store(MutableMapping[Key, Any]):
         failure: Iterable[TxnOp] = (),
     ) -> TxnResult:
         """If every comparison holds, apply `success`, else `failure`, atomically; the result
-        has ``.succeeded`` and one response per operation in ``.responses``."""
+        has ``.succeeded`` and one response per operation in ``.responses``. Each argument
+        may be any iterable (a generator too): it is read once."""
         result: TxnResult = self._wait(self._propose(_txn_request(compare, success, failure)))
         return result
 
@@ -586,7 +770,10 @@ class Store(MutableMapping[Key, Any]):
     ) -> Watch:
         """Call `callback(event)` for every change to `key` (or under it with `prefix`, or in
         [key, end)) from `start_revision` (default: from now on), exactly once, in revision
-        order, on the dispatcher thread. Compacted if `start_revision` was compacted."""
+        order, on the dispatcher thread. Compacted if `start_revision` was compacted; TypeError
+        at once if `callback` is not callable."""
+        if not callable(callback):
+            raise TypeError(f"callback must be callable, not {type(callback).__name__}")
         w = Watch(self, callback)
         self._start_watch(w, key, prefix, end, start_revision, prev_kv)
         return w
@@ -602,7 +789,13 @@ class Store(MutableMapping[Key, Any]):
         timeout: float | None = None,
     ) -> WatchIterator:
         """A blocking iterator over the same events as ``watch``. Each ``next()`` waits at most
-        `timeout` seconds (then TimeoutError); the iteration ends after ``.cancel()``/close."""
+        `timeout` seconds (None: no limit; else a number >= 0, checked here) and then raises
+        TimeoutError; the iteration ends after ``.cancel()``/close."""
+        if timeout is not None:
+            if isinstance(timeout, bool) or not isinstance(timeout, int | float):
+                raise TypeError(f"timeout must be a number or None, not {type(timeout).__name__}")
+            if not timeout >= 0:  # NaN too
+                raise ValueError(f"timeout must be >= 0 seconds or None, not {timeout!r}")
         w = WatchIterator(self, timeout)
         self._start_watch(w, key, prefix, end, start_revision, prev_kv)
         return w
@@ -622,6 +815,8 @@ class Store(MutableMapping[Key, Any]):
             if prefix:
                 raise TypeError("end= and prefix=True are exclusive")
             key_bytes(end)
+        _check_flag("prefix", prefix)
+        _check_flag("prev_kv", prev_kv)
         self._check()
         # Not under self._lock: a callback cancelling its own watch takes that lock.
         w._handle = self._m.watch(
@@ -651,6 +846,7 @@ class Store(MutableMapping[Key, Any]):
         every ttl/3 until it is revoked or the store closes. Keys put with ``lease=`` vanish
         (DELETE events) when it expires or is revoked."""
         _check_ttl(ttl)
+        _check_flag("keepalive", keepalive)
         grant = self._wait(self._grant(ttl))
         if keepalive:
             self._m.set_auto_keepalive(grant.id, True)
@@ -723,12 +919,18 @@ class _WatchBase:
         return not self._cancelled and self._handle is not None and bool(self._handle.cancelled)
 
     def cancel(self) -> None:
-        """Stop the watch; idempotent. No callback starts after this returns."""
+        """Stop the watch; idempotent. No callback starts after this returns, and one running
+        on the dispatcher (unless this is it) has finished."""
+        self._cancel(wait=True)
+
+    def _cancel(self, *, wait: bool) -> None:
         if self._cancelled:
             return
         self._cancelled = True
+        if self._store._forked:
+            return  # the member's threads and locks are the parent's: touch nothing
         if self._handle is not None:
-            self._handle.cancel()
+            self._handle.cancel(wait=wait)
         self._store._forget(self)
         self._on_cancel()
 
@@ -796,6 +998,8 @@ class WatchIterator(_WatchBase, Iterator[Event]):
         return self
 
     def __next__(self) -> Event:
+        if self._store._forked:
+            self._store._check()  # raises Closed: no dispatcher feeds this queue in a child
         if self._cancelled and self._queue.empty():
             raise StopIteration
         deadline = None if self._timeout is None else time.monotonic() + self._timeout
@@ -889,6 +1093,25 @@ class Lease:
             self.revoke()
 
 
+# --- os.fork() --------------------------------------------------------------------------------
+
+_stores: weakref.WeakValueDictionary[int, Store] = weakref.WeakValueDictionary()
+"""Every Store of this process by id() (a Store, a mapping, is unhashable), so that a forked
+child can mark them unusable."""
+
+
+def _after_fork_in_child() -> None:
+    """In the child of os.fork(): no member thread exists here and the LMDB environment must
+    not be used, so every Store inherited from the parent is closed (Closed says why) without
+    touching its member; the member layer drops them from its exit-time close."""
+    for store in list(_stores.values()):
+        store._forked = True
+        store._closed = True
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
 # --- AsyncStore -----------------------------------------------------------------------------
 
 
@@ -928,8 +1151,12 @@ class _AsyncOpen:
 
 def open_async(path: str | os.PathLike[str], **options: Any) -> _AsyncOpen:
     """Open a store for asyncio: ``store = await embedkv.open_async(path)`` or
-    ``async with embedkv.open_async(path) as store:``. Options are those of ``open``."""
-    return _AsyncOpen(path, options)
+    ``async with embedkv.open_async(path) as store:``. Options are those of ``open``, checked
+    at this call (not when awaited)."""
+    bound = inspect.signature(open).bind(path, **options)  # TypeError for an unknown option
+    bound.apply_defaults()
+    _check_options(**{k: v for k, v in bound.arguments.items() if k != "path"})
+    return _AsyncOpen(os.fspath(path), options)
 
 
 class AsyncStore:
@@ -1061,6 +1288,11 @@ class AsyncStore:
         result: TxnResult = await _awaited(fut)
         return result
 
+    async def update(self, *args: Any, **kwargs: Any) -> None:
+        """``dict.update`` as Store.update does it: one transaction when within the limits."""
+        for request in _update_requests(args, kwargs):
+            await _awaited(self._propose(request))
+
     async def compare_and_set(self, key: Key, expected: Any, new: Any) -> bool:
         request = _cas_request(key, expected, new)
         result: TxnResult = await _awaited(self._propose(request))
@@ -1093,6 +1325,7 @@ class AsyncStore:
 
     async def lease(self, ttl: int, *, keepalive: bool = True) -> AsyncLease:
         _check_ttl(ttl)
+        _check_flag("keepalive", keepalive)
         grant = await _awaited(self.store._grant(ttl))
         if keepalive:
             self.store._m.set_auto_keepalive(grant.id, True)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import collections.abc
 import concurrent.futures
+import logging
 import os
 import subprocess
 import sys
@@ -761,10 +762,156 @@ def test_second_open_from_another_process_raises_datadirlocked(
 
 
 def test_reopen_after_close_and_lock_is_released(path: Path) -> None:
-    with embedkv.open(path, tick_interval=TICK):
-        pass
+    with embedkv.open(path, tick_interval=TICK) as first:
+        first["k"] = {"v": 1}
+        first.delete("gone")
+        first["gone"] = 2
+        del first["gone"]
+        revision = first.revision
+    # The lock is released: another process opens the data dir and sees the data.
+    code = textwrap.dedent(
+        f"""
+        import embedkv
+        with embedkv.open({str(path)!r}, tick_interval=0.01) as s:
+            print(repr((s["k"], "gone" in s, s.revision)))
+            s["other"] = 3
+        """
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == repr(({"v": 1}, False, revision))
     with embedkv.open(path, tick_interval=TICK) as again:
-        again["k"] = 1
+        assert again["k"] == {"v": 1}
+        assert again["other"] == 3
+        assert again.revision == revision + 1
+
+
+def test_close_returns_behind_a_callback_that_never_returns(
+    path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    s = embedkv.open(path, durable=False, tick_interval=TICK, request_timeout=0.5)
+    never = threading.Event()
+    entered = threading.Event()
+
+    def stuck(event: embedkv.Event) -> None:
+        entered.set()
+        never.wait()
+
+    try:
+        watch = s.watch("k", stuck)
+        s["k"] = 1
+        assert entered.wait(10)
+        with caplog.at_level(logging.WARNING, logger="embedkv"):
+            closer = threading.Thread(target=s.close)
+            closer.start()
+            closer.join(20)
+            assert not closer.is_alive(), "close() hung behind the stuck callback"
+        assert s.closed and watch.cancelled
+        assert any("has not returned" in r.getMessage() for r in caplog.records)
+        with pytest.raises(embedkv.Closed):
+            s["k"]
+    finally:
+        never.set()
+    # The lock is released although the callback's thread was still running at close.
+    with embedkv.open(path, durable=False, tick_interval=TICK) as again:
+        assert again["k"] == 1
+
+
+@pytest.mark.parametrize("close", [True, False])
+def test_exit_never_hangs_behind_a_callback_that_never_returns(path: Path, close: bool) -> None:
+    code = textwrap.dedent(
+        f"""
+        import threading, embedkv
+        s = embedkv.open({str(path)!r}, durable=False, tick_interval=0.01, request_timeout=0.5)
+        entered = threading.Event()
+        def stuck(event):
+            entered.set()
+            threading.Event().wait()  # never returns
+        s.watch("k", stuck)
+        s["k"] = 1
+        assert entered.wait(10)
+        if {close!r}:
+            s.close()
+        print("exiting", flush=True)
+        """
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == "exiting"
+    assert "has not returned" in proc.stderr  # the warning, logged at close or at exit
+    with embedkv.open(path, durable=False, tick_interval=TICK) as again:
+        assert again["k"] == 1
+
+
+def test_a_forked_child_cannot_use_the_store_and_leaves_it_alone(path: Path) -> None:
+    s = embedkv.open(path, tick_interval=TICK)
+    s["k"] = 1
+    events = s.watch_iter("k", timeout=5)
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: report what happened, exit without running pytest's teardown
+        status = 0
+        try:
+            os.close(read)
+            outcome = []
+            for op in (lambda: s["k"], lambda: s.put("k", 2), lambda: "k" in s,
+                       lambda: s.revision, lambda: next(events)):
+                try:
+                    op()
+                    outcome.append("ok")
+                except embedkv.Closed as exc:
+                    outcome.append("fork" if "os.fork()" in str(exc) else f"closed: {exc}")
+            s.close()  # does nothing in the child
+            events.cancel()
+            os.write(write, repr(outcome).encode())
+        except BaseException as exc:
+            os.write(write, repr(exc).encode())
+            status = 1
+        finally:
+            os._exit(status)
+    os.close(write)
+    with os.fdopen(read) as pipe:
+        report = pipe.read()
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0, report
+    assert report == repr(["fork"] * 5)
+    # The parent goes on, and its watch still works.
+    s["k"] = 3
+    assert next(events).value == 3
+    assert s["k"] == 3
+    s.close()
+
+
+def test_a_forked_child_does_not_keep_the_data_dir_locked(path: Path) -> None:
+    # The child outlives the parent's close, then exits normally: its exit hooks must not
+    # close (or unlock) the parent's store, and its copy of the lock must not outlive it.
+    code = textwrap.dedent(
+        f"""
+        import os, sys, embedkv
+        s = embedkv.open({str(path)!r}, tick_interval=0.01)
+        s["k"] = 1
+        go_r, go_w = os.pipe()
+        pid = os.fork()
+        if pid == 0:
+            os.read(go_r, 1)
+            sys.exit(0)  # a normal exit: threading's and atexit hooks run
+        s.close()
+        with embedkv.open({str(path)!r}, tick_interval=0.01) as again:  # not DataDirLocked
+            again["k"] = again["k"] + 1
+            os.write(go_w, b"x")
+            _, status = os.waitpid(pid, 0)
+            again["k"] = again["k"] + 1  # the child's exit left the parent's store alone
+        print(os.waitstatus_to_exitcode(status))
+        """
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == "0"
+    with embedkv.open(path, tick_interval=TICK) as again:
+        assert again["k"] == 3
 
 
 @pytest.mark.parametrize(

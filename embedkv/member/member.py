@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import itertools
 import logging
+import os
 import random
 import threading
 import time
@@ -74,6 +75,7 @@ class Member:
         # never matches a proposal of this run.
         self._seq = itertools.count(_ids.randrange(1 << 62))
         self._closed = False
+        self._forked = False
         self._close_lock = threading.Lock()
         self._close_done = threading.Event()
         self._core = Core(self._new_node())
@@ -299,8 +301,12 @@ class Member:
     def close(self) -> None:
         """Stop every thread of this member, fail what waits with Closed, close the data dir.
 
-        Idempotent; also runs at interpreter exit for members that were never closed.
+        Idempotent; also runs at interpreter exit for members that were never closed. Waits
+        at most request_timeout for a running watch callback (see WatchHub.close). Does
+        nothing in a child of os.fork(): the member's threads and data dir are the parent's.
         """
+        if self._forked:
+            return
         with self._close_lock:
             first = not self._closed
             self._closed = True
@@ -314,7 +320,8 @@ class Member:
         try:
             self._engine.stop()
             self._writer.stop()
-            self._hub.close()
+            # Bounded: a watch callback that never returns must not hang close() (or exit).
+            self._hub.close(self._timeout)
         finally:
             self._dd.close()
             _untrack(self)
@@ -350,6 +357,24 @@ def _close_all() -> None:
             member.close()
         except Exception:
             log.exception("closing %r at exit failed", member)
+
+
+def _forget_in_child() -> None:
+    """After os.fork(), in the child: the members inherited from the parent have no threads
+    here, and their LMDB environment must not be used; never close them (at exit or
+    otherwise). Only the data dir's inherited lock descriptor is closed, which keeps the
+    parent's lock (closing a copy of a flock'd descriptor does not unlock it) but lets the
+    lock go when the parent closes, whatever the child does."""
+    global _registry_lock
+    _registry_lock = threading.Lock()  # another thread may have held it at the fork
+    for member in _open_members:
+        member._forked = True
+        member._closed = True
+        member._dd.forget_after_fork()
+    _open_members.clear()
+
+
+os.register_at_fork(after_in_child=_forget_in_child)
 
 
 def _track(member: Member) -> None:

@@ -128,15 +128,17 @@ class WatchHandle:
         self._hub = hub
         self._watch = watch
 
-    def cancel(self) -> None:
+    def cancel(self, *, wait: bool = True) -> None:
         """Stop the watch. Once this returns, no further callback of this watch starts; one
-        already running (on another thread) has finished. Safe to call from a callback."""
+        already running (on another thread) has finished, unless `wait` is False (closing
+        waits for the dispatcher itself, within a bound). Safe to call from a callback."""
         w = self._watch
         if w.cancelled:
             return
         w.cancelled = True  # seen by the dispatcher before it starts any further callback
-        with w.lock:  # wait for a callback that is running now (re-entrant: a callback may
-            pass  # cancel its own watch)
+        if wait:
+            with w.lock:  # wait for a callback that is running now (re-entrant: a callback
+                pass  # may cancel its own watch)
         self._hub.remove(w)
 
     @property
@@ -167,6 +169,8 @@ class WatchHub:
         self._count = 0
         self._ids = itertools.count(1)
         self._closed = False
+        self._running: WatchCallback | None = None
+        """The callback the dispatcher is running now, named if close() has to leave it."""
         self._ready: queue.SimpleQueue[_Watch | None] = queue.SimpleQueue()
         self._thread = threading.Thread(
             target=self._run, name="embedkv-watch-dispatcher", daemon=True
@@ -330,23 +334,29 @@ class WatchHub:
             budget -= 1
         return bool(pending)
 
-    @staticmethod
-    def _deliver(w: _Watch, ev: Event) -> bool:
+    def _deliver(self, w: _Watch, ev: Event) -> bool:
         """Run the callback unless the watch was cancelled; False once it is."""
         if not w.prev_kv and ev.prev_kv is not None:
             ev = Event(ev.type, ev.kv)
         with w.lock:
             if w.cancelled:
                 return False
+            self._running = w.callback
             try:
                 w.callback(ev)
             except Exception:
                 log.exception("watch %d callback failed on event at revision %d", w.wid,
                               ev.revision)
+            finally:
+                self._running = None
         return True
 
-    def close(self) -> None:
-        """Stop the dispatcher (events not yet delivered are dropped); idempotent."""
+    def close(self, timeout: float | None = None) -> None:
+        """Stop the dispatcher (events not yet delivered are dropped); idempotent.
+
+        Waits at most `timeout` seconds (None: for ever) for a callback that is running: one
+        that has not returned by then is left behind on the (daemon) dispatcher thread, with a
+        warning, and no further callback starts."""
         with self._lock:
             if self._closed:
                 return
@@ -361,4 +371,10 @@ class WatchHub:
             self._count = 0
         self._ready.put(None)
         if self._thread.ident is not None and threading.current_thread() is not self._thread:
-            self._thread.join()
+            self._thread.join(timeout)
+            if self._thread.is_alive():
+                log.warning(
+                    "watch callback %r has not returned within %s s of close(): closing "
+                    "without it; its thread (%s) is left behind and runs no further callback",
+                    self._running, timeout, self._thread.name,
+                )

@@ -136,8 +136,6 @@ def _check_id(name: str, value: object, *, zero_ok: bool = False) -> int:
 
 def _check_key(key: object) -> Key:
     key_bytes(key)
-    if isinstance(key, bytearray | memoryview):
-        return bytes(key)
     return key  # type: ignore[return-value]
 
 
@@ -155,6 +153,19 @@ def _range_end(key: Key, prefix: bool, end: object) -> Key | None:
     return _check_key(end)
 
 
+def _selection(key: object, prefix: object, end: object) -> tuple[Key, Key | None]:
+    """A Get's or Delete's wire (key, end). With prefix=True the empty key selects every key,
+    as etcd's WithPrefix("") does (and as store.delete("", prefix=True) always has)."""
+    if prefix is True and end is None and key in ("", b""):
+        return _FIRST_KEY, TO_THE_END
+    checked = _check_key(key)
+    return checked, _range_end(checked, _check_bool("prefix", prefix), end)
+
+
+_FIRST_KEY: Final = b"\x00"
+"""The smallest valid key: from it to TO_THE_END is the whole key space."""
+
+
 def _check_bool(name: str, value: object) -> bool:
     if type(value) is not bool:
         raise TypeError(f"{name} must be a bool, not {type(value).__name__}")
@@ -168,13 +179,12 @@ def _encode_put(req: Put) -> list[Any]:
 
 
 def _encode_delete(req: Delete) -> list[Any]:
-    key = _check_key(req.key)
-    return [OP_DELETE, key, _range_end(key, _check_bool("prefix", req.prefix), req.end),
-            _check_bool("prev_kv", req.prev_kv)]
+    key, end = _selection(req.key, req.prefix, req.end)
+    return [OP_DELETE, key, end, _check_bool("prev_kv", req.prev_kv)]
 
 
 def encode_get(req: Get) -> list[Any]:
-    key = _check_key(req.key)
+    key, end = _selection(req.key, req.prefix, req.end)
     limit = 0 if req.limit is None else req.limit
     if type(limit) is not int or not 0 <= limit <= MAX_ID:
         raise ValueError(f"limit must be a non-negative int or None, not {req.limit!r}")
@@ -183,7 +193,7 @@ def encode_get(req: Get) -> list[Any]:
         raise ValueError(f"revision must be an int or None, not {req.revision!r}")
     if not isinstance(req.sort_order, SortOrder) or not isinstance(req.sort_target, SortTarget):
         raise TypeError("sort_order and sort_target must be SortOrder and SortTarget members")
-    return [OP_GET, key, _range_end(key, _check_bool("prefix", req.prefix), req.end), limit,
+    return [OP_GET, key, end, limit,
             max(revision, 0), SORT_ORDERS.index(req.sort_order),
             SORT_TARGETS.index(req.sort_target), _check_bool("keys_only", req.keys_only),
             _check_bool("count_only", req.count_only)]

@@ -101,7 +101,8 @@ class DataDir:
         """Open (creating if missing) a data dir; DataDirLocked if it is open elsewhere.
 
         durable=False skips the fsync of each commit: a crash of the machine (not of the
-        process) may lose the most recent commits, but never corrupts what is left.
+        process) may lose the most recent commits and, on a file system that reorders writes,
+        damage the data file (LMDB's MDB_NOSYNC; README "Durability").
         """
         path = os.fspath(path)
         os.makedirs(path, exist_ok=True)
@@ -127,6 +128,13 @@ class DataDir:
                 return
             self._closed = True
             self._env.close()
+            os.close(self._lock_fd)
+
+    def forget_after_fork(self) -> None:
+        """In a child of os.fork(): close the inherited lock descriptor (the parent keeps its
+        lock: a flock lasts while any copy is open) and never use or close anything else."""
+        if not self._closed:
+            self._closed = True
             os.close(self._lock_fd)
 
     def __enter__(self) -> DataDir:

@@ -24,13 +24,20 @@ MAX_VALUE_BYTES = 1536 * 1024
 
 
 def key_bytes(key: object) -> bytes:
-    """Validate a user key and return the bytes that identify and order it."""
+    """Validate a user key and return the bytes that identify and order it.
+
+    Only ``str`` and ``bytes``: a key is a mapping key, so it must be immutable and hashable;
+    a ``bytearray`` or ``memoryview`` is refused (TypeError) rather than copied silently.
+    """
     if isinstance(key, str):
         raw = key.encode("utf-8")
-    elif isinstance(key, bytes | bytearray | memoryview):
+    elif isinstance(key, bytes):
         raw = bytes(key)
     else:
-        raise TypeError(f"keys must be str or bytes, not {type(key).__name__}")
+        raise TypeError(
+            f"keys must be str or bytes, not {type(key).__name__}"
+            + (" (convert it with bytes())" if isinstance(key, bytearray | memoryview) else "")
+        )
     if not raw:
         raise ValueError("keys must not be empty")
     if len(raw) > MAX_KEY_BYTES:

@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
+import concurrent.futures
 import logging
 import threading
 from collections.abc import Callable
+from pathlib import Path
 
 import pytest
 
 from embedkv.errors import Closed, Compacted
 from embedkv.member import Member
-from embedkv.storage.requests import Compaction, Delete, EventType, Put, PutResult
+from embedkv.storage.requests import Compaction, Delete, Event, EventType, Put, PutResult
 from tests.waiting import wait_for
 
 from .conftest import Collector
@@ -217,17 +219,63 @@ def test_cancel_waits_for_a_running_callback_and_works_from_inside_one(member: M
 
 def test_slow_callback_never_blocks_writes(member: Member) -> None:
     release = threading.Event()
+    entered: list[int] = []
     seen = Collector()
 
-    def slow(event: object) -> None:
-        release.wait(30)
-        seen(event)  # type: ignore[arg-type]
+    def slow(event: Event) -> None:
+        entered.append(event.revision)
+        release.wait(60)
+        seen(event)
 
     member.watch("k", slow)
-    revisions = [put(member, "k", i) for i in range(50)]  # all commit while the callback waits
-    assert len(seen.events) == 0
-    release.set()
+    try:
+        first = put(member, "k", 0)
+        wait_for(lambda: entered, what="the first callback to start (and block)")
+        with concurrent.futures.ThreadPoolExecutor(1) as pool:
+            # If writes waited for callbacks, these would hang behind the blocked one.
+            more = pool.submit(lambda: [put(member, "k", i) for i in range(1, 50)])
+            revisions = [first, *more.result(timeout=20)]
+        # Every write committed while the one dispatcher thread stayed inside the first
+        # callback: no other callback started, none finished.
+        assert entered == [first]
+        assert len(seen.events) == 0
+    finally:
+        release.set()
     assert [e.revision for e in seen.wait(50)] == revisions
+    assert entered == revisions
+
+
+def test_close_returns_behind_a_callback_that_never_returns(
+    path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    m = Member.open(path, durable=False, tick_interval=0.01, request_timeout=0.5)
+    never = threading.Event()
+    entered = threading.Event()
+    later = Collector()
+
+    def stuck(event: Event) -> None:
+        entered.set()
+        never.wait()
+
+    try:
+        m.watch("k", stuck)
+        m.watch("k", later)
+        put(m, "k", 1)
+        assert entered.wait(10)
+        put(m, "k", 2)
+        with caplog.at_level(logging.WARNING, logger="embedkv"):
+            closer = threading.Thread(target=m.close)
+            closer.start()
+            closer.join(20)
+            assert not closer.is_alive(), "close() hung behind the stuck callback"
+        assert m.closed
+        assert any("has not returned" in r.getMessage() and "stuck" in r.getMessage()
+                   for r in caplog.records if r.name.startswith("embedkv"))
+    finally:
+        never.set()
+    # Released after close: the dispatcher starts no further callback and ends.
+    wait_for(lambda: not m._hub.thread.is_alive(), what="the dispatcher to end")
+    assert later.events == []  # queued behind the stuck callback, then dropped by close
 
 
 def test_failing_callback_is_logged_and_the_watch_goes_on(
