@@ -176,6 +176,7 @@ def defrag(path: str | os.PathLike[str]) -> DefragResult:
         with suppress(FileNotFoundError):
             os.unlink(tmp)
         before = os.path.getsize(data)
+        _checkpoint("locked")
         env = Env(path, durable=True)  # checks the format, truncation, an unfinished restore
         try:
             counts = _entry_counts(env.env)
