@@ -73,11 +73,11 @@ def write_backup(dd: DataDir, dest: str | os.PathLike[str]) -> BackupInfo:
     if os.path.isdir(dest):
         raise IsADirectoryError(f"backup destination {dest} is a directory; name a file")
     directory = os.path.dirname(os.path.abspath(dest))
-    chunks = dd.snapshot_chunks(CHUNK)  # spooled under one short read transaction
     fd, tmp = tempfile.mkstemp(dir=directory, prefix=f".{os.path.basename(dest)}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as out:
-            for chunk in chunks:
+            # Spooled under one short read transaction, then copied out.
+            for chunk in dd.snapshot_chunks(CHUNK):
                 out.write(chunk)
             out.flush()
             os.fsync(out.fileno())
