@@ -10,7 +10,7 @@ import os
 import threading
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import IO, Any, cast
 
 import pytest
 
@@ -53,6 +53,16 @@ def _leases(store: embedkv.Store) -> list[tuple[int, int, list[Any]]]:
     return out
 
 
+def _remaining(store: embedkv.Store) -> list[tuple[int, float]]:
+    """(TTL, seconds left) of every lease."""
+    out = []
+    for lease_id, _, _ in _leases(store):
+        ttl = store._m.lease_time_to_live(lease_id)
+        assert ttl is not None
+        out.append(ttl)
+    return sorted(out)
+
+
 @pytest.fixture
 def populated(tmp_path: Path) -> Iterator[tuple[embedkv.Store, FakeClock]]:
     """A store with history, a compaction, deletes, txns, str and bytes keys and leases."""
@@ -93,10 +103,8 @@ def test_restore_round_trip(tmp_path: Path,
         assert _history(dst) == _history(src)
         assert _leases(dst) == _leases(src) and len(_leases(src)) == 2
         # Countdowns restart at the full TTL (etcd does the same on restore).
-        remaining = sorted(src._m.lease_time_to_live(i) for i, _, _ in _leases(src))
-        assert remaining == [(50, 5.0), (100, 55.0)]
-        remaining = sorted(dst._m.lease_time_to_live(i) for i, _, _ in _leases(dst))
-        assert remaining == [(50, 50.0), (100, 100.0)]
+        assert _remaining(src) == [(50, 5.0), (100, 55.0)]
+        assert _remaining(dst) == [(50, 50.0), (100, 100.0)]
         # A new identity, and the restored store keeps working: writes, and lease expiry.
         assert dst.status().member_id != src.status().member_id
         assert dst.status().cluster_id != src.status().cluster_id
@@ -152,13 +160,17 @@ def test_writers_run_while_the_backup_reads(tmp_path: Path,
         src.put("before", 1)
         put_done = threading.Event()
 
+        def put_during() -> None:
+            src.put("during", 2)
+            put_done.set()
+
         class Out:
             def __init__(self, out: Any) -> None:
                 self.out = out
 
             def write(self, data: bytes) -> None:
                 if not put_done.is_set():  # inside the read transaction
-                    t = threading.Thread(target=lambda: (src.put("during", 2), put_done.set()))
+                    t = threading.Thread(target=put_during)
                     t.start()
                     assert put_done.wait(10), "a put was blocked by the backup"
                     t.join()
@@ -168,7 +180,7 @@ def test_writers_run_while_the_backup_reads(tmp_path: Path,
                 self.out.flush()
 
         monkeypatch.setattr(snapshot, "_write_snapshot",
-                            lambda env, out: original(env, Out(out)))
+                            lambda env, out: original(env, cast(IO[bytes], Out(out))))
         revision = src.backup(tmp_path / "b.snap")
         assert put_done.is_set() and src.revision == revision + 1
     embedkv.restore(tmp_path / "b.snap", tmp_path / "dst")
@@ -262,7 +274,7 @@ def test_backup_replaces_dest_atomically_and_a_full_disk_loses_nothing(
         def full(fd: int) -> None:
             raise OSError(errno.ENOSPC, "No space left on device")
 
-        monkeypatch.setattr(backup.os, "fsync", full)
+        monkeypatch.setattr(os, "fsync", full)
         with pytest.raises(embedkv.NoSpace, match=r"b\.snap"):
             src.backup(dest)
         assert dest.read_bytes() == old and os.listdir(dest.parent) == ["b.snap"]

@@ -11,10 +11,10 @@ from embedkv.storage import backup
 
 
 def main() -> None:
-    path, step = sys.argv[1], sys.argv[2]
+    path, target = sys.argv[1], sys.argv[2]
 
-    def checkpoint(name: str) -> None:
-        if name == step:
+    def checkpoint(step: str) -> None:
+        if step == target:
             os.kill(os.getpid(), signal.SIGKILL)
 
     backup._checkpoint = checkpoint
