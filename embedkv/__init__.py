@@ -23,6 +23,7 @@ from .errors import (
     Unavailable,
     UnsupportedFormat,
 )
+from .storage.backup import DefragResult
 from .storage.requests import (
     MAX_KEY_BYTES,
     MAX_VALUE_BYTES,
@@ -61,8 +62,10 @@ from .store import (
     Store,
     Watch,
     WatchIterator,
+    defrag,
     open,
     open_async,
+    restore,
 )
 
 __version__ = "0.1.0"
@@ -82,6 +85,7 @@ __all__ = [
     "CorruptData",
     "CreateRevision",
     "DataDirLocked",
+    "DefragResult",
     "Delete",
     "DeleteResult",
     "Deleted",
@@ -115,6 +119,8 @@ __all__ = [
     "Watch",
     "WatchIterator",
     "__version__",
+    "defrag",
     "open",
     "open_async",
+    "restore",
 ]

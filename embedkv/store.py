@@ -35,7 +35,9 @@ from types import TracebackType
 from typing import Any, TypeVar
 
 from .errors import Closed, LeaseNotFound, Unavailable
-from .member import Member
+from .member import Member, new_identity
+from .storage.backup import DefragResult, restore_backup, write_backup
+from .storage.backup import defrag as _defrag
 from .storage.codec import MAX_PROPOSAL_BYTES, MAX_TXN_OPS, encode_value
 from .storage.requests import (
     Compaction,
@@ -68,8 +70,10 @@ __all__ = [
     "Store",
     "Watch",
     "WatchIterator",
+    "defrag",
     "open",
     "open_async",
+    "restore",
 ]
 
 log = logging.getLogger("embedkv")
@@ -416,6 +420,31 @@ def open(
     return Store(member, serializable_reads=serializable_reads, request_timeout=request_timeout)
 
 
+def restore(
+    backup: str | os.PathLike[str], path: str | os.PathLike[str], *, durable: bool = True
+) -> int:
+    """Create a new data dir at `path` (missing or empty) from a file written by
+    ``Store.backup``, and return the revision it holds.
+
+    The restored store has the backup's keys, values, revisions, history and leases (whose
+    countdowns restart at their full TTL when it opens); it is a new one-member cluster, with a
+    new identity, whatever the membership it was backed up from. FileExistsError (nothing
+    touched) if `path` is not empty; CorruptData if the backup is damaged anywhere (`path` is
+    then left missing or empty).
+    """
+    return restore_backup(backup, path, new_identity(), durable=durable).revision
+
+
+def defrag(path: str | os.PathLike[str]) -> DefragResult:
+    """Compact the closed store at `path` offline: LMDB's compacting copy of its file, swapped
+    in atomically (safe if killed at any step). DataDirLocked if a Store has it open.
+
+    The file of a data dir never shrinks by itself: pages freed by compaction or deletes are
+    reused, not returned. Returns the file's size before and after, in bytes.
+    """
+    return _defrag(path)
+
+
 class Store(MutableMapping[Key, Any]):
     """A durable, transactional key-value store that feels like a dict.
 
@@ -616,6 +645,20 @@ class Store(MutableMapping[Key, Any]):
             applied_index=int(dd.applied_index),
             durable=bool(dd.durable),
         )
+
+    def backup(self, dest: str | os.PathLike[str]) -> int:
+        """Write a consistent, compact copy of the store to the file `dest` and return the
+        revision it holds (every write acknowledged before the call, perhaps a few after).
+
+        Writers keep running: the copy comes from one LMDB read transaction. The file appears
+        whole or not at all (an existing one is replaced); restore it with ``embedkv.restore``.
+        """
+        self._linearize(False)
+        try:
+            return write_backup(self._m.data_dir, dest).revision
+        except Exception as exc:
+            self._closed_instead(exc)
+            raise
 
     # --- the mapping protocol -----------------------------------------------------------------
 
@@ -1248,6 +1291,10 @@ class AsyncStore:
     @property
     def revision(self) -> int:
         return self.store.revision
+
+    async def backup(self, dest: str | os.PathLike[str]) -> int:
+        """``Store.backup``, in a worker thread (it writes the whole store to a file)."""
+        return await asyncio.to_thread(self.store.backup, dest)
 
     def status(self) -> Status:
         return self.store.status()

@@ -1,8 +1,8 @@
 """The runtime of one member: the Ready loop, proposals, apply, reads, watch fan-out, lease
 timers and bootstrap (see docs/member-api.md and docs/runtime.md)."""
 
-from .member import Member
+from .member import Member, new_identity
 from .watch import WatchHandle
 from .writer import MemberStats
 
-__all__ = ["Member", "MemberStats", "WatchHandle"]
+__all__ = ["Member", "MemberStats", "WatchHandle", "new_identity"]

@@ -49,6 +49,11 @@ def _random_id() -> int:
     return _ids.randint(1, MAX_ID)
 
 
+def new_identity() -> Identity:
+    """A new cluster with a new member (a fresh data dir, or a restored backup)."""
+    return Identity(_random_id(), _random_id())
+
+
 class Member:
     """A running member; create it with `Member.open`. Thread-safe."""
 
@@ -128,9 +133,8 @@ class Member:
         dd = DataDir.open(path, durable=durable)
         try:
             if dd.identity is None:
-                member_id = _random_id()
-                dd.bootstrap(Identity(_random_id(), member_id),
-                             ConfState(voters=frozenset({member_id})))
+                identity = new_identity()
+                dd.bootstrap(identity, ConfState(voters=frozenset({identity.member_id})))
             member = cls(
                 dd,
                 request_timeout=float(request_timeout),

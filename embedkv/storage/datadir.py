@@ -36,6 +36,9 @@ from .mvcc import Applied, Applier, KeySpace, Tables, read_state
 from .raftlog import CONF_STATE, RaftLog
 
 LOCK_FILE: Final = "embedkv.lock"
+DEFRAG_TEMP: Final = "data.mdb.defrag"
+"""The compacting copy `defrag` writes before swapping it in; a leftover (from a killed defrag)
+is removed when the dir is next opened or defragmented."""
 IDENTITY: Final = b"identity"
 """`raft_state` key of (cluster_id, member_id)."""
 _ABORTED: Final = "the write batch was aborted by an earlier error: nothing in it was written"
@@ -108,6 +111,8 @@ class DataDir:
         os.makedirs(path, exist_ok=True)
         fd = _lock(path)
         try:
+            with suppress(FileNotFoundError):
+                os.unlink(os.path.join(path, DEFRAG_TEMP))
             env = Env(path, durable=durable)
         except BaseException:
             os.close(fd)
@@ -222,10 +227,13 @@ class DataDir:
         *,
         durable: bool = True,
         identity: Identity | None = None,
+        conf_state: ConfState | None = None,
     ) -> DataDir:
         """Create a data dir at `path` (missing or empty) from snapshot chunks.
 
-        CorruptData if the stream is damaged; the partial dir is then removed.
+        `conf_state`, if given, replaces the snapshot's membership (a backup restores as a new
+        one-member cluster). CorruptData if the stream is damaged; the partial dir is then
+        removed.
         """
         from .snapshot import restore_into
 
@@ -242,7 +250,7 @@ class DataDir:
         try:
             env = Env(path, durable=durable)
             try:
-                restore_into(env, chunks, identity)
+                restore_into(env, chunks, identity, conf_state)
                 dd = cls(path, env, fd)
             except BaseException:
                 env.close()

@@ -231,9 +231,12 @@ def _check_record(table: bytes, key: bytes, value: bytes) -> None:
         raise CorruptData(f"snapshot has a malformed {table.decode()} record")
 
 
-def restore_into(env: Env, chunks: Iterable[bytes], identity: Any) -> None:
+def restore_into(
+    env: Env, chunks: Iterable[bytes], identity: Any, conf_state: ConfState | None = None
+) -> None:
     """Fill a freshly created environment from a snapshot stream, verifying its checksum
-    before the final commit. Raises CorruptData (the caller removes the dir)."""
+    before the final commit. Raises CorruptData (the caller removes the dir). `conf_state`
+    replaces the stream's membership when given."""
     reader = _Reader(chunks)
     if reader.read(len(MAGIC)) != MAGIC:
         raise CorruptData("not an embedkv snapshot (bad magic)")
@@ -274,7 +277,9 @@ def restore_into(env: Env, chunks: Iterable[bytes], identity: Any) -> None:
             pending, pending_bytes = [], 0
     if not reader.at_end():
         raise CorruptData("snapshot has data after its end")
-    conf = ConfState(frozenset(header["voters"]), frozenset(header["learners"]))
+    conf = conf_state
+    if conf is None:
+        conf = ConfState(frozenset(header["voters"]), frozenset(header["learners"]))
     state_db = env.dbs[b"raft_state"]
     applied = header["applied"]
     pending += [
