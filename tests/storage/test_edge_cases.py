@@ -318,8 +318,9 @@ def test_prefix_reads(member: Member, prefix: bytes, want: list[bytes]) -> None:
     assert [x.key for x in res.kvs] == want and res.count == len(want)
     assert kv.range(Get(prefix, prefix=True, revision=19, count_only=True)).count == len(want)
     assert [e.key for e in kv.events(2, prefix, prefix=True)] == want
-    res = member.propose(Txn(success=(Get(prefix, prefix=True),)))
-    assert [x.key for x in res.responses[0].kvs] == want  # type: ignore[union-attr]
+    txn = member.propose(Txn(success=(Get(prefix, prefix=True),)))
+    assert isinstance(txn, TxnResult)
+    assert [x.key for x in txn.responses[0].kvs] == want  # type: ignore[union-attr]
 
 
 @pytest.mark.parametrize(("prefix", "want"), PREFIXES.items(), ids=P_IDS)
@@ -327,6 +328,7 @@ def test_prefix_reads(member: Member, prefix: bytes, want: list[bytes]) -> None:
 def test_prefix_delete(member: Member, prefix: bytes, want: list[bytes], in_txn: bool) -> None:
     _load(member)
     delete = Delete(prefix, prefix=True, prev_kv=True)
+    deleted: object
     if in_txn:
         res = member.propose(Txn(success=(delete,)))
         assert isinstance(res, TxnResult)
@@ -358,4 +360,4 @@ def test_prefix_through_the_store(store: embedkv.Store, prefix: bytes) -> None:
     with replay:
         assert [next(replay).key for _ in range(len(want) + 1)] == [*want, sentinel]
     assert store.delete(prefix, prefix=True) == len(want) + 1
-    assert sorted(store.keys()) == sorted(k for k in KEYS if k not in want)  # type: ignore[type-var]
+    assert sorted(store.keys()) == sorted(k for k in KEYS if k not in want)
