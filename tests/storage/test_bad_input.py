@@ -30,13 +30,18 @@ from embedkv.storage.requests import (
     MAX_VALUE_BYTES,
     Compaction,
     Delete,
+    DeleteResult,
+    EventType,
     Get,
+    KeyValue,
     LeaseGrant,
     LeaseRevoke,
     Put,
+    PutResult,
     Request,
     SortOrder,
     Txn,
+    TxnResult,
     Value,
 )
 
@@ -116,8 +121,53 @@ def test_not_a_request() -> None:
         encode_proposal(0, 1, Put("k", 1))
 
 
-def test_overlapping_deletes_are_allowed() -> None:
-    encode_proposal(1, 1, Txn(success=(Delete("a", prefix=True), Delete("ab"), Put("b", 1))))
+# Keys before, inside and after the deleted ranges; each branch below deletes a, aa, ab, abc.
+_OVERLAP_KEYS = ["`", "a", "aa", "ab", "abc", "b", "b/1", "c"]
+
+
+@pytest.mark.parametrize(
+    ("deletes", "counts"),
+    [
+        ((Delete("a", prefix=True, prev_kv=True), Delete("ab", prev_kv=True)), [4, 0]),
+        ((Delete("ab", prev_kv=True), Delete("a", prefix=True, prev_kv=True)), [1, 3]),
+        ((Delete("a", end="ab", prev_kv=True), Delete("aa", end="b", prev_kv=True)), [2, 2]),
+        ((Delete("a", prefix=True, prev_kv=True), Delete("a", prefix=True, prev_kv=True)),
+         [4, 0]),
+    ],
+    ids=["prefix-then-key", "key-then-prefix", "ranges", "same-twice"],
+)
+def test_overlapping_deletes_are_allowed(
+    member: Member, deletes: tuple[Delete, Delete], counts: list[int]
+) -> None:
+    """Overlapping deletes in one txn branch are valid (etcd allows them; only a key both put
+    and deleted, or put twice, is refused): each deletes what is still there when it runs,
+    all at one revision, and nothing outside their ranges changes."""
+    txn = Txn(success=(*deletes, Put("b", 1)))
+    _, _, decoded = decode_proposal(encode_proposal(1, 1, txn))
+    assert encode_proposal(1, 1, decoded) == encode_proposal(1, 1, txn)
+    member.propose_many([Put(k, k) for k in _OVERLAP_KEYS])  # revisions 2..9
+    kv = member.dd.kv
+    before = {k: kv.get(k) for k in _OVERLAP_KEYS}
+    res = member.propose(txn)
+    assert isinstance(res, TxnResult) and res.succeeded and res.revision == 10
+    first, second, put = res.responses
+    assert isinstance(first, DeleteResult) and isinstance(second, DeleteResult)
+    assert [first.deleted, second.deleted] == counts
+    assert (first.revision, second.revision) == (10, 10)
+    deleted = [x.key for x in (*first.prev_kvs, *second.prev_kvs)]
+    assert sorted(deleted) == ["a", "aa", "ab", "abc"]  # each key once
+    assert all(x == before[str(x.key)] for x in (*first.prev_kvs, *second.prev_kvs))
+    assert put == PutResult(10)
+    assert kv.revision == 10
+    assert [(e.type, e.key, e.revision) for e in kv.events(10, b"\x00", end=b"\x00")] == [
+        *((EventType.DELETE, k, 10) for k in deleted), (EventType.PUT, "b", 10)]
+    after = {str(x.key): x for x in kv.range(Get(b"\x00", end=b"\x00")).kvs}
+    assert sorted(after) == ["`", "b", "b/1", "c"]
+    assert after["b"] == KeyValue("b", 1, before["b"].create_revision, 10, 2)  # type: ignore[union-attr]
+    assert all(after[k] == before[k] for k in ("`", "b/1", "c"))  # untouched
+    past = kv.range(Get(b"\x00", end=b"\x00", revision=9)).kvs
+    assert [x.key for x in past] == _OVERLAP_KEYS  # the past is kept
+    assert member.propose(Put("next", 1)) == PutResult(11)  # one revision for the whole txn
 
 
 def test_reads_validate_their_arguments(member: Member) -> None:
