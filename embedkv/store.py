@@ -342,9 +342,14 @@ class Store(MutableMapping[Key, Any]):
     def _barrier(self) -> None:
         self._wait(self._m.read_barrier(run=True))
 
+    def _needs_barrier(self, serializable: bool) -> bool:
+        """Whether a read must wait for a read barrier first: not when it is serializable,
+        nor while the member may serve linearizable reads locally (the only voter)."""
+        return not (serializable or self._serializable_reads or self._m.local_reads)
+
     def _linearize(self, serializable: bool) -> None:
         self._check()
-        if not (serializable or self._serializable_reads):
+        if self._needs_barrier(serializable):
             self._barrier()
 
     # --- reads --------------------------------------------------------------------------------
@@ -361,7 +366,7 @@ class Store(MutableMapping[Key, Any]):
         if self._closed:
             raise Closed("the store is closed")
         if revision is None:
-            if not (serializable or self._serializable_reads):
+            if self._needs_barrier(serializable):
                 self._barrier()
             try:
                 kv = self._kv.get(key)
@@ -971,7 +976,7 @@ class AsyncStore:
     async def _linearize(self, serializable: bool) -> None:
         s = self.store
         s._check()
-        if not (serializable or s._serializable_reads):
+        if s._needs_barrier(serializable):
             await asyncio.wrap_future(s._m.read_barrier())
 
     # --- reads --------------------------------------------------------------------------------
