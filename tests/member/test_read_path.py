@@ -19,9 +19,9 @@ import embedkv
 from embedkv.errors import Unavailable
 from embedkv.member.writer import Signal
 from embedkv.raft import (
-    Config,
     ConfChange,
     ConfChangeType,
+    Config,
     EntryType,
     MemoryStorage,
     Message,
