@@ -395,10 +395,11 @@ class Store(MutableMapping[Key, Any]):
         kvs = self._range(Get(key, revision=revision), serializable).kvs
         return kvs[0] if kvs else None
 
-    def _range(self, get: Get, serializable: bool) -> RangeResult:
+    def _range(self, get: Get, serializable: bool, *, count: bool = True) -> RangeResult:
+        """count=False: a page (`more` is set, `count` is not the range's count)."""
         self._linearize(serializable)
         try:
-            return self._kv.range(get)
+            return self._kv.range(get, count=count)
         except Exception as exc:
             self._closed_instead(exc)
             raise
@@ -493,9 +494,11 @@ class Store(MutableMapping[Key, Any]):
 
     def _snapshot(self, *, keys_only: bool) -> Iterator[KeyValue]:
         """Every record in key order, a page at a time, all pages read at the revision of the
-        first one: iteration sees one consistent snapshot even while writers go on."""
+        first one: iteration sees one consistent snapshot even while writers go on. Pages are
+        read without counting the keys after them, so each costs what it returns and a whole
+        iteration is linear in the store's size (and holds one page in memory)."""
         get = Get(_FIRST, end=_TO_END, limit=_PAGE, keys_only=keys_only)
-        result = self._range(get, False)
+        result = self._range(get, False, count=False)
         revision = result.revision
         while True:
             yield from result.kvs
@@ -503,7 +506,7 @@ class Store(MutableMapping[Key, Any]):
                 return
             after = key_bytes(result.kvs[-1].key) + b"\x00"
             get = Get(after, end=_TO_END, limit=_PAGE, revision=revision, keys_only=keys_only)
-            result = self._range(get, True)
+            result = self._range(get, True, count=False)
 
     def pop(self, key: Key, *args: Any) -> Any:
         """Remove `key` and return its value, atomically (one delete with prev_kv)."""
