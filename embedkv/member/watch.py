@@ -24,6 +24,8 @@ from typing import Protocol
 from embedkv.errors import Closed
 from embedkv.storage.requests import Event, Key, key_bytes, prefix_end
 
+from .intervals import IntervalIndex
+
 log = logging.getLogger("embedkv.watch")
 
 WatchCallback = Callable[[Event], object]
@@ -115,9 +117,6 @@ class _Watch:
         # Held while a callback runs, so cancel() returns only when no callback is starting.
         self.lock = threading.RLock()
 
-    def matches(self, kb: bytes) -> bool:
-        return self.low <= kb and (self.high is None or kb < self.high)
-
 
 class WatchHandle:
     """What `Member.watch` returns; `cancel()` stops delivery (idempotent)."""
@@ -163,7 +162,8 @@ class WatchHub:
         self._lock = threading.Lock()
         self._revision = revision  # every event at or below it has been published
         self._exact: dict[bytes, list[_Watch]] = {}
-        self._ranges: list[_Watch] = []
+        # Prefix and range watches: an event looks up only the ranges that hold its key.
+        self._ranges: IntervalIndex[_Watch] = IntervalIndex()
         self._count = 0
         self._ids = itertools.count(1)
         self._closed = False
@@ -216,7 +216,7 @@ class WatchHub:
             if exact:
                 self._exact.setdefault(low, []).append(w)
             else:
-                self._ranges.append(w)
+                self._ranges.add(low, high, w.wid, w)
             self._count += 1
         if replaying:
             try:
@@ -250,8 +250,7 @@ class WatchHub:
                     if not watches:
                         del self._exact[w.low]
                     self._count -= 1
-            elif w in self._ranges:
-                self._ranges.remove(w)
+            elif self._ranges.remove(w.low, w.wid):
                 self._count -= 1
         w.pending.clear()
         w.replay = None
@@ -264,6 +263,7 @@ class WatchHub:
             if self._count:
                 exact = self._exact
                 ranges = self._ranges
+                ranges_n = len(ranges)
                 for ev in events:
                     key = ev.kv.key
                     kb = key if type(key) is bytes else key_bytes(key)
@@ -272,10 +272,11 @@ class WatchHub:
                         if rev >= w.first_live:
                             w.pending.append(ev)
                             self._schedule(w)
-                    for w in ranges:
-                        if rev >= w.first_live and w.matches(kb):
-                            w.pending.append(ev)
-                            self._schedule(w)
+                    if ranges_n:
+                        for w in ranges.stab(kb):
+                            if rev >= w.first_live:
+                                w.pending.append(ev)
+                                self._schedule(w)
             last = events[-1].kv.mod_revision if events else 0
             if last > self._revision:
                 self._revision = last
@@ -354,7 +355,7 @@ class WatchHub:
             for watches in self._exact.values():
                 for w in watches:
                     w.cancelled = True
-            for w in self._ranges:
+            for w in self._ranges.values():
                 w.cancelled = True
             self._exact.clear()
             self._ranges.clear()
