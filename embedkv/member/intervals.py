@@ -1,12 +1,17 @@
-"""An interval index over key ranges: which of many [low, high) ranges hold a given key.
+"""Indexes over key selections: which of many prefixes, or [low, high) ranges, hold a key.
 
-The watch hub keeps every prefix and range watch here (exact-key watches are a dict), so that
-the cost of routing an event follows the watches it matches, not the watches that exist (etcd's
-watchable store does the same with an interval tree). It is a treap (a binary search tree on
-(low, id), heap-ordered on random priorities, so expected depth O(log n) whatever the order of
-insertion) in which every node also knows the largest `high` in its subtree: a stabbing query
-skips every subtree whose ranges all end at or before the key, and every right subtree whose
-ranges all start after it.
+The watch hub keeps its prefix watches in a PrefixIndex and its other range watches in an
+IntervalIndex (exact-key watches are a dict), so that the cost of routing an event follows the
+watches it matches, not the watches that exist (etcd's watchable store does the same with an
+interval tree).
+
+* PrefixIndex: a dict from prefix to its watches, and the distinct prefix lengths in use; a key
+  is looked up once per distinct length not longer than itself (many watches on distinct
+  prefixes usually share a few lengths: one lookup each).
+* IntervalIndex: a treap (a binary search tree on (low, id), heap-ordered on random priorities,
+  so expected depth O(log n) whatever the order of insertion) in which every node also knows the
+  largest `high` in its subtree: a stabbing query skips every subtree whose ranges all end at or
+  before the key, and every right subtree whose ranges all start after it.
 """
 
 from __future__ import annotations
@@ -22,6 +27,75 @@ def _max_high(a: bytes | None, b: bytes | None) -> bytes | None:
     if a is None or b is None:
         return None
     return a if a >= b else b
+
+
+class PrefixIndex(Generic[_V]):
+    """Values under byte-string prefixes, each with a unique int id. Not thread-safe."""
+
+    __slots__ = ("_by_prefix", "_len", "_lengths", "_sorted_lengths", "visited")
+
+    def __init__(self) -> None:
+        self._by_prefix: dict[bytes, dict[int, _V]] = {}
+        self._lengths: dict[int, int] = {}  # prefix length -> prefixes of that length
+        self._sorted_lengths: list[int] = []
+        self._len = 0
+        self.visited = 0
+        """Prefixes looked up by stab() so far (tests check the cost per key)."""
+
+    def __len__(self) -> int:
+        return self._len
+
+    def add(self, prefix: bytes, ident: int, value: _V) -> None:
+        """Index `value` under `prefix`; `ident` must not be in the index already."""
+        values = self._by_prefix.get(prefix)
+        if values is None:
+            values = self._by_prefix[prefix] = {}
+            n = len(prefix)
+            self._lengths[n] = self._lengths.get(n, 0) + 1
+            if self._lengths[n] == 1:
+                self._sorted_lengths = sorted(self._lengths)
+        values[ident] = value
+        self._len += 1
+
+    def remove(self, prefix: bytes, ident: int) -> bool:
+        """Drop `ident` from under `prefix`; False if it is not there."""
+        values = self._by_prefix.get(prefix)
+        if values is None or values.pop(ident, None) is None:
+            return False
+        self._len -= 1
+        if not values:
+            del self._by_prefix[prefix]
+            n = len(prefix)
+            self._lengths[n] -= 1
+            if not self._lengths[n]:
+                del self._lengths[n]
+                self._sorted_lengths = sorted(self._lengths)
+        return True
+
+    def stab(self, key: bytes) -> list[_V]:
+        """The values of every prefix of `key` (the empty prefix included)."""
+        out: list[_V] = []
+        get = self._by_prefix.get
+        n = len(key)
+        looked = 0
+        for length in self._sorted_lengths:
+            if length > n:
+                break
+            looked += 1
+            values = get(key[:length])
+            if values:
+                out.extend(values.values())
+        self.visited += looked
+        return out
+
+    def values(self) -> list[_V]:
+        return [v for values in self._by_prefix.values() for v in values.values()]
+
+    def clear(self) -> None:
+        self._by_prefix.clear()
+        self._lengths.clear()
+        self._sorted_lengths = []
+        self._len = 0
 
 
 class _Node(Generic[_V]):

@@ -684,7 +684,10 @@ class LogWriter:
                     events.extend(a.events)
             if events:
                 self._hub.publish(events)
-            self._resolve(batch.applied)
+            try:
+                self._resolve(batch.applied)
+            finally:
+                self._hub.wake()
         answered = False
         if batch.read_states:
             for rs in batch.read_states:

@@ -9,7 +9,7 @@ import random
 import pytest
 
 from embedkv.member import Member
-from embedkv.member.intervals import IntervalIndex
+from embedkv.member.intervals import IntervalIndex, PrefixIndex
 from embedkv.member.watch import WatchHub, selection
 from embedkv.storage.requests import Delete, Event, EventType, KeyValue, Put, key_bytes
 from tests.waiting import wait_for
@@ -54,6 +54,31 @@ def test_index_agrees_with_brute_force(seed: int) -> None:
     assert [live[i][0] for i in index.values()] == sorted(lo for lo, _ in live.values())
 
 
+@pytest.mark.parametrize("seed", range(10))
+def test_prefix_index_agrees_with_brute_force(seed: int) -> None:
+    rnd = random.Random(seed)
+    index: PrefixIndex[int] = PrefixIndex()
+    live: dict[int, bytes] = {}
+    for ident in range(600):
+        roll = rnd.random()
+        if roll < 0.55 or not live:
+            prefix = _key(rnd)
+            index.add(prefix, ident, ident)
+            live[ident] = prefix
+        elif roll < 0.8:
+            victim = rnd.choice(sorted(live))
+            assert index.remove(live.pop(victim), victim)
+            assert not index.remove(_key(rnd), victim)
+        else:
+            for _ in range(20):
+                q = _key(rnd, 1)
+                got = index.stab(q)
+                assert len(got) == len(set(got))
+                assert set(got) == {i for i, p in live.items() if q.startswith(p)}
+        assert len(index) == len(live)
+    assert sorted(index.values()) == sorted(live)
+
+
 def test_stab_looks_at_a_few_nodes_among_many_ranges() -> None:
     index: IntervalIndex[int] = IntervalIndex(1)
     n = 10_000
@@ -83,20 +108,23 @@ class _NoHistory:
 
 
 def test_hub_cost_per_event_follows_the_matching_watches() -> None:
-    """10,000 prefix watches on distinct prefixes: publishing an event looks at a few index
-    nodes, and exactly the matching watch gets it."""
+    """10,000 prefix watches on distinct prefixes (and 1,000 range watches): publishing an
+    event looks up a few prefixes and index nodes, and exactly the matching watch gets it."""
     hub = WatchHub(_NoHistory(), 0)
     seen: dict[int, list[int]] = {}
     for i in range(10_000):
         def record(ev: Event, i: int = i) -> None:
             seen.setdefault(i, []).append(ev.revision)
         hub.watch(b"w/%05d/" % i, record, prefix=True)
-    index = hub._ranges
-    assert len(index) == 10_000
-    before = index.visited
+    for i in range(1000):
+        hub.watch(b"r/%05d" % i, lambda ev: None, end=b"r/%05d" % (i + 2))
+    prefixes, ranges = hub._prefixes, hub._ranges
+    assert (len(prefixes), len(ranges)) == (10_000, 1000)
+    before = prefixes.visited + ranges.visited
     for rev in range(1, 101):
         hub.publish([_event(b"w/%05d/x" % (rev * 37), rev)])
-    assert index.visited - before < 100 * 150
+    hub.wake()
+    assert prefixes.visited + ranges.visited - before < 100 * 50
     hub.start()
     try:
         wait_for(lambda: sum(len(v) for v in seen.values()) == 100, what="100 callbacks")
