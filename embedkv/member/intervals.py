@@ -9,9 +9,10 @@ interval tree).
   is looked up once per distinct length not longer than itself (many watches on distinct
   prefixes usually share a few lengths: one lookup each).
 * IntervalIndex: a treap (a binary search tree on (low, id), heap-ordered on random priorities,
-  so expected depth O(log n) whatever the order of insertion) in which every node also knows the
-  largest `high` in its subtree: a stabbing query skips every subtree whose ranges all end at or
-  before the key, and every right subtree whose ranges all start after it.
+  so expected depth O(log n) whatever the order of insertion; changed by split and merge) in
+  which every node also knows the largest `high` in its subtree: a stabbing query skips every
+  subtree whose ranges all end at or before the key, and every right subtree whose ranges all
+  start after it.
 """
 
 from __future__ import annotations
@@ -144,22 +145,23 @@ class IntervalIndex(Generic[_V]):
         if high is not None and high <= low:
             raise ValueError("an interval needs low < high")
         node = _Node(low, high, ident, value, self._rng.random())
-        self._root = self._insert(self._root, node)
+        below, above = self._split(self._root, (low, ident))
+        self._root = self._merge(self._merge(below, node), above)
         self._len += 1
 
-    def _insert(self, root: _Node[_V] | None, node: _Node[_V]) -> _Node[_V]:
+    def _split(
+        self, root: _Node[_V] | None, key: tuple[bytes, int]
+    ) -> tuple[_Node[_V] | None, _Node[_V] | None]:
+        """Cut a treap into the nodes below `key` and those at or above it."""
         if root is None:
-            return node
-        if (node.low, node.ident) < (root.low, root.ident):
-            root.left = self._insert(root.left, node)
-            if root.left.priority > root.priority:
-                root = self._rotate_right(root)
-        else:
-            root.right = self._insert(root.right, node)
-            if root.right.priority > root.priority:
-                root = self._rotate_left(root)
+            return None, None
+        if (root.low, root.ident) < key:
+            root.right, above = self._split(root.right, key)
+            root.fix()
+            return root, above
+        below, root.left = self._split(root.left, key)
         root.fix()
-        return root
+        return below, root
 
     def remove(self, low: bytes, ident: int) -> bool:
         """Drop the interval starting at `low` with `ident`; False if it is not there."""
@@ -197,26 +199,6 @@ class IntervalIndex(Generic[_V]):
         b.left = self._merge(a, b.left)
         b.fix()
         return b
-
-    @staticmethod
-    def _rotate_right(n: _Node[_V]) -> _Node[_V]:
-        top = n.left
-        assert top is not None
-        n.left = top.right
-        top.right = n
-        n.fix()
-        top.fix()
-        return top
-
-    @staticmethod
-    def _rotate_left(n: _Node[_V]) -> _Node[_V]:
-        top = n.right
-        assert top is not None
-        n.right = top.left
-        top.left = n
-        n.fix()
-        top.fix()
-        return top
 
     def stab(self, key: bytes) -> list[_V]:
         """The values of every interval holding `key` (low <= key < high), in no set order."""
