@@ -28,6 +28,7 @@ import collections
 import contextlib
 import os
 import platform
+import random
 import re
 import statistics
 import sys
@@ -363,7 +364,9 @@ def watched_puts(base: Path, n: int) -> list[tuple[float, float]]:
     by none, one prefix watch matched by every put.
 
     Three stores side by side: none, WATCHES watches on distinct prefixes, one watch; the four
-    kinds of puts take turns put by put, and each rate is 1 / the median time of its puts: on
+    kinds of puts take turns put by put, in a shuffled order each turn (a callback of one store
+    runs during the next put, whichever store that is), and each rate is 1 / the median time of
+    its puts: on
     this shared machine the rate moves by 2x within seconds, and totals (even over alternating
     blocks) are ruled by a few stalls. The one-watch row shows what delivering a callback per
     put costs by itself."""
@@ -385,8 +388,11 @@ def watched_puts(base: Path, n: int) -> list[tuple[float, float]]:
             (one, "w/{:05d}/k", 3),
         )
         clock = time.perf_counter
+        order = list(kinds)
+        shuffle = random.Random(15).shuffle
         for i in range(n):
-            for store, pattern, slot in kinds:
+            shuffle(order)
+            for store, pattern, slot in order:
                 key = pattern.format((i * 7919) % WATCHES)
                 started = clock()
                 store.put(key, VALUE)
@@ -466,8 +472,6 @@ def scale_section(path: Path, keys: int, n_gets: int) -> Scale:
 
 
 def random_keys(keys: int, n: int) -> list[str]:
-    import random
-
     rnd = random.Random(15)
     return [f"big/{rnd.randrange(keys):08d}" for _ in range(n)]
 
