@@ -539,9 +539,14 @@ class Store(MutableMapping[Key, Any]):
     def _barrier(self) -> None:
         self._wait(self._m.read_barrier(run=True))
 
+    def _needs_barrier(self, serializable: bool) -> bool:
+        """Whether a read must wait for a read barrier first: not when it is serializable,
+        nor while the member may serve linearizable reads locally (the only voter)."""
+        return not (serializable or self._serializable_reads or self._m.local_reads)
+
     def _linearize(self, serializable: bool) -> None:
         self._check()
-        if not (serializable or self._serializable_reads):
+        if self._needs_barrier(serializable):
             self._barrier()
 
     # --- reads --------------------------------------------------------------------------------
@@ -559,7 +564,7 @@ class Store(MutableMapping[Key, Any]):
         if self._closed:
             self._check()
         if revision is None:
-            if not (serializable or self._serializable_reads):
+            if self._needs_barrier(serializable):
                 self._barrier()
             try:
                 kv = self._kv.get(key)
@@ -591,10 +596,11 @@ class Store(MutableMapping[Key, Any]):
         kvs = self._range(Get(key, revision=revision), serializable).kvs
         return kvs[0] if kvs else None
 
-    def _range(self, get: Get, serializable: bool) -> RangeResult:
+    def _range(self, get: Get, serializable: bool, *, count: bool = True) -> RangeResult:
+        """count=False: a page (`more` is set, `count` is not the range's count)."""
         self._linearize(serializable)
         try:
-            return self._kv.range(get)
+            return self._kv.range(get, count=count)
         except Exception as exc:
             self._closed_instead(exc)
             raise
@@ -706,9 +712,11 @@ class Store(MutableMapping[Key, Any]):
 
     def _snapshot(self, *, keys_only: bool) -> Iterator[KeyValue]:
         """Every record in key order, a page at a time, all pages read at the revision of the
-        first one: iteration sees one consistent snapshot even while writers go on."""
+        first one: iteration sees one consistent snapshot even while writers go on. Pages are
+        read without counting the keys after them, so each costs what it returns and a whole
+        iteration is linear in the store's size (and holds one page in memory)."""
         get = Get(_FIRST, end=_TO_END, limit=_PAGE, keys_only=keys_only)
-        result = self._range(get, False)
+        result = self._range(get, False, count=False)
         revision = result.revision
         while True:
             yield from result.kvs
@@ -716,7 +724,7 @@ class Store(MutableMapping[Key, Any]):
                 return
             after = key_bytes(result.kvs[-1].key) + b"\x00"
             get = Get(after, end=_TO_END, limit=_PAGE, revision=revision, keys_only=keys_only)
-            result = self._range(get, True)
+            result = self._range(get, True, count=False)
 
     def pop(self, key: Key, *args: Any) -> Any:
         """Remove `key` and return its value, atomically (one delete with prev_kv)."""
@@ -1241,7 +1249,7 @@ class AsyncStore:
     async def _linearize(self, serializable: bool) -> None:
         s = self.store
         s._check()
-        if not (serializable or s._serializable_reads):
+        if s._needs_barrier(serializable):
             await asyncio.wrap_future(s._m.read_barrier())
 
     # --- reads --------------------------------------------------------------------------------

@@ -227,6 +227,13 @@ class Member:
             writer.drain()  # close() (or a failure) raced with us: do not leave it hanging
         return future
 
+    @property
+    def local_reads(self) -> bool:
+        """True while a linearizable read needs no read barrier: this member is the leader and
+        the only voter, so the latest local state is linearizable (LogWriter.local_reads,
+        docs/runtime.md "Reads"). False means: call `read_barrier` first."""
+        return self._writer.local_reads
+
     def read_barrier(self, *, run: bool = False) -> Future[int]:
         """ReadIndex through Raft: resolves with the read index once it is applied here.
         `run` as for propose."""

@@ -24,6 +24,8 @@ from typing import Protocol
 from embedkv.errors import Closed
 from embedkv.storage.requests import Event, Key, key_bytes, prefix_end
 
+from .intervals import IntervalIndex, PrefixIndex
+
 log = logging.getLogger("embedkv.watch")
 
 WatchCallback = Callable[[Event], object]
@@ -115,9 +117,6 @@ class _Watch:
         # Held while a callback runs, so cancel() returns only when no callback is starting.
         self.lock = threading.RLock()
 
-    def matches(self, kb: bytes) -> bool:
-        return self.low <= kb and (self.high is None or kb < self.high)
-
 
 class WatchHandle:
     """What `Member.watch` returns; `cancel()` stops delivery (idempotent)."""
@@ -165,8 +164,12 @@ class WatchHub:
         self._lock = threading.Lock()
         self._revision = revision  # every event at or below it has been published
         self._exact: dict[bytes, list[_Watch]] = {}
-        self._ranges: list[_Watch] = []
+        # Prefix watches, and the other range watches: an event looks up only the prefixes and
+        # ranges that hold its key.
+        self._prefixes: PrefixIndex[_Watch] = PrefixIndex()
+        self._ranges: IntervalIndex[_Watch] = IntervalIndex()
         self._count = 0
+        self._waking: list[_Watch] = []  # scheduled by publish, for the next wake()
         self._ids = itertools.count(1)
         self._closed = False
         self._running: WatchCallback | None = None
@@ -219,8 +222,10 @@ class WatchHub:
             w.scheduled = replaying
             if exact:
                 self._exact.setdefault(low, []).append(w)
+            elif high == prefix_end(low):  # the keys starting with `low` (b"": every key)
+                self._prefixes.add(low, w.wid, w)
             else:
-                self._ranges.append(w)
+                self._ranges.add(low, high, w.wid, w)
             self._count += 1
         if replaying:
             try:
@@ -254,8 +259,7 @@ class WatchHub:
                     if not watches:
                         del self._exact[w.low]
                     self._count -= 1
-            elif w in self._ranges:
-                self._ranges.remove(w)
+            elif self._prefixes.remove(w.low, w.wid) or self._ranges.remove(w.low, w.wid):
                 self._count -= 1
         w.pending.clear()
         w.replay = None
@@ -263,26 +267,42 @@ class WatchHub:
     # --- publishing (the log writer, after each durable batch) ----------------------------
 
     def publish(self, events: list[Event]) -> None:
-        """Queue `events` (in revision order) on every matching watch; never blocks on callbacks."""
+        """Queue `events` (in revision order) on every matching watch; never blocks on callbacks.
+        The dispatcher is woken by the next `wake()` (the writer calls it once it has resolved
+        the batch's futures, so that their callers are not kept waiting behind callbacks)."""
         with self._lock:
             if self._count:
                 exact = self._exact
-                ranges = self._ranges
+                prefixes = self._prefixes if len(self._prefixes) else None
+                ranges = self._ranges if len(self._ranges) else None
+                waking = self._waking
                 for ev in events:
                     key = ev.kv.key
                     kb = key if type(key) is bytes else key_bytes(key)
                     rev = ev.kv.mod_revision
-                    for w in exact.get(kb, ()):
+                    hits = exact.get(kb, [])
+                    if prefixes is not None:
+                        hits = hits + prefixes.stab(kb)
+                    if ranges is not None:
+                        hits = hits + ranges.stab(kb)
+                    for w in hits:  # each watch once: it is in one of the three, once
                         if rev >= w.first_live:
                             w.pending.append(ev)
-                            self._schedule(w)
-                    for w in ranges:
-                        if rev >= w.first_live and w.matches(kb):
-                            w.pending.append(ev)
-                            self._schedule(w)
+                            if not w.scheduled:
+                                w.scheduled = True
+                                waking.append(w)
             last = events[-1].kv.mod_revision if events else 0
             if last > self._revision:
                 self._revision = last
+
+    def wake(self) -> None:
+        """Hand the watches that `publish` gave events to the dispatcher."""
+        if self._waking:
+            with self._lock:
+                waking, self._waking = self._waking, []
+            put = self._ready.put
+            for w in waking:
+                put(w)
 
     def _schedule(self, w: _Watch) -> None:
         if not w.scheduled:
@@ -364,9 +384,10 @@ class WatchHub:
             for watches in self._exact.values():
                 for w in watches:
                     w.cancelled = True
-            for w in self._ranges:
+            for w in self._prefixes.values() + self._ranges.values():
                 w.cancelled = True
             self._exact.clear()
+            self._prefixes.clear()
             self._ranges.clear()
             self._count = 0
         self._ready.put(None)

@@ -217,6 +217,7 @@ class _Batch:
     messages: list[Message] = field(default_factory=list)
     read_states: list[ReadState] = field(default_factory=list)
     soft_state: SoftState | None = None
+    settled: bool = True  # no Ready of this batch changed the term or the role
 
 
 def _fail(future: Future[Any], exc: BaseException) -> None:
@@ -257,6 +258,15 @@ class LogWriter:
         """Set while the disk is full: proposals are refused at once."""
         self.failure: BaseException | None = None
         """Set if the loop died on an unexpected error: the member can only be closed."""
+        self.local_reads = False
+        """True while a linearizable read may be served from LMDB without a read barrier:
+        this member is the leader and the only voter of its applied configuration, and a
+        ReadIndex answered in its current term showed that it knows every committed entry
+        (docs/runtime.md, "Reads"). Cleared *before* anything could let another member commit:
+        when a Ready changes the term or the role, when a configuration with another voter is
+        applied (inside its transaction, before any message to the new voter goes out), on a
+        full disk and when the writer stops. Set again only by the next ReadIndex answer."""
+        self._term = 0  # the term of the latest hard state this writer saw
 
         # Callers append; whoever holds _drive takes. The bell is unlocked to wake this
         # thread: it is only rung when a caller does not run the batch itself.
@@ -359,6 +369,7 @@ class LogWriter:
     def stop(self) -> None:
         """Finish the batch in progress, then fail everything still waiting with Closed."""
         self._stopping = True
+        self.local_reads = False
         self._queue.append(Signal.STOP)
         self._ring()
         if threading.current_thread() is not self._thread:
@@ -433,6 +444,7 @@ class LogWriter:
 
     def _shut(self) -> None:
         self._stopping = True
+        self.local_reads = False
         try:
             self._complete_deferred()  # durable outcomes: they stand whatever happens next
         finally:
@@ -593,11 +605,18 @@ class LogWriter:
             _complete(future, outcome)
         return more
 
-    @staticmethod
-    def _note(rd: Ready, batch: _Batch) -> None:
-        """Keep what a Ready releases once its batch is durable."""
+    def _note(self, rd: Ready, batch: _Batch) -> None:
+        """Keep what a Ready releases once its batch is durable. A new term or role ends
+        local reads at once (see local_reads)."""
         if rd.soft_state is not None:
             batch.soft_state = rd.soft_state
+            batch.settled = False
+            self.local_reads = False
+        hs = rd.hard_state
+        if hs is not None and hs.term != self._term:
+            self._term = hs.term
+            batch.settled = False
+            self.local_reads = False
         if rd.messages:
             batch.messages.extend(rd.messages)
         if rd.read_states:
@@ -621,6 +640,10 @@ class LogWriter:
             for e in rd.committed_entries:
                 if e.type is EntryType.CONF_CHANGE:
                     cs = node.apply_conf_change(ConfChange.decode(e.data))
+                    if cs.voters != self._solo:
+                        # Another voter from now on: it may soon commit without us. Reads
+                        # take the barrier before any message can reach it (see local_reads).
+                        self.local_reads = False
                     w.apply_conf_change(e.index, cs)
                     batch.conf_state = cs
                 else:
@@ -661,16 +684,36 @@ class LogWriter:
                     events.extend(a.events)
             if events:
                 self._hub.publish(events)
-            self._resolve(batch.applied)
+            try:
+                self._resolve(batch.applied)
+            finally:
+                self._hub.wake()
+        answered = False
         if batch.read_states:
             for rs in batch.read_states:
                 round_ = self._rounds.pop(rs.context, None)
                 if round_ is not None:
                     self._released.append((rs.index, round_[1]))
+                    answered = answered or rs.index <= self._applied
         if self._released:
             self._release_reads()
         if batch.soft_state is not None:
             self._on_soft_state(batch.soft_state)
+        if answered and batch.settled:
+            self._allow_local_reads()
+
+    def _allow_local_reads(self) -> None:
+        """A ReadIndex was answered in this term, and applied, by a batch that changed neither
+        the term nor the role: if this member is the leader and the only voter, every entry
+        committed from now on is applied in the transaction that commits it (apply at commit)
+        and nobody else can commit, so the latest LMDB state is a linearizable read."""
+        if (
+            self._leader
+            and self._conf.voters == self._solo
+            and self.no_space is None
+            and not self._stopping
+        ):
+            self.local_reads = True
 
     def _resolve(self, applied: list[Applied]) -> None:
         """Hand out the outcomes of a durable batch. A future with done-callbacks is resolved
@@ -793,6 +836,7 @@ class LogWriter:
     def _on_no_space(self, exc: NoSpace) -> None:
         """The disk is full and the batch was rolled back: refuse writes, restart the core
         from what is on disk (it may have counted entries that never became durable)."""
+        self.local_reads = False
         if self._disk_full:
             log.debug("disk still full: %s", exc)
         else:

@@ -368,11 +368,15 @@ def run_range(
     compact: int,
     *,
     pending: bool = False,
+    count: bool = True,
 ) -> RangeResult:
     """A range read (a wire Get op) in `txn`, whose current revision is `current`.
 
     `pending`: the transaction has written changes not yet counted in `current` (a txn's own
     writes), which a read at an explicit revision must not see.
+    `count=False` (paging): with a limit in key order, read one record past the limit to set
+    `more` instead of counting every key after the page, so a page costs what it returns and
+    paging through a range stays linear; `count` is then the number of records returned.
     """
     _, key, end, limit, rev, order_i, target_i, keys_only, count_only = op
     live = rev <= 0 or (rev == current and not pending)
@@ -400,25 +404,33 @@ def run_range(
         order is SortOrder.ASCEND and target is SortTarget.KEY
     )
     rows: list[tuple[bytes, bytes]] = []
-    count = 0
+    if natural and limit and not count:
+        for row in it:
+            if len(rows) == limit:
+                kvs = tuple(record_to_kv(kb, record, keys_only) for kb, record in rows)
+                return RangeResult(current, kvs, len(kvs), True)
+            rows.append(row)
+        kvs = tuple(record_to_kv(kb, record, keys_only) for kb, record in rows)
+        return RangeResult(current, kvs, len(kvs), False)
+    total = 0
     if natural and limit:
         for row in it:
             rows.append(row)
             if len(rows) == limit:
                 break
         if live and wire_end is not None and len(rows) == limit:
-            count = len(rows) + _count_live(txn, t, rows[-1][0] + b"\x00", stop)
+            total = len(rows) + _count_live(txn, t, rows[-1][0] + b"\x00", stop)
         else:
-            count = len(rows) + sum(1 for _ in it)
+            total = len(rows) + sum(1 for _ in it)
     else:
         rows = list(it)
-        count = len(rows)
+        total = len(rows)
         if not natural:
             rows = _sorted_rows(rows, order, target)
         if limit:
             rows = rows[:limit]
     kvs = tuple(record_to_kv(kb, record, keys_only) for kb, record in rows)
-    return RangeResult(current, kvs, count, count > len(kvs))
+    return RangeResult(current, kvs, total, total > len(kvs))
 
 
 def _count_live(txn: lmdb.Transaction[bytes], t: Tables, start: bytes, stop: bytes | None) -> int:
@@ -527,12 +539,13 @@ class KeySpace:
             key = _key_obj(kb, flags)
         return _fast_kv(key, value, create, mod, version, lease or None)
 
-    def range(self, get: Get) -> RangeResult:
-        """A range read at the current or a past revision (Compacted, FutureRevision)."""
+    def range(self, get: Get, *, count: bool = True) -> RangeResult:
+        """A range read at the current or a past revision (Compacted, FutureRevision).
+        `count=False`: a page of a longer read (see run_range): `more` without a count."""
         op = encode_get(get)
         with self._env.read() as txn:
             _, current, compact = read_state(txn, self._t.state)
-            return run_range(txn, self._t, op, current, compact)
+            return run_range(txn, self._t, op, current, compact, count=count)
 
     def events(
         self, start_revision: int, key: Key, end: Key | None = None, *, prefix: bool = False
