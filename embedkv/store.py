@@ -542,6 +542,8 @@ class Store(MutableMapping[Key, Any]):
     def _needs_barrier(self, serializable: bool) -> bool:
         """Whether a read must wait for a read barrier first: not when it is serializable,
         nor while the member may serve linearizable reads locally (the only voter)."""
+        if serializable is not False and serializable is not True:
+            _check_flag("serializable", serializable)
         return not (serializable or self._serializable_reads or self._m.local_reads)
 
     def _linearize(self, serializable: bool) -> None:

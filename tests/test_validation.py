@@ -358,3 +358,23 @@ def test_other_arguments_are_checked_at_the_call(
         call(store)
     assert store.revision == rev
     assert store["k"] == 1
+
+
+@pytest.mark.parametrize("value", ["yes", 1, None])
+def test_serializable_must_be_a_bool(store: embedkv.Store, value: Any) -> None:
+    store.put("k", 1)
+    for call in (lambda: store.get("k", serializable=value),
+                 lambda: store.get_kv("k", serializable=value),
+                 lambda: store.range("k", serializable=value),
+                 lambda: store.count("k", serializable=value)):
+        with pytest.raises(TypeError, match="serializable must be a bool"):
+            call()
+
+
+def test_async_serializable_must_be_a_bool(path: Path) -> None:
+    async def main() -> None:
+        async with embedkv.open_async(path, durable=False, tick_interval=TICK) as s:
+            with pytest.raises(TypeError, match="serializable must be a bool"):
+                await s.get("k", serializable="yes")  # type: ignore[arg-type]
+
+    run(main)
