@@ -20,6 +20,7 @@ import lmdb
 from embedkv.errors import Closed, CorruptData, NoSpace, UnsupportedFormat
 
 from .codec import U32, U64X3, unpack_exact
+from .lmdbfile import needed_size
 
 FORMAT_VERSION: Final = 3
 """The data-dir format this code writes; stored in `meta` under b"format". Format 2 is upgraded
@@ -189,11 +190,12 @@ class Env:
             raise
 
     def _check_file_size(self, data_file: str) -> None:
-        """A truncated data file would crash the process (SIGBUS) on first touch: refuse it."""
-        info = self.env.info()
-        psize = self.env.stat()["psize"]
-        need = (info["last_pgno"] + 1) * psize
-        have = os.path.getsize(data_file)
+        """A truncated data file would crash the process (SIGBUS) on first touch: refuse it.
+
+        The file may end before LMDB's last allocated page (pages allocated and freed in one
+        transaction are never written), but only free pages may lie past its end
+        (lmdbfile.needed_size; docs/storage.md)."""
+        need, have = needed_size(data_file)
         if have < need:
             raise CorruptData(
                 f"{data_file} is truncated: {have} bytes, but its pages need {need} bytes"
