@@ -31,7 +31,7 @@ from .codec import (
     encode_conf_state,
     unpack_exact,
 )
-from .lmdbenv import META_STATE, STATE_DB, Env, is_disk_full, no_space
+from .lmdbenv import MARKER_FILE, META_STATE, STATE_DB, Env, is_disk_full, no_space
 from .mvcc import Applied, Applier, KeySpace, Tables, read_state
 from .raftlog import CONF_STATE, RaftLog
 
@@ -248,7 +248,7 @@ class DataDir:
 
 def _remove_dir(path: str, created: bool) -> None:
     """Remove what a failed restore wrote (the dir too if the restore created it)."""
-    for name in ("data.mdb", "lock.mdb", LOCK_FILE):
+    for name in ("data.mdb", "lock.mdb", MARKER_FILE, LOCK_FILE):
         with suppress(FileNotFoundError):
             os.unlink(os.path.join(path, name))
     if created:

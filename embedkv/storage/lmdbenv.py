@@ -49,6 +49,11 @@ In the main database since format 3: a member with nobody to replicate to moves 
 batch (docs/storage.md)."""
 META_STATE: Final = b"applied"
 """STATE_DB key of (applied index, revision, compact revision)."""
+MARKER_FILE: Final = "embedkv.datadir"
+"""Created in the data dir once data.mdb durably holds its format record (and added on the
+first open of a dir made before format 4): from then on a missing, empty or blank data.mdb is
+damage, not a new store."""
+_MARKER_TEXT: Final = b"embedkv data dir: data.mdb holds its data\n"
 RESTORING: Final = b"restoring"
 """`meta` key present while a restore is incomplete; such a data dir refuses to open."""
 
@@ -158,9 +163,15 @@ class Env:
         self.durable = durable
         self.gate = ReadGate()
         data_file = os.path.join(path, "data.mdb")
-        if os.path.exists(data_file):
-            size = os.path.getsize(data_file)
-            map_size = max(map_size, _round_up(size * 2))
+        marker = os.path.join(path, MARKER_FILE)
+        initialised = os.path.exists(marker)
+        size = os.path.getsize(data_file) if os.path.exists(data_file) else -1
+        if initialised and size <= 0:
+            raise CorruptData(
+                f"{data_file} is {'missing' if size < 0 else 'empty'}, but {path} has held a "
+                f"data dir ({MARKER_FILE} is there): refusing to open it as a new, empty store"
+            )
+        map_size = max(map_size, _round_up(size * 2))
         try:
             self.env = lmdb.open(
                 path,
@@ -184,10 +195,30 @@ class Env:
         try:
             self._check_file_size(data_file)
             self.env.reader_check()
-            self._open_dbs()
+            self._open_dbs(initialised)
+            if not initialised:
+                self._write_marker(marker)
         except BaseException:
             self.env.close()
             raise
+
+    def _write_marker(self, marker: str) -> None:
+        """Mark the dir as holding data, once the format record is on disk (so a crash in
+        between leaves an unmarked dir that opens, never a marked one without its data)."""
+        self.env.sync(True)
+        tmp = marker + ".tmp"
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
+        try:
+            os.write(fd, _MARKER_TEXT)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(tmp, marker)
+        dir_fd = os.open(self.path, os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
 
     def _check_file_size(self, data_file: str) -> None:
         """A truncated data file would crash the process (SIGBUS) on first touch: refuse it.
@@ -201,7 +232,7 @@ class Env:
                 f"{data_file} is truncated: {have} bytes, but its pages need {need} bytes"
             )
 
-    def _open_dbs(self) -> None:
+    def _open_dbs(self, initialised: bool) -> None:
         try:
             with self.env.begin(write=True) as txn:
                 self.dbs = {name: self.env.open_db(name, txn=txn) for name in DB_NAMES}
@@ -213,6 +244,12 @@ class Env:
                     if (txn.get(META_STATE, db=state) is not None
                             or txn.get(b"state", db=meta) is not None):  # format 1's record
                         raise CorruptData(f"{self.path}: the format version record is missing")
+                    if initialised:
+                        raise CorruptData(
+                            f"{self.path}/data.mdb holds no embedkv data, but the dir has "
+                            f"held a data dir ({MARKER_FILE} is there): refusing to open it "
+                            "as a new, empty store"
+                        )
                     txn.put(META_FORMAT, U32.pack(FORMAT_VERSION), db=meta)
                     txn.put(META_STATE, U64X3.pack(0, 1, 0), db=state)
                 elif txn.get(RESTORING, db=meta) is not None:
