@@ -89,8 +89,53 @@ TO_THE_END: Final = b""
 # --- values ----------------------------------------------------------------------------------
 
 
+_NESTING: Final = (list, tuple, dict, set, frozenset, cbor2.CBORTag)
+"""What cbor2's encoder recurses into (subclasses included, as it encodes them)."""
+_LEAF: Final = frozenset({str, int, float, bool, bytes, type(None)})
+"""Exact types that never nest: one set lookup instead of an isinstance walk of _NESTING."""
+
+
+def check_depth(value: object) -> None:
+    """Refuse nesting deeper than MAX_VALUE_DEPTH before cbor2 recurses into it: its C encoder
+    overflows the C stack (the process dies) at a few thousand levels. Iterative, so no depth
+    can exhaust our own stack; a container that contains itself counts as too deep.
+
+    Each array, map or tag counts one level, which cbor2's decoder counts at least too, so
+    everything this refuses would fail the decode check below anyway."""
+    level: list[Any] = [value]
+    depth = 1
+    leaf = _LEAF
+    nesting = _NESTING
+    while level:
+        if depth > MAX_VALUE_DEPTH:
+            raise ValueError(
+                f"value cannot be stored: it nests deeper than {MAX_VALUE_DEPTH} levels of "
+                "lists, tuples, dicts, sets and tags (or contains itself)"
+            )
+        below: list[Any] = []
+        for obj in level:  # one level at a time: memory is the widest level, not the depth
+            if type(obj) is dict or isinstance(obj, dict):
+                for item in obj.values():
+                    if type(item) not in leaf and isinstance(item, nesting):
+                        below.append(item)
+                for item in obj:
+                    if type(item) not in leaf and isinstance(item, nesting):
+                        below.append(item)
+            elif isinstance(obj, cbor2.CBORTag):
+                if isinstance(obj.value, nesting):
+                    below.append(obj.value)
+            else:
+                for item in obj:
+                    if type(item) not in leaf and isinstance(item, nesting):
+                        below.append(item)
+        level = below
+        depth += 1
+
+
 def encode_value(value: Any) -> bytes:
     """Encode a user value, refusing what could not be decoded again under the safe limits."""
+    if isinstance(value, _NESTING):
+        check_depth(value)
     try:
         data = cbor2.dumps(value)
     except (cbor2.CBOREncodeError, TypeError, ValueError, RecursionError) as exc:
