@@ -148,9 +148,12 @@ def is_disk_full(exc: lmdb.Error, path: str) -> bool:
 
 
 def no_space(exc: lmdb.Error, path: str) -> NoSpace:
+    """The error a full disk gives users. A Store retries writing about once a second
+    (member.writer.NO_SPACE_RETRY), so writes resume by themselves once space is freed."""
     return NoSpace(
         f"no space left on the device holding {path} ({exc}); writes are refused until space "
-        "is freed and clear_no_space() is called; reads keep working"
+        "is freed, and then resume by themselves (the store tries again about once a second); "
+        "reads keep working; nothing committed is lost"
     )
 
 

@@ -886,7 +886,9 @@ class Applier:
         raw = self.txn.get(_wire_bytes(key), db=self.t.kv)
         actual: Any
         if target == 0:
-            actual = None if raw is None else _value(raw)
+            if raw is None:
+                return False  # etcd: any VALUE compare on a missing key fails, even !=
+            actual = _value(raw)
             operand = decode_proposed_value(operand)
         elif raw is None:
             actual = 0
