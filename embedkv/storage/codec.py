@@ -12,6 +12,7 @@ proposer encoded without decoding and re-encoding them on apply.
 from __future__ import annotations
 
 import struct
+import zlib
 from typing import Any, Final
 
 import cbor2
@@ -616,6 +617,38 @@ KIND_DELETE: Final = 2
 
 LOG_ENTRY: Final = struct.Struct(">QB")
 """A raft_log value's header: term, entry type; the entry data follows."""
+
+
+SUM: Final = struct.Struct("<I")
+"""The checksum every value of the state-machine tables ends with (format 4): CRC-32 (zlib)
+of the record's LMDB key followed by the value, little-endian, so that the CRC-32 of
+key + value + checksum is the constant CRC_RESIDUE and a check is one crc32 call."""
+SUM_SIZE: Final = SUM.size
+CRC_RESIDUE: Final = 0x2144DF1C
+crc32: Final = zlib.crc32
+_pack_sum: Final = SUM.pack
+SUMMED_TABLES: Final = ("kv", "history", "graves", "leases", "lease_keys")
+"""The tables whose values carry a checksum: all of the state machine (docs/storage.md)."""
+
+
+def seal(key: bytes, value: bytes) -> bytes:
+    """`value` followed by its checksum (see SUM)."""
+    return value + _pack_sum(crc32(value, crc32(key)))
+
+
+def unseal(table: str, key: bytes, raw: bytes) -> bytes:
+    """A stored value without its checksum; CorruptData naming the table and key if the
+    checksum does not match (the record was damaged on disk)."""
+    if len(raw) < SUM_SIZE or crc32(raw, crc32(key)) != CRC_RESIDUE:
+        raise damaged(table, key)
+    return raw[:-SUM_SIZE]
+
+
+def damaged(table: str, key: bytes) -> CorruptData:
+    return CorruptData(
+        f"the {table} record of key {key!r} fails its checksum: the data file is damaged "
+        "(embedkv check reports all damage)"
+    )
 
 
 def unpack_record(data: bytes) -> tuple[int, int, int, int, int, int]:

@@ -19,12 +19,14 @@ import lmdb
 
 from embedkv.errors import Closed, CorruptData, NoSpace, UnsupportedFormat
 
-from .codec import U32, U64X3, unpack_exact
+from .codec import SUMMED_TABLES, U32, U64X3, seal, unpack_exact
 from .lmdbfile import needed_size
 
-FORMAT_VERSION: Final = 3
-"""The data-dir format this code writes; stored in `meta` under b"format". Format 2 is upgraded
-in place on open (one record moves: `log_start`, from `raft_state` to the main database)."""
+FORMAT_VERSION: Final = 4
+"""The data-dir format this code writes; stored in `meta` under b"format". Formats 2 and 3 are
+upgraded in place on open: format 3 moved `log_start` from `raft_state` to the main database,
+format 4 appended a checksum to every value of the state-machine tables (codec.SUM)."""
+UPGRADES_FROM: Final = frozenset({2, 3})
 
 INITIAL_MAP_SIZE = 256 << 20
 """The map a new environment starts with (tests lower it to exercise growth)."""
@@ -236,6 +238,14 @@ class Env:
             )
 
     def _open_dbs(self, initialised: bool) -> None:
+        while True:
+            try:
+                self._open_dbs_once(initialised)
+                return
+            except lmdb.MapFullError:  # an upgrade rewrites every record: more map, again
+                self.env.set_mapsize(self.env.info()["map_size"] * 2)
+
+    def _open_dbs_once(self, initialised: bool) -> None:
         try:
             with self.env.begin(write=True) as txn:
                 self.dbs = {name: self.env.open_db(name, txn=txn) for name in DB_NAMES}
@@ -259,25 +269,36 @@ class Env:
                     raise CorruptData(f"{self.path} holds an incomplete snapshot restore")
                 else:
                     (version,) = unpack_exact(U32, stored, "format version")
-                    if version == 2:
-                        self._upgrade_from_2(txn)
+                    if version in UPGRADES_FROM:
+                        self._upgrade(txn, version)
                     elif version != FORMAT_VERSION:
                         raise UnsupportedFormat(
                             f"{self.path} has data-dir format {version}; this embedkv reads "
                             f"format {FORMAT_VERSION}"
                         )
+        except lmdb.MapFullError:
+            raise
         except lmdb.Error as exc:
             if is_disk_full(exc, self.path):
                 raise no_space(exc, self.path) from None
             raise CorruptData(f"{self.path}: cannot open the databases: {exc}") from None
 
-    def _upgrade_from_2(self, txn: lmdb.Transaction[bytes]) -> None:
-        """Format 2 to 3, in the transaction that opens the databases: move the log's
-        compaction point next to the records every batch writes."""
-        raft_state = self.dbs[b"raft_state"]
-        raw = txn.pop(LOG_START, db=raft_state)
-        if raw is not None:
-            txn.put(LOG_START, raw, db=self.dbs[STATE_DB])
+    def _upgrade(self, txn: lmdb.Transaction[bytes], version: int) -> None:
+        """Formats 2 and 3 to 4, in the transaction that opens the databases (all or
+        nothing). 2 to 3: move the log's compaction point next to the records every batch
+        writes. 3 to 4: seal every state-machine value with its checksum."""
+        if version == 2:
+            raft_state = self.dbs[b"raft_state"]
+            raw = txn.pop(LOG_START, db=raft_state)
+            if raw is not None:
+                txn.put(LOG_START, raw, db=self.dbs[STATE_DB])
+        for table in SUMMED_TABLES:
+            cursor = txn.cursor(db=self.dbs[table.encode()])
+            more = cursor.first()
+            while more:
+                key = cursor.key()
+                cursor.put(key, seal(key, cursor.value()))  # overwrites: the cursor stays
+                more = cursor.next()
         txn.put(META_FORMAT, U32.pack(FORMAT_VERSION), db=self.dbs[b"meta"])
 
     def grow(self, abort: Callable[[], None] = lambda: None) -> None:
