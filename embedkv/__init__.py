@@ -51,6 +51,7 @@ from .storage.requests import (
     Value,
     Version,
 )
+from .storage.verify import VerifyReport, check
 from .store import (
     AsyncLease,
     AsyncStore,
@@ -111,10 +112,12 @@ __all__ = [
     "Unavailable",
     "UnsupportedFormat",
     "Value",
+    "VerifyReport",
     "Version",
     "Watch",
     "WatchIterator",
     "__version__",
+    "check",
     "open",
     "open_async",
 ]

@@ -15,7 +15,7 @@ import threading
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 
 import lmdb
 
@@ -35,6 +35,9 @@ from .lmdbenv import MARKER_FILE, META_STATE, STATE_DB, Env, is_disk_full, no_sp
 from .mvcc import Applied, Applier, KeySpace, Tables, read_state
 from .raftlog import CONF_STATE, RaftLog
 
+if TYPE_CHECKING:
+    from .verify import VerifyReport
+
 LOCK_FILE: Final = "embedkv.lock"
 IDENTITY: Final = b"identity"
 """`raft_state` key of (cluster_id, member_id)."""
@@ -52,7 +55,7 @@ class Identity:
     member_id: int
 
 
-def _lock(path: str) -> int:
+def take_lock(path: str) -> int:
     """Take the data dir's exclusive flock, or raise DataDirLocked at once."""
     lock_path = os.path.join(path, LOCK_FILE)
     fd = os.open(lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
@@ -105,7 +108,7 @@ class DataDir:
         """
         path = os.fspath(path)
         os.makedirs(path, exist_ok=True)
-        fd = _lock(path)
+        fd = take_lock(path)
         try:
             env = Env(path, durable=durable)
         except BaseException:
@@ -163,6 +166,12 @@ class DataDir:
     def clear_no_space(self) -> None:
         """Accept writes again after the operator has freed space."""
         self._no_space = None
+
+    def verify(self) -> VerifyReport:
+        """Scan everything for damage, as of one read transaction (storage/verify.py)."""
+        from .verify import verify_env
+
+        return verify_env(self._env)
 
     def sync(self) -> None:
         """Force what has been committed to disk (useful with durable=False)."""
@@ -227,7 +236,7 @@ class DataDir:
         created = not os.path.exists(path)
         os.makedirs(path, exist_ok=True)
         try:
-            fd = _lock(path)
+            fd = take_lock(path)
         except BaseException:
             _remove_dir(path, created)
             raise
