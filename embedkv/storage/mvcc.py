@@ -814,6 +814,7 @@ class Applier:
         at (rev, sub); appends the event, returns the result."""
         old = self._kv_get(kb)
         prev_kv: KeyValue | None = None
+        seed = crc32(kb)  # the checksums of the old and the new record start alike
         if old is None:
             create = rev
             version = 1
@@ -823,7 +824,7 @@ class Applier:
                 REV, unseal("graves", kb, grave), "grave")
         else:
             n = len(old) - SUM_SIZE
-            if n < 0 or crc32(old, crc32(kb)) != CRC_RESIDUE:
+            if n < 0 or crc32(old, seed) != CRC_RESIDUE:
                 raise damaged("kv", kb)
             if n < _HEADER:
                 raise CorruptData(f"record of key {kb!r} is shorter than its header")
@@ -841,7 +842,7 @@ class Applier:
             )
             version += 1
         record = _pack_record(create, rev, sub, version, lease, flags) + vbytes
-        self._kv_put(kb, record + _pack_sum(crc32(record, crc32(kb))))
+        self._kv_put(kb, record + _pack_sum(crc32(record, seed)))
         pos = _pack_rev(rev, sub)
         change = _pack_change(KIND_PUT, len(kb), prev_rev, prev_sub) + kb + record
         self._history_put(pos, change + _pack_sum(crc32(change, crc32(pos))), append=True)
