@@ -627,8 +627,9 @@ SUM_SIZE: Final = SUM.size
 CRC_RESIDUE: Final = 0x2144DF1C
 crc32: Final = zlib.crc32
 _pack_sum: Final = SUM.pack
-SUMMED_TABLES: Final = ("kv", "history", "graves", "leases", "lease_keys")
-"""The tables whose values carry a checksum: all of the state machine (docs/storage.md)."""
+SUMMED_TABLES: Final = ("kv", "history", "graves", "leases", "lease_keys", "raft_log")
+"""The tables whose values carry a checksum: the state machine and the Raft log, every record
+that holds user data (docs/storage.md)."""
 
 
 def seal(key: bytes, value: bytes) -> bytes:

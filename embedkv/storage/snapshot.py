@@ -138,7 +138,10 @@ def _write_snapshot(env: Env, out: IO[bytes]) -> None:
 
 
 def _term_at(txn: lmdb.Transaction[bytes], env: Env, index: int) -> int:
-    raw = txn.get(U64.pack(index), db=env.dbs[b"raft_log"])
+    key = U64.pack(index)
+    raw = txn.get(key, db=env.dbs[b"raft_log"])
+    if raw is not None:
+        raw = unseal("raft_log", key, raw)
     if raw is not None and len(raw) >= 8:
         term: int = U64.unpack_from(raw)[0]
         return term
