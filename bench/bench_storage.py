@@ -154,15 +154,21 @@ def _paired(runs: int, ours: Callable[[], float], raw: Callable[[], float]) -> t
             tuple(o / r for o, r in pairs))
 
 
-def reads(root: Path, n_ranges: int, n_gets: int) -> list[Row]:
-    keys = [f"key{i:08d}" for i in range(READ_KEYS)]
-    dd = DataDir.open(_tmp(root, "reads"), durable=False)
+def _loaded(path: Path, keys: list[str]) -> DataDir:
+    """A no-fsync data dir holding `keys` (VALUE each), written in one batch."""
+    dd = DataDir.open(path, durable=False)
     with dd.write() as w:
         entries = [Entry(1, i + 1, data=encode_proposal(1, i + 1, Put(k, VALUE)))
                    for i, k in enumerate(keys)]
         w.append_entries(entries)
         for e in entries:
             w.apply(e)
+    return dd
+
+
+def reads(root: Path, n_ranges: int, n_gets: int) -> list[Row]:
+    keys = [f"key{i:08d}" for i in range(READ_KEYS)]
+    dd = _loaded(_tmp(root, "reads"), keys)
     env = lmdb.open(str(_tmp(root, "rawreads")), map_size=1 << 30)
     with env.begin(write=True) as txn:
         for k in keys:
@@ -323,13 +329,7 @@ def _measure(kind: str, root: Path) -> float:
                 w.compact_log(lo + TARGET_BATCH)
         rate = len(keys) / (time.perf_counter() - started)
     else:
-        dd = DataDir.open(_tmp(root, "gets"), durable=False)
-        with dd.write() as w:
-            entries = [Entry(1, i + 1, data=encode_proposal(1, i + 1, Put(k, VALUE)))
-                       for i, k in enumerate(keys)]
-            w.append_entries(entries)
-            for e in entries:
-                w.apply(e)
+        dd = _loaded(_tmp(root, "gets"), keys)
         picks = [keys[i % 7919] for i in range(200_000)]
         get = dd.kv.get
         started = time.perf_counter()
