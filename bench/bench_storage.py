@@ -340,7 +340,7 @@ def _measure(kind: str, root: Path) -> float:
     return rate
 
 
-def checksum_cost(base: str, runs: int = 5) -> list[Row]:
+def checksum_cost(base: str, runs: int = 7) -> list[Row]:
     """This tree against revision `base`, alternating, each run in a fresh subprocess."""
     root = Path(tempfile.mkdtemp(prefix="embedkv-bench-sums-", dir=HERE))
     try:
