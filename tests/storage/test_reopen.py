@@ -18,7 +18,7 @@ from hypothesis import strategies as st
 import embedkv
 from embedkv.errors import CorruptData
 from embedkv.storage import DataDir
-from embedkv.storage.lmdbfile import needed_size, read_meta, walk
+from embedkv.storage.lmdbfile import free_pages, needed_size, read_meta, walk
 from embedkv.storage.requests import Put
 
 from .harness import Member
@@ -39,10 +39,15 @@ def test_issue_script_reopens(tmp_path: Path) -> None:
     fd = os.open(data, os.O_RDONLY)
     try:
         meta = read_meta(fd, data)
+        free = free_pages(fd, data, meta)
     finally:
         os.close(fd)
-    # The situation the old check refused: the last allocated page lies past the end.
+    # The situation the old check refused: the last allocated page lies past the end...
     assert (meta.last_pgno + 1) * meta.page_size > os.path.getsize(data)
+    # ...and it is free: every page is a meta page, reachable from a B-tree, or free.
+    walked, _ = walk(data)
+    assert meta.last_pgno in free
+    assert 2 + walked.branch_pages + walked.leaf_pages + len(free) == meta.last_pgno + 1
     with embedkv.open(path) as s:
         assert s.revision == revision
         assert s.get("key/01499") is not None
