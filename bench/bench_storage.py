@@ -15,6 +15,12 @@ Reads: ranges [k, k') holding 100 of 10k keys (values decoded), and single gets,
 py-lmdb reading and decoding the same records in one read transaction each.
 
 Issue #3's target: batched durable puts >= 50% of raw py-lmdb's rate.
+
+    python bench/bench_storage.py --checksum-cost [--base REV]   # prints only
+
+Checksum cost (issue 15): the same put and get loops, run alternately in subprocesses against
+this tree and against the embedkv of git revision REV (default 4294213, before format 4's
+per-record checksums); rates are medians of the runs, the ratio is this tree / REV.
 """
 
 from __future__ import annotations
@@ -40,7 +46,7 @@ import cbor2
 import lmdb
 
 HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE.parent))
+sys.path.insert(0, os.environ.get("EMBEDKV_BENCH_TREE", str(HERE.parent)))  # --checksum-cost
 
 from embedkv.raft.types import Entry, HardState  # noqa: E402
 from embedkv.storage import DataDir  # noqa: E402
@@ -148,15 +154,21 @@ def _paired(runs: int, ours: Callable[[], float], raw: Callable[[], float]) -> t
             tuple(o / r for o, r in pairs))
 
 
-def reads(root: Path, n_ranges: int, n_gets: int) -> list[Row]:
-    keys = [f"key{i:08d}" for i in range(READ_KEYS)]
-    dd = DataDir.open(_tmp(root, "reads"), durable=False)
+def _loaded(path: Path, keys: list[str]) -> DataDir:
+    """A no-fsync data dir holding `keys` (VALUE each), written in one batch."""
+    dd = DataDir.open(path, durable=False)
     with dd.write() as w:
         entries = [Entry(1, i + 1, data=encode_proposal(1, i + 1, Put(k, VALUE)))
                    for i, k in enumerate(keys)]
         w.append_entries(entries)
         for e in entries:
             w.apply(e)
+    return dd
+
+
+def reads(root: Path, n_ranges: int, n_gets: int) -> list[Row]:
+    keys = [f"key{i:08d}" for i in range(READ_KEYS)]
+    dd = _loaded(_tmp(root, "reads"), keys)
     env = lmdb.open(str(_tmp(root, "rawreads")), map_size=1 << 30)
     with env.begin(write=True) as txn:
         for k in keys:
@@ -295,10 +307,87 @@ def write_results(rows: list[Row]) -> None:
     RESULTS.write_text(text)
 
 
+CHECKSUM_BASE = "4294213"
+
+
+def _measure(kind: str, root: Path) -> float:
+    """One run of a checksum-cost loop in this process (whichever embedkv it imports)."""
+    keys = _keys(20_000, 3)
+    if kind == "durable":
+        return storage_puts(root, keys[:5000], TARGET_BATCH, encode_inside=False)
+    if kind == "puts":
+        dd = DataDir.open(_tmp(root, "cpu"), durable=False)
+        payloads = [encode_proposal(1, i + 1, Put(k, VALUE)) for i, k in enumerate(keys)]
+        started = time.perf_counter()
+        for lo in range(0, len(keys), TARGET_BATCH):
+            entries = [Entry(1, i + 1, data=payloads[i]) for i in range(lo, lo + TARGET_BATCH)]
+            with dd.write() as w:
+                w.append_entries(entries)
+                w.set_hard_state(HardState(1, 1, lo + TARGET_BATCH))
+                for e in entries:
+                    w.apply(e)
+                w.compact_log(lo + TARGET_BATCH)
+        rate = len(keys) / (time.perf_counter() - started)
+    else:
+        dd = _loaded(_tmp(root, "gets"), keys)
+        picks = [keys[i % 7919] for i in range(200_000)]
+        get = dd.kv.get
+        started = time.perf_counter()
+        for k in picks:
+            get(k)
+        rate = len(picks) / (time.perf_counter() - started)
+    dd.close()
+    return rate
+
+
+def checksum_cost(base: str, runs: int = 7) -> list[Row]:
+    """This tree against revision `base`, alternating, each run in a fresh subprocess."""
+    root = Path(tempfile.mkdtemp(prefix="embedkv-bench-sums-", dir=HERE))
+    try:
+        old = root / "base"
+        old.mkdir()
+        archive = subprocess.run(["git", "-C", str(HERE.parent), "archive", base, "embedkv"],
+                                 capture_output=True, check=True).stdout
+        subprocess.run(["tar", "-x", "-C", str(old)], input=archive, check=True)
+
+        def one(tree: Path, kind: str) -> float:
+            out = subprocess.run(
+                [sys.executable, __file__, "--measure", kind, str(root)],
+                capture_output=True, text=True, check=True,
+                env={**os.environ, "EMBEDKV_BENCH_TREE": str(tree)}).stdout
+            return float(out.split()[-1])
+
+        rows = []
+        for kind, name, unit in (("puts", "puts, 100 per txn, no fsync (CPU)", "puts/s"),
+                                 ("durable", "durable puts, 100 per txn", "puts/s"),
+                                 ("gets", "single gets (dd.kv.get)", "gets/s")):
+            ours, before, ratios = _paired(runs, partial(one, HERE.parent, kind),
+                                           partial(one, old, kind))
+            rows.append(Row(name, ours, before, unit, "", ratios))
+        return rows
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="small counts; print only")
+    parser.add_argument("--checksum-cost", action="store_true",
+                        help="this tree against --base, same run; print only")
+    parser.add_argument("--base", default=CHECKSUM_BASE)
+    parser.add_argument("--measure", nargs=2, help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.measure:
+        kind, where = args.measure
+        import embedkv
+
+        assert Path(embedkv.__file__).parent.parent == Path(os.environ["EMBEDKV_BENCH_TREE"])
+        print(_measure(kind, Path(tempfile.mkdtemp(dir=where))))
+        return
+    if args.checksum_cost:
+        text = table(checksum_cost(args.base))
+        print(text.replace("raw py-lmdb (same run)", f"embedkv at {args.base} (same run)"))
+        return
     rows = run(args.quick)
     print(table(rows))
     if not args.quick:

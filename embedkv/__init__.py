@@ -52,6 +52,7 @@ from .storage.requests import (
     Value,
     Version,
 )
+from .storage.verify import VerifyReport, check
 from .store import (
     AsyncLease,
     AsyncStore,
@@ -115,10 +116,12 @@ __all__ = [
     "Unavailable",
     "UnsupportedFormat",
     "Value",
+    "VerifyReport",
     "Version",
     "Watch",
     "WatchIterator",
     "__version__",
+    "check",
     "defrag",
     "open",
     "open_async",

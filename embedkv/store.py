@@ -59,6 +59,7 @@ from .storage.requests import (
     Version,
     key_bytes,
 )
+from .storage.verify import VerifyReport
 
 __all__ = [
     "AsyncLease",
@@ -669,6 +670,12 @@ class Store(MutableMapping[Key, Any]):
             raise
 
     # --- the mapping protocol -----------------------------------------------------------------
+
+    def verify(self) -> VerifyReport:
+        """Scan the whole data dir for damage (every B-tree page, every record's checksum and
+        shape) as of one read snapshot, while writes go on; see also embedkv.check()."""
+        self._check()
+        return self._m.data_dir.verify()
 
     def __getitem__(self, key: Key) -> Any:
         kv = self.get_kv(key)
@@ -1308,6 +1315,10 @@ class AsyncStore:
 
     def status(self) -> Status:
         return self.store.status()
+
+    async def verify(self) -> VerifyReport:
+        """Store.verify(), in a worker thread: it reads the whole data dir."""
+        return await asyncio.to_thread(self.store.verify)
 
     # --- writes -------------------------------------------------------------------------------
 

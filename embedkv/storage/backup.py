@@ -28,7 +28,7 @@ import lmdb
 from embedkv.errors import CorruptData, NoSpace
 from embedkv.raft.types import ConfState
 
-from .datadir import DEFRAG_TEMP, DataDir, Identity, _lock
+from .datadir import DEFRAG_TEMP, DataDir, Identity, take_lock
 from .lmdbenv import DB_NAMES, Env, is_disk_full, no_space
 from .snapshot import FRAME, MAGIC, MAX_HEADER, TAG_HEADER
 
@@ -170,7 +170,7 @@ def defrag(path: str | os.PathLike[str]) -> DefragResult:
     is untouched; a copy left by a killed run is removed by the next open or defrag.
     """
     path = _existing_data_dir(path)
-    lock_fd = _lock(path)
+    lock_fd = take_lock(path)
     try:
         data, tmp = os.path.join(path, DATA_FILE), os.path.join(path, DEFRAG_TEMP)
         with suppress(FileNotFoundError):

@@ -12,6 +12,7 @@ proposer encoded without decoding and re-encoding them on apply.
 from __future__ import annotations
 
 import struct
+import zlib
 from typing import Any, Final
 
 import cbor2
@@ -89,8 +90,53 @@ TO_THE_END: Final = b""
 # --- values ----------------------------------------------------------------------------------
 
 
+_NESTING: Final = (list, tuple, dict, set, frozenset, cbor2.CBORTag)
+"""What cbor2's encoder recurses into (subclasses included, as it encodes them)."""
+_LEAF: Final = frozenset({str, int, float, bool, bytes, type(None)})
+"""Exact types that never nest: one set lookup instead of an isinstance walk of _NESTING."""
+
+
+def check_depth(value: object) -> None:
+    """Refuse nesting deeper than MAX_VALUE_DEPTH before cbor2 recurses into it: its C encoder
+    overflows the C stack (the process dies) at a few thousand levels. Iterative, so no depth
+    can exhaust our own stack; a container that contains itself counts as too deep.
+
+    Each array, map or tag counts one level, which cbor2's decoder counts at least too, so
+    everything this refuses would fail the decode check below anyway."""
+    level: list[Any] = [value]
+    depth = 1
+    leaf = _LEAF
+    nesting = _NESTING
+    while level:
+        if depth > MAX_VALUE_DEPTH:
+            raise ValueError(
+                f"value cannot be stored: it nests deeper than {MAX_VALUE_DEPTH} levels of "
+                "lists, tuples, dicts, sets and tags (or contains itself)"
+            )
+        below: list[Any] = []
+        for obj in level:  # one level at a time: memory is the widest level, not the depth
+            if type(obj) is dict or isinstance(obj, dict):
+                for item in obj.values():
+                    if type(item) not in leaf and isinstance(item, nesting):
+                        below.append(item)
+                for item in obj:
+                    if type(item) not in leaf and isinstance(item, nesting):
+                        below.append(item)
+            elif isinstance(obj, cbor2.CBORTag):
+                if isinstance(obj.value, nesting):
+                    below.append(obj.value)
+            else:
+                for item in obj:
+                    if type(item) not in leaf and isinstance(item, nesting):
+                        below.append(item)
+        level = below
+        depth += 1
+
+
 def encode_value(value: Any) -> bytes:
     """Encode a user value, refusing what could not be decoded again under the safe limits."""
+    if isinstance(value, _NESTING):
+        check_depth(value)
     try:
         data = cbor2.dumps(value)
     except (cbor2.CBOREncodeError, TypeError, ValueError, RecursionError) as exc:
@@ -581,6 +627,39 @@ KIND_DELETE: Final = 2
 
 LOG_ENTRY: Final = struct.Struct(">QB")
 """A raft_log value's header: term, entry type; the entry data follows."""
+
+
+SUM: Final = struct.Struct("<I")
+"""The checksum every value of the state-machine tables ends with (format 4): CRC-32 (zlib)
+of the record's LMDB key followed by the value, little-endian, so that the CRC-32 of
+key + value + checksum is the constant CRC_RESIDUE and a check is one crc32 call."""
+SUM_SIZE: Final = SUM.size
+CRC_RESIDUE: Final = 0x2144DF1C
+crc32: Final = zlib.crc32
+_pack_sum: Final = SUM.pack
+SUMMED_TABLES: Final = ("kv", "history", "graves", "leases", "lease_keys", "raft_log")
+"""The tables whose values carry a checksum: the state machine and the Raft log, every record
+that holds user data (docs/storage.md)."""
+
+
+def seal(key: bytes, value: bytes) -> bytes:
+    """`value` followed by its checksum (see SUM)."""
+    return value + _pack_sum(crc32(value, crc32(key)))
+
+
+def unseal(table: str, key: bytes, raw: bytes) -> bytes:
+    """A stored value without its checksum; CorruptData naming the table and key if the
+    checksum does not match (the record was damaged on disk)."""
+    if len(raw) < SUM_SIZE or crc32(raw, crc32(key)) != CRC_RESIDUE:
+        raise damaged(table, key)
+    return raw[:-SUM_SIZE]
+
+
+def damaged(table: str, key: bytes) -> CorruptData:
+    return CorruptData(
+        f"the {table} record of key {key!r} fails its checksum: the data file is damaged "
+        "(embedkv check reports all damage)"
+    )
 
 
 def unpack_record(data: bytes) -> tuple[int, int, int, int, int, int]:

@@ -15,7 +15,7 @@ import threading
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 
 import lmdb
 
@@ -31,9 +31,12 @@ from .codec import (
     encode_conf_state,
     unpack_exact,
 )
-from .lmdbenv import META_STATE, STATE_DB, Env, is_disk_full, no_space
+from .lmdbenv import MARKER_FILE, META_STATE, STATE_DB, Env, is_disk_full, no_space
 from .mvcc import Applied, Applier, KeySpace, Tables, read_state
 from .raftlog import CONF_STATE, RaftLog
+
+if TYPE_CHECKING:
+    from .verify import VerifyReport
 
 LOCK_FILE: Final = "embedkv.lock"
 DEFRAG_TEMP: Final = "data.mdb.defrag"
@@ -55,7 +58,7 @@ class Identity:
     member_id: int
 
 
-def _lock(path: str) -> int:
+def take_lock(path: str) -> int:
     """Take the data dir's exclusive flock, or raise DataDirLocked at once."""
     lock_path = os.path.join(path, LOCK_FILE)
     fd = os.open(lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
@@ -109,7 +112,7 @@ class DataDir:
         """
         path = os.fspath(path)
         os.makedirs(path, exist_ok=True)
-        fd = _lock(path)
+        fd = take_lock(path)
         try:
             with suppress(FileNotFoundError):
                 os.unlink(os.path.join(path, DEFRAG_TEMP))
@@ -177,6 +180,12 @@ class DataDir:
         """Accept writes again after the operator has freed space."""
         self._no_space = None
 
+    def verify(self) -> VerifyReport:
+        """Scan everything for damage, as of one read transaction (storage/verify.py)."""
+        from .verify import verify_env
+
+        return verify_env(self._env)
+
     def sync(self) -> None:
         """Force what has been committed to disk (useful with durable=False)."""
         self._env.env.sync(True)
@@ -243,7 +252,7 @@ class DataDir:
         created = not os.path.exists(path)
         os.makedirs(path, exist_ok=True)
         try:
-            fd = _lock(path)
+            fd = take_lock(path)
         except BaseException:
             _remove_dir(path, created)
             raise
@@ -264,7 +273,7 @@ class DataDir:
 
 def _remove_dir(path: str, created: bool) -> None:
     """Remove what a failed restore wrote (the dir too if the restore created it)."""
-    for name in ("data.mdb", "lock.mdb", LOCK_FILE):
+    for name in ("data.mdb", "lock.mdb", MARKER_FILE, LOCK_FILE):
         with suppress(FileNotFoundError):
             os.unlink(os.path.join(path, name))
     if created:

@@ -19,11 +19,14 @@ import lmdb
 
 from embedkv.errors import Closed, CorruptData, NoSpace, UnsupportedFormat
 
-from .codec import U32, U64X3, unpack_exact
+from .codec import SUMMED_TABLES, U32, U64X3, seal, unpack_exact
+from .lmdbfile import needed_size
 
-FORMAT_VERSION: Final = 3
-"""The data-dir format this code writes; stored in `meta` under b"format". Format 2 is upgraded
-in place on open (one record moves: `log_start`, from `raft_state` to the main database)."""
+FORMAT_VERSION: Final = 4
+"""The data-dir format this code writes; stored in `meta` under b"format". Formats 2 and 3 are
+upgraded in place on open: format 3 moved `log_start` from `raft_state` to the main database,
+format 4 appended a checksum to every value of the state-machine tables (codec.SUM)."""
+UPGRADES_FROM: Final = frozenset({2, 3})
 
 INITIAL_MAP_SIZE = 256 << 20
 """The map a new environment starts with (tests lower it to exercise growth)."""
@@ -48,6 +51,11 @@ In the main database since format 3: a member with nobody to replicate to moves 
 batch (docs/storage.md)."""
 META_STATE: Final = b"applied"
 """STATE_DB key of (applied index, revision, compact revision)."""
+MARKER_FILE: Final = "embedkv.datadir"
+"""Created in the data dir once data.mdb durably holds its format record (and added on the
+first open of a dir made before format 4): from then on a missing, empty or blank data.mdb is
+damage, not a new store."""
+_MARKER_TEXT: Final = b"embedkv data dir: data.mdb holds its data\n"
 RESTORING: Final = b"restoring"
 """`meta` key present while a restore is incomplete; such a data dir refuses to open."""
 
@@ -142,9 +150,12 @@ def is_disk_full(exc: lmdb.Error, path: str) -> bool:
 
 
 def no_space(exc: lmdb.Error, path: str) -> NoSpace:
+    """The error a full disk gives users. A Store retries writing about once a second
+    (member.writer.NO_SPACE_RETRY), so writes resume by themselves once space is freed."""
     return NoSpace(
         f"no space left on the device holding {path} ({exc}); writes are refused until space "
-        "is freed and clear_no_space() is called; reads keep working"
+        "is freed, and then resume by themselves (the store tries again about once a second); "
+        "reads keep working; nothing committed is lost"
     )
 
 
@@ -157,9 +168,15 @@ class Env:
         self.durable = durable
         self.gate = ReadGate()
         data_file = os.path.join(path, "data.mdb")
-        if os.path.exists(data_file):
-            size = os.path.getsize(data_file)
-            map_size = max(map_size, _round_up(size * 2))
+        marker = os.path.join(path, MARKER_FILE)
+        initialised = os.path.exists(marker)
+        size = os.path.getsize(data_file) if os.path.exists(data_file) else -1
+        if initialised and size <= 0:
+            raise CorruptData(
+                f"{data_file} is {'missing' if size < 0 else 'empty'}, but {path} has held a "
+                f"data dir ({MARKER_FILE} is there): refusing to open it as a new, empty store"
+            )
+        map_size = max(map_size, _round_up(size * 2))
         try:
             self.env = lmdb.open(
                 path,
@@ -183,23 +200,52 @@ class Env:
         try:
             self._check_file_size(data_file)
             self.env.reader_check()
-            self._open_dbs()
+            self._open_dbs(initialised)
+            if not initialised:
+                self._write_marker(marker)
         except BaseException:
             self.env.close()
             raise
 
+    def _write_marker(self, marker: str) -> None:
+        """Mark the dir as holding data, once the format record is on disk (so a crash in
+        between leaves an unmarked dir that opens, never a marked one without its data)."""
+        self.env.sync(True)
+        tmp = marker + ".tmp"
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
+        try:
+            os.write(fd, _MARKER_TEXT)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(tmp, marker)
+        dir_fd = os.open(self.path, os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
+
     def _check_file_size(self, data_file: str) -> None:
-        """A truncated data file would crash the process (SIGBUS) on first touch: refuse it."""
-        info = self.env.info()
-        psize = self.env.stat()["psize"]
-        need = (info["last_pgno"] + 1) * psize
-        have = os.path.getsize(data_file)
+        """A truncated data file would crash the process (SIGBUS) on first touch: refuse it.
+
+        The file may end before LMDB's last allocated page (pages allocated and freed in one
+        transaction are never written), but only free pages may lie past its end
+        (lmdbfile.needed_size; docs/storage.md)."""
+        need, have = needed_size(data_file)
         if have < need:
             raise CorruptData(
                 f"{data_file} is truncated: {have} bytes, but its pages need {need} bytes"
             )
 
-    def _open_dbs(self) -> None:
+    def _open_dbs(self, initialised: bool) -> None:
+        while True:
+            try:
+                self._open_dbs_once(initialised)
+                return
+            except lmdb.MapFullError:  # an upgrade rewrites every record: more map, again
+                self.env.set_mapsize(self.env.info()["map_size"] * 2)
+
+    def _open_dbs_once(self, initialised: bool) -> None:
         try:
             with self.env.begin(write=True) as txn:
                 self.dbs = {name: self.env.open_db(name, txn=txn) for name in DB_NAMES}
@@ -211,31 +257,48 @@ class Env:
                     if (txn.get(META_STATE, db=state) is not None
                             or txn.get(b"state", db=meta) is not None):  # format 1's record
                         raise CorruptData(f"{self.path}: the format version record is missing")
+                    if initialised:
+                        raise CorruptData(
+                            f"{self.path}/data.mdb holds no embedkv data, but the dir has "
+                            f"held a data dir ({MARKER_FILE} is there): refusing to open it "
+                            "as a new, empty store"
+                        )
                     txn.put(META_FORMAT, U32.pack(FORMAT_VERSION), db=meta)
                     txn.put(META_STATE, U64X3.pack(0, 1, 0), db=state)
                 elif txn.get(RESTORING, db=meta) is not None:
                     raise CorruptData(f"{self.path} holds an incomplete snapshot restore")
                 else:
                     (version,) = unpack_exact(U32, stored, "format version")
-                    if version == 2:
-                        self._upgrade_from_2(txn)
+                    if version in UPGRADES_FROM:
+                        self._upgrade(txn, version)
                     elif version != FORMAT_VERSION:
                         raise UnsupportedFormat(
                             f"{self.path} has data-dir format {version}; this embedkv reads "
                             f"format {FORMAT_VERSION}"
                         )
+        except lmdb.MapFullError:
+            raise
         except lmdb.Error as exc:
             if is_disk_full(exc, self.path):
                 raise no_space(exc, self.path) from None
             raise CorruptData(f"{self.path}: cannot open the databases: {exc}") from None
 
-    def _upgrade_from_2(self, txn: lmdb.Transaction[bytes]) -> None:
-        """Format 2 to 3, in the transaction that opens the databases: move the log's
-        compaction point next to the records every batch writes."""
-        raft_state = self.dbs[b"raft_state"]
-        raw = txn.pop(LOG_START, db=raft_state)
-        if raw is not None:
-            txn.put(LOG_START, raw, db=self.dbs[STATE_DB])
+    def _upgrade(self, txn: lmdb.Transaction[bytes], version: int) -> None:
+        """Formats 2 and 3 to 4, in the transaction that opens the databases (all or
+        nothing). 2 to 3: move the log's compaction point next to the records every batch
+        writes. 3 to 4: seal every state-machine value with its checksum."""
+        if version == 2:
+            raft_state = self.dbs[b"raft_state"]
+            raw = txn.pop(LOG_START, db=raft_state)
+            if raw is not None:
+                txn.put(LOG_START, raw, db=self.dbs[STATE_DB])
+        for table in SUMMED_TABLES:
+            cursor = txn.cursor(db=self.dbs[table.encode()])
+            more = cursor.first()
+            while more:
+                key = cursor.key()
+                cursor.put(key, seal(key, cursor.value()))  # overwrites: the cursor stays
+                more = cursor.next()
         txn.put(META_FORMAT, U32.pack(FORMAT_VERSION), db=self.dbs[b"meta"])
 
     def grow(self, abort: Callable[[], None] = lambda: None) -> None:

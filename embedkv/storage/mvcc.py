@@ -38,6 +38,7 @@ from embedkv.errors import (
 
 from .codec import (
     CHANGE,
+    CRC_RESIDUE,
     FLAG_STR,
     FLAG_TOMBSTONE,
     KIND_DELETE,
@@ -59,16 +60,22 @@ from .codec import (
     REV,
     SORT_ORDERS,
     SORT_TARGETS,
+    SUM,
+    SUM_SIZE,
     TO_THE_END,
     U64,
     U64X3,
     BadProposal,
+    crc32,
+    damaged,
     decode_proposed_value,
     encode_get,
+    seal,
     split_put,
     unpack_change,
     unpack_exact,
     unpack_record,
+    unseal,
 )
 from .lmdbenv import META_STATE, STATE_DB, Env
 from .requests import (
@@ -119,6 +126,7 @@ _unpack_record = RECORD.unpack_from
 _pack_record = RECORD.pack
 _pack_rev = REV.pack
 _pack_change = CHANGE.pack
+_pack_sum = SUM.pack
 _loads = cbor2.loads
 _PUT: Final = EventType.PUT
 _PUT_HEAD: Final = PUT_PROPOSAL.size
@@ -259,6 +267,7 @@ def _head(txn: lmdb.Transaction[bytes], t: Tables, kb: bytes) -> tuple[int, int,
     key has no history."""
     raw = txn.get(kb, db=t.kv)
     if raw is not None:
+        raw = unseal("kv", kb, raw)
         if len(raw) < _HEADER:
             raise CorruptData(f"record of key {kb!r} is shorter than its header")
         _, mod, sub, _, _, _ = _unpack_record(raw)
@@ -266,7 +275,7 @@ def _head(txn: lmdb.Transaction[bytes], t: Tables, kb: bytes) -> tuple[int, int,
     grave = txn.get(kb, db=t.graves)
     if grave is None:
         return 0, 0, None
-    r, s = unpack_exact(REV, grave, "grave")
+    r, s = unpack_exact(REV, unseal("graves", kb, grave), "grave")
     return r, s, None
 
 
@@ -275,12 +284,13 @@ def _change(
 ) -> tuple[int, bytes, int, int, bytes] | None:
     """History change (r, s); None if compaction dropped it (only changes below the compact
     revision are ever dropped, so a missing one above it is corruption)."""
-    raw = txn.get(REV.pack(r, s), db=t.history)
+    pos = REV.pack(r, s)
+    raw = txn.get(pos, db=t.history)
     if raw is None:
         if r < compact:
             return None
         raise CorruptData(f"history record ({r}, {s}) is missing")
-    return unpack_change(raw)
+    return unpack_change(unseal("history", pos, raw))
 
 
 def _record_at(
@@ -338,7 +348,7 @@ def _scan(
         if live:
             raw = txn.get(start, db=t.kv)
             if raw is not None:
-                yield start, raw
+                yield start, unseal("kv", start, raw)
         else:
             record = _record_at(txn, t, start, rev, compact)
             if record is not None:
@@ -352,7 +362,7 @@ def _scan(
         for kb, raw in cursor:
             if stop is not None and kb >= stop:
                 return
-            yield kb, raw
+            yield kb, unseal("kv", kb, raw)
         return
     for kb in _range_keys(txn, t, start, stop):
         record = _record_at(txn, t, kb, rev, compact)
@@ -526,11 +536,15 @@ class KeySpace:
                 gate.wake()
         if raw is None:
             return None
-        if len(raw) < _HEADER:
+        n = len(raw) - SUM_SIZE
+        if n < 0 or crc32(raw, crc32(kb)) != CRC_RESIDUE:
+            raise damaged("kv", kb)
+        if n < _HEADER:
             raise CorruptData(f"record of key {kb!r} is shorter than its header")
         create, mod, _sub, version, lease, flags = _unpack_record(raw)
         try:
-            value = _loads(_body(raw), max_depth=MAX_VALUE_DEPTH)
+            value = _loads(raw[_HEADER:n] if n < 4096 else memoryview(raw)[_HEADER:n],
+                           max_depth=MAX_VALUE_DEPTH)
         except Exception as exc:
             raise CorruptData(f"stored value of key {kb!r} does not decode: {exc}") from None
         if not flags & FLAG_STR:
@@ -596,6 +610,7 @@ class KeySpace:
                             pos = k
                             done = False
                             break
+                        raw = unseal("history", k, raw)
                         if len(k) != REV.size or len(raw) < CHANGE.size:
                             raise CorruptData("history record is malformed")
                         klen = CHANGE.unpack_from(raw)[1]
@@ -641,14 +656,15 @@ class KeySpace:
                     raw = txn.get(here, db=t.history)
                     if raw is None:
                         raise CorruptData(f"history lacks change ({r}, {s}) of key {kb!r}")
-                    batch.append(_event(t, txn, here, raw, compact))
+                    batch.append(_event(t, txn, here, unseal("history", here, raw), compact))
             yield from batch
 
     def leases(self) -> list[tuple[int, int]]:
         """(id, granted ttl) of every lease."""
         with self._env.read() as txn:
             return [
-                (unpack_exact(U64, k, "lease id")[0], unpack_exact(U64, v, "lease ttl")[0])
+                (unpack_exact(U64, k, "lease id")[0],
+                 unpack_exact(U64, unseal("leases", k, v), "lease ttl")[0])
                 for k, v in txn.cursor(db=self._t.leases)
             ]
 
@@ -661,13 +677,14 @@ class KeySpace:
             raw = txn.get(lid, db=self._t.leases)
             if raw is None:
                 return None
-            (ttl,) = unpack_exact(U64, raw, "lease ttl")
+            (ttl,) = unpack_exact(U64, unseal("leases", lid, raw), "lease ttl")
             keys: list[Key] = []
             cursor = txn.cursor(db=self._t.lease_keys)
             if cursor.set_range(lid):
                 for k, v in cursor:
                     if k[:8] != lid:
                         break
+                    v = unseal("lease_keys", k, v)
                     keys.append(_key_obj(k[8:], v[0] if v else 0))
             return ttl, keys
 
@@ -810,19 +827,24 @@ class Applier:
         at (rev, sub); appends the event, returns the result."""
         old = self._kv_get(kb)
         prev_kv: KeyValue | None = None
+        seed = crc32(kb)  # the checksums of the old and the new record start alike
         if old is None:
             create = rev
             version = 1
             old_lease = 0
             grave = self._grave_pop(kb)  # a re-created key: its chain goes on from the grave
-            prev_rev, prev_sub = (0, 0) if grave is None else unpack_exact(REV, grave, "grave")
+            prev_rev, prev_sub = (0, 0) if grave is None else unpack_exact(
+                REV, unseal("graves", kb, grave), "grave")
         else:
-            if len(old) < _HEADER:
+            n = len(old) - SUM_SIZE
+            if n < 0 or crc32(old, seed) != CRC_RESIDUE:
+                raise damaged("kv", kb)
+            if n < _HEADER:
                 raise CorruptData(f"record of key {kb!r} is shorter than its header")
             create, prev_rev, prev_sub, version, old_lease, old_flags = _unpack_record(old)
             try:
                 old_value = _loads(
-                    old[_HEADER:] if len(old) < 4096 else memoryview(old)[_HEADER:],
+                    old[_HEADER:n] if n < 4096 else memoryview(old)[_HEADER:n],
                     max_depth=MAX_VALUE_DEPTH,
                 )
             except Exception as exc:
@@ -833,17 +855,17 @@ class Applier:
             )
             version += 1
         record = _pack_record(create, rev, sub, version, lease, flags) + vbytes
-        self._kv_put(kb, record)
-        self._history_put(
-            _pack_rev(rev, sub), _pack_change(KIND_PUT, len(kb), prev_rev, prev_sub) + kb + record,
-            append=True,
-        )
+        self._kv_put(kb, record + _pack_sum(crc32(record, seed)))
+        pos = _pack_rev(rev, sub)
+        change = _pack_change(KIND_PUT, len(kb), prev_rev, prev_sub) + kb + record
+        self._history_put(pos, change + _pack_sum(crc32(change, crc32(pos))), append=True)
         if old_lease != lease:
             t = self.t
             if old_lease:
                 self.txn.delete(U64.pack(old_lease) + kb, db=t.lease_keys)
             if lease:
-                self.txn.put(U64.pack(lease) + kb, bytes((flags,)), db=t.lease_keys)
+                lk = U64.pack(lease) + kb
+                self.txn.put(lk, seal(lk, bytes((flags,))), db=t.lease_keys)
         kv = _fast_kv(key, value, create, rev, version, lease or None)
         events.append(_fast_event(_PUT, kv, prev_kv))
         return _fast_put_result(rev, prev_kv if want_prev else None)
@@ -856,7 +878,7 @@ class Applier:
         victims: list[tuple[bytes, bytes]]
         if end is None:
             raw = txn.get(start, db=t.kv)
-            victims = [] if raw is None else [(start, raw)]
+            victims = [] if raw is None else [(start, unseal("kv", start, raw))]
         else:
             stop = None if end == TO_THE_END else _wire_bytes(end)
             victims = []
@@ -865,7 +887,7 @@ class Applier:
                 for kb, raw in cursor:
                     if stop is not None and kb >= stop:
                         break
-                    victims.append((kb, raw))
+                    victims.append((kb, unseal("kv", kb, raw)))
         prevs: list[KeyValue] = []
         for kb, raw in victims:
             self._tombstone(kb, raw, rev, sub, events)
@@ -881,9 +903,10 @@ class Applier:
         _, prev_rev, prev_sub, _, old_lease, flags = _unpack_record(old)
         txn.delete(kb, db=t.kv)
         tomb = RECORD.pack(0, rev, sub, 0, 0, (flags & FLAG_STR) | FLAG_TOMBSTONE)
-        txn.put(REV.pack(rev, sub), CHANGE.pack(KIND_DELETE, len(kb), prev_rev, prev_sub) + kb
-                + tomb, db=t.history, append=True)
-        txn.put(kb, REV.pack(rev, sub), db=t.graves)
+        pos = REV.pack(rev, sub)
+        txn.put(pos, seal(pos, CHANGE.pack(KIND_DELETE, len(kb), prev_rev, prev_sub) + kb + tomb),
+                db=t.history, append=True)
+        txn.put(kb, seal(kb, pos), db=t.graves)
         if old_lease:
             txn.delete(U64.pack(old_lease) + kb, db=t.lease_keys)
         key = _key_obj(kb, flags)
@@ -896,10 +919,15 @@ class Applier:
 
     def _compare(self, cmp: list[Any]) -> bool:
         target, key, op, operand = cmp
-        raw = self.txn.get(_wire_bytes(key), db=self.t.kv)
+        kb = _wire_bytes(key)
+        raw = self.txn.get(kb, db=self.t.kv)
+        if raw is not None:
+            raw = unseal("kv", kb, raw)
         actual: Any
         if target == 0:
-            actual = None if raw is None else _value(raw)
+            if raw is None:
+                return False  # etcd: any VALUE compare on a missing key fails, even !=
+            actual = _value(raw)
             operand = decode_proposed_value(operand)
         elif raw is None:
             actual = 0
@@ -961,7 +989,8 @@ class Applier:
     def _lease_grant(self, lease_id: int, ttl: int) -> LeaseGrantResult:
         if self._lease_exists(lease_id):
             raise LeaseExists(lease_id)
-        self.txn.put(U64.pack(lease_id), U64.pack(ttl), db=self.t.leases)
+        lid = U64.pack(lease_id)
+        self.txn.put(lid, seal(lid, U64.pack(ttl)), db=self.t.leases)
         return LeaseGrantResult(lease_id, ttl, self.revision)
 
     def _lease_revoke(self, lease_id: int, events: list[Event]) -> LeaseRevokeResult:
@@ -982,7 +1011,7 @@ class Applier:
             raw = txn.get(kb, db=t.kv)
             if raw is None:
                 raise CorruptData(f"lease {lease_id:#x} lists key {kb!r}, which does not exist")
-            self._tombstone(kb, raw, rev, sub, events)
+            self._tombstone(kb, unseal("kv", kb, raw), rev, sub, events)
         if keys:
             self.revision = rev
         return LeaseRevokeResult(self.revision, len(keys))
@@ -1014,7 +1043,7 @@ class Applier:
                 if here >= end:
                     more = False
                     break
-                raw = cursor.value()
+                raw = unseal("history", here, cursor.value())
                 if len(raw) < CHANGE.size:
                     raise CorruptData("history record is malformed")
                 klen = CHANGE.unpack_from(raw)[1]
@@ -1050,7 +1079,7 @@ class Applier:
             raw = txn.get(here, db=t.history)
             if raw is None:
                 break
-            _, _, prev_r, prev_s, _ = unpack_change(raw)
+            _, _, prev_r, prev_s, _ = unpack_change(unseal("history", here, raw))
             txn.delete(here, db=t.history)
         if kind == KIND_DELETE and keep[0] < rev:  # a deletion at rev itself is still news
             txn.delete(REV.pack(*keep), db=t.history)

@@ -37,7 +37,9 @@ from .codec import (
     decode_entry,
     decode_hard_state,
     encode_hard_state,
+    seal,
     unpack_exact,
+    unseal,
 )
 from .lmdbenv import LOG_START, STATE_DB, Env
 
@@ -103,7 +105,7 @@ class RaftLog:
                         break
                     if index != last - len(tail):
                         raise CorruptData(f"raft log is missing entry {last - len(tail)}")
-                    tail.append(decode_entry(index, value))
+                    tail.append(decode_entry(index, unseal("raft_log", key, value)))
                 tail.reverse()
                 if tail[0].index != start + 1 and len(tail) < TAIL_ENTRIES:
                     raise CorruptData(f"raft log is missing entry {start + 1}")
@@ -132,8 +134,11 @@ class RaftLog:
         tail_first = view.tail_first
         if index >= tail_first:
             return view.tail[index - tail_first].term
+        key = U64.pack(index)
         with self._env.read() as txn:
-            raw = txn.get(U64.pack(index), db=self._log_db)
+            raw = txn.get(key, db=self._log_db)
+        if raw is not None:
+            raw = unseal("raft_log", key, raw)
         if raw is None or len(raw) < LOG_ENTRY.size:
             raise CorruptData(f"raft log entry {index} is missing or truncated")
         term: int = LOG_ENTRY.unpack_from(raw)[0]
@@ -160,7 +165,7 @@ class RaftLog:
                         break
                     if index != lo + len(out):
                         raise CorruptData(f"raft log is missing entry {lo + len(out)}")
-                    entry = decode_entry(index, value)
+                    entry = decode_entry(index, unseal("raft_log", key, value))
                     size += entry.size()
                     if out and max_size is not None and size > max_size:
                         return out
@@ -221,12 +226,13 @@ class RaftLog:
         unwritten = self._unwritten
         if not unwritten:
             return
-        # One putmulti call (what encode_entry does, inlined); the keys ascend past every key
-        # in LMDB (append and compact removed any at or above them), so they append.
+        # One putmulti call (what encode_entry and seal do, inlined); the keys ascend past
+        # every key in LMDB (append and compact removed any at or above them), so they append.
         pack = U64.pack
         head = LOG_ENTRY.pack
         txn.cursor(db=self._log_db).putmulti(
-            [(pack(e.index), head(e.term, e.type) + e.data) for e in unwritten], append=True
+            [(key, seal(key, head(e.term, e.type) + e.data))
+             for e in unwritten for key in (pack(e.index),)], append=True
         )
         unwritten.clear()
 

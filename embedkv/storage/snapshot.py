@@ -38,7 +38,9 @@ from .codec import (
     decode_conf_state,
     encode_conf_state,
     encode_hard_state,
+    seal,
     unpack_change,
+    unseal,
 )
 from .lmdbenv import (
     FORMAT_VERSION,
@@ -64,8 +66,11 @@ TAG_END: Final = ord("E")
 TABLES: Final = (b"kv", b"graves", b"history", b"leases", b"lease_keys")
 """The tables a snapshot carries, by their number in the stream."""
 
-READS_FORMATS: Final = frozenset({2, FORMAT_VERSION})
-"""Snapshot formats a restore accepts: format 3 only moved a record the stream does not carry."""
+READS_FORMATS: Final = frozenset({2, 3, FORMAT_VERSION})
+"""Snapshot formats a restore accepts. Format 3 only moved a record the stream does not carry;
+from format 4 each record's value ends with its checksum (checked on restore; the values of an
+older stream are sealed as they are written)."""
+_SUMMED_FROM: Final = 4
 
 MAX_FRAME: Final = MAX_PROPOSAL_BYTES + 4096
 MAX_HEADER: Final = 1 << 20
@@ -133,7 +138,10 @@ def _write_snapshot(env: Env, out: IO[bytes]) -> None:
 
 
 def _term_at(txn: lmdb.Transaction[bytes], env: Env, index: int) -> int:
-    raw = txn.get(U64.pack(index), db=env.dbs[b"raft_log"])
+    key = U64.pack(index)
+    raw = txn.get(key, db=env.dbs[b"raft_log"])
+    if raw is not None:
+        raw = unseal("raft_log", key, raw)
     if raw is not None and len(raw) >= 8:
         term: int = U64.unpack_from(raw)[0]
         return term
@@ -269,8 +277,13 @@ def restore_into(
         if order <= last:
             raise CorruptData("snapshot records are out of order")
         last = order
-        _check_record(TABLES[table_no], key, value)
-        pending.append((env.dbs[TABLES[table_no]], key, value))
+        table = TABLES[table_no]
+        if header["format"] >= _SUMMED_FROM:
+            _check_record(table, key, unseal(table.decode(), key, value))
+        else:
+            _check_record(table, key, value)
+            value = seal(key, value)
+        pending.append((env.dbs[table], key, value))
         pending_bytes += len(payload)
         if pending_bytes >= _RESTORE_TXN_BYTES:
             _commit(env, pending)

@@ -222,7 +222,9 @@ class Model:
         for c in txn.compare:
             kv = self.live.get(key_bytes(c.key))
             if c.target is CompareTarget.VALUE:
-                actual = None if kv is None else kv.value
+                if kv is None:
+                    return False  # etcd: a VALUE compare on a missing key always fails
+                actual = kv.value
             elif kv is None:
                 actual = 0
             else:

@@ -86,7 +86,7 @@ def test_defrag_shrinks_and_reads_back_the_same(
     assert result.size_before == size and result.size_after == os.path.getsize(path / "data.mdb")
     assert size > 1 << 20 and result.size_after < size // 10, result
     assert _reads(path) == filled[1]
-    assert sorted(os.listdir(path)) == ["data.mdb", "embedkv.lock", "lock.mdb"]
+    assert sorted(os.listdir(path)) == ["data.mdb", "embedkv.datadir", "embedkv.lock", "lock.mdb"]
     m = Member(path)  # and it keeps working
     try:
         m.propose(Put("after", 1))

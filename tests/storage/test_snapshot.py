@@ -123,30 +123,43 @@ def test_any_flipped_byte_is_detected(tmp_path_factory: pytest.TempPathFactory,
 
 
 def _with_format(source: list[bytes], fmt: int) -> bytes:
-    """The same stream with its header's format replaced, and its digest made right again."""
+    """The same stream labelled format `fmt`, its digest made right again; for formats before
+    4 its records lose their checksums, as those formats wrote them."""
     whole = b"".join(source)
     magic = snapshot.MAGIC
-    _, size = snapshot.FRAME.unpack_from(whole, len(magic))
-    start = len(magic) + snapshot.FRAME.size
-    header = cbor2.loads(whole[start : start + size])
-    payload = cbor2.dumps({**header, "format": fmt})
-    end_frame = snapshot.FRAME.size + 32  # the SHA-256 frame
-    body = (magic + snapshot.FRAME.pack(ord("H"), len(payload)) + payload
-            + whole[start + size : -end_frame])
+    pos = len(magic)
+    body = bytearray(magic)
+    while True:
+        tag, size = snapshot.FRAME.unpack_from(whole, pos)
+        payload = whole[pos + snapshot.FRAME.size : pos + snapshot.FRAME.size + size]
+        pos += snapshot.FRAME.size + size
+        if tag == ord("E"):
+            break
+        if tag == ord("H"):
+            payload = cbor2.dumps({**cbor2.loads(payload), "format": fmt})
+        elif fmt < 4:
+            payload = payload[:-4]
+        body += snapshot.FRAME.pack(tag, len(payload)) + payload
     digest = hashlib.sha256(body).digest()
-    return body + snapshot.FRAME.pack(ord("E"), len(digest)) + digest
+    return bytes(body) + snapshot.FRAME.pack(ord("E"), len(digest)) + digest
 
 
 def test_snapshot_formats(tmp_path: Path, source: list[bytes]) -> None:
-    """Format 3 only moved a record the stream does not carry: format-2 streams restore."""
+    """Format-2 and -3 streams (no checksums) restore to the same store; unknown formats and
+    a format-4 stream whose records lack checksums are refused."""
     expected = DataDir.restore(tmp_path / "as-is", source)
-    older = DataDir.restore(tmp_path / "format-2", [_with_format(source, 2)])
-    assert _reads(older) == _reads(expected)
-    older.close()
+    for fmt in (2, 3):
+        older = DataDir.restore(tmp_path / f"format-{fmt}", [_with_format(source, fmt)])
+        assert _reads(older) == _reads(expected)
+        older.close()
     expected.close()
     with pytest.raises(CorruptData, match="snapshot has format 99; this embedkv restores"):
         DataDir.restore(tmp_path / "format-99", [_with_format(source, 99)])
     assert not (tmp_path / "format-99").exists()
+    unsealed = _with_format([_with_format(source, 3)], 4)
+    with pytest.raises(CorruptData, match="fails its checksum"):
+        DataDir.restore(tmp_path / "unsealed", [unsealed])
+    assert not (tmp_path / "unsealed").exists()
 
 
 def test_garbage_stream(tmp_path: Path) -> None:
