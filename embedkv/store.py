@@ -34,6 +34,7 @@ from typing import Any, TypeVar
 
 from .errors import Closed, LeaseNotFound, Unavailable
 from .member import Member
+from .storage import DataDir
 from .storage.requests import (
     Compaction,
     Compare,
@@ -129,6 +130,23 @@ class Status:
     compact_revision: int
     applied_index: int
     durable: bool
+
+
+def data_dir_status(dd: DataDir) -> Status:
+    """The Status of a data dir, whether a member runs on it (Store.status) or not (the
+    read-only commands of ``embedkv``, which open the data dir without starting Raft)."""
+    identity = dd.identity
+    if identity is None:
+        raise ValueError(f"{dd.path} has no identity: it was never opened as a store")
+    return Status(
+        path=str(dd.path),
+        member_id=identity.member_id,
+        cluster_id=identity.cluster_id,
+        revision=int(dd.kv.revision),
+        compact_revision=int(dd.kv.compact_revision),
+        applied_index=int(dd.applied_index),
+        durable=bool(dd.durable),
+    )
 
 
 # --- request building shared by Store and AsyncStore ----------------------------------------
@@ -433,16 +451,7 @@ class Store(MutableMapping[Key, Any]):
     def status(self) -> Status:
         """Revision, compaction point, applied Raft index and identity of the local member."""
         self._check()
-        dd = self._m.data_dir
-        return Status(
-            path=str(dd.path),
-            member_id=self._m.member_id,
-            cluster_id=self._m.cluster_id,
-            revision=int(self._kv.revision),
-            compact_revision=int(self._kv.compact_revision),
-            applied_index=int(dd.applied_index),
-            durable=bool(dd.durable),
-        )
+        return data_dir_status(self._m.data_dir)
 
     # --- the mapping protocol -----------------------------------------------------------------
 
