@@ -18,7 +18,9 @@ import json
 import os
 import signal
 import sys
-from collections.abc import Callable, Iterable, Sequence
+import threading
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from types import FrameType
 from typing import Any, BinaryIO, Final, TextIO
 
 from . import __version__
@@ -269,13 +271,31 @@ def _event(out: _Output, ev: Event) -> None:
 def _cmd_watch(session: _Session, args: argparse.Namespace, out: _Output) -> int:
     store = session.store()
     with store.watch_iter(args.key, prefix=args.prefix, start_revision=args.rev,
-                          prev_kv=args.prev_kv) as events:
-        try:
-            for ev in events:
-                _event(out, ev)
-        except KeyboardInterrupt:
-            pass  # Ctrl-C is how a watch ends
+                          prev_kv=args.prev_kv) as events, _ending_on_sigint(events.cancel):
+        for ev in events:
+            _event(out, ev)
     return EXIT_OK
+
+
+@contextlib.contextmanager
+def _ending_on_sigint(end: Callable[[], None]) -> Iterator[None]:
+    """Ctrl-C is how a watch ends: the first SIGINT calls `end` from a thread of its own (so no
+    KeyboardInterrupt lands in the middle of the store's locks, and no lock the interrupted
+    code holds is taken again); the loop then ends as after cancel(). A second SIGINT
+    interrupts as usual."""
+    if threading.current_thread() is not threading.main_thread():
+        yield  # signal handlers belong to the main thread: Ctrl-C interrupts as usual
+        return
+
+    def on_sigint(signum: int, frame: FrameType | None) -> None:
+        signal.signal(signal.SIGINT, previous)
+        threading.Thread(target=end, name="embedkv-cli-sigint", daemon=True).start()
+
+    previous = signal.signal(signal.SIGINT, on_sigint)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 def _cmd_compact(session: _Session, args: argparse.Namespace, out: _Output) -> int:
