@@ -115,6 +115,13 @@ class _Output:
         self.out.write(json.dumps(obj, sort_keys=True) + "\n")
         self.out.flush()
 
+    def result(self, obj: dict[str, Any], *lines: str) -> None:
+        """A write's outcome: `obj` for -w json, else `lines` (-w table has no table for it)."""
+        if self.as_json:
+            self.json(obj)
+        else:
+            self.lines(*lines)
+
     def table(self, header: Sequence[str], rows: Iterable[Sequence[object]]) -> None:
         """A bordered table, as etcdctl's -w table draws one."""
         cells = [list(header), *([str(c) for c in row] for row in rows)]
@@ -174,10 +181,7 @@ def _cmd_put(session: _Session, args: argparse.Namespace, out: _Output) -> int:
     key_bytes(args.key)  # a bad key is refused before the data dir is created
     store = session.store(create=True)
     result = store.put(args.key, value, lease=args.lease)
-    if out.as_json:
-        out.json({"revision": result.revision})
-    else:
-        out.lines("OK")
+    out.result({"revision": result.revision}, "OK")
     return EXIT_OK
 
 
@@ -300,10 +304,7 @@ def _ending_on_sigint(end: Callable[[], None]) -> Iterator[None]:
 
 def _cmd_compact(session: _Session, args: argparse.Namespace, out: _Output) -> int:
     session.store().compact(args.rev)
-    if out.as_json:
-        out.json({"compacted": args.rev})
-    else:
-        out.lines(f"compacted revision {args.rev}")
+    out.result({"compacted": args.rev}, f"compacted revision {args.rev}")
     return EXIT_OK
 
 
@@ -328,20 +329,15 @@ def _cmd_status(session: _Session, args: argparse.Namespace, out: _Output) -> in
 
 def _cmd_lease_grant(session: _Session, args: argparse.Namespace, out: _Output) -> int:
     lease = session.store(create=True).lease(args.ttl, keepalive=False)
-    if out.as_json:
-        out.json({"id": lease.id, "ttl": lease.ttl})
-    else:
-        out.lines(f"lease {_lease_hex(lease.id)} granted with TTL({lease.ttl}s)")
+    out.result({"id": lease.id, "ttl": lease.ttl},
+               f"lease {_lease_hex(lease.id)} granted with TTL({lease.ttl}s)")
     return EXIT_OK
 
 
 def _cmd_lease_revoke(session: _Session, args: argparse.Namespace, out: _Output) -> int:
     # A Lease object only to revoke: its TTL plays no part in that.
     Lease(session.store(), args.id, 0, keepalive=False).revoke()
-    if out.as_json:
-        out.json({"revoked": args.id})
-    else:
-        out.lines(f"lease {_lease_hex(args.id)} revoked")
+    out.result({"revoked": args.id}, f"lease {_lease_hex(args.id)} revoked")
     return EXIT_OK
 
 
