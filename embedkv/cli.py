@@ -207,8 +207,7 @@ def _get_request(args: argparse.Namespace) -> Get:
     elif args.from_key or args.end is not None:
         get = _range_request(None, args.key, args.end, args.limit, revision, None,
                              args.keys_only)
-    else:
-        key_bytes(args.key)
+    else:  # one key: the range request from it, without the range's end
         get = _range_request(None, args.key, None, args.limit, revision, None, args.keys_only)
         get = dataclasses.replace(get, end=None)
     return dataclasses.replace(get, count_only=args.count_only)
