@@ -36,6 +36,7 @@ from typing import Any, TypeVar
 
 from .errors import Closed, LeaseNotFound, Unavailable
 from .member import Member, new_identity
+from .storage import DataDir
 from .storage.backup import DefragResult, restore_backup, write_backup
 from .storage.backup import defrag as _defrag
 from .storage.codec import MAX_PROPOSAL_BYTES, MAX_TXN_OPS, encode_value
@@ -141,6 +142,23 @@ class Status:
     compact_revision: int
     applied_index: int
     durable: bool
+
+
+def data_dir_status(dd: DataDir) -> Status:
+    """The Status of a data dir, whether a member runs on it (Store.status) or not (the
+    read-only commands of ``embedkv``, which open the data dir without starting Raft)."""
+    identity = dd.identity
+    if identity is None:
+        raise ValueError(f"{dd.path} has no identity: it was never opened as a store")
+    return Status(
+        path=str(dd.path),
+        member_id=identity.member_id,
+        cluster_id=identity.cluster_id,
+        revision=int(dd.kv.revision),
+        compact_revision=int(dd.kv.compact_revision),
+        applied_index=int(dd.applied_index),
+        durable=bool(dd.durable),
+    )
 
 
 # --- request building shared by Store and AsyncStore ----------------------------------------
@@ -644,16 +662,7 @@ class Store(MutableMapping[Key, Any]):
     def status(self) -> Status:
         """Revision, compaction point, applied Raft index and identity of the local member."""
         self._check()
-        dd = self._m.data_dir
-        return Status(
-            path=str(dd.path),
-            member_id=self._m.member_id,
-            cluster_id=self._m.cluster_id,
-            revision=int(self._kv.revision),
-            compact_revision=int(self._kv.compact_revision),
-            applied_index=int(dd.applied_index),
-            durable=bool(dd.durable),
-        )
+        return data_dir_status(self._m.data_dir)
 
     def backup(self, dest: str | os.PathLike[str]) -> int:
         """Write a consistent, compact copy of the store to the file `dest` and return the

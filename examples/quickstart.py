@@ -26,7 +26,8 @@ def main(path: str) -> None:
         changed = threading.Event()
 
         def on_config(event: embedkv.Event) -> None:
-            print(f"watch: {event.type.value} {event.key} = {event.value!r} "
+            # A key is str or bytes (these were written as str); print shows either as it is.
+            print("watch:", event.type.value, event.key, "=", repr(event.value),
                   f"(revision {event.revision})")
             if event.key == "config/db/pool" and event.value == 20:
                 changed.set()
@@ -45,7 +46,7 @@ def main(path: str) -> None:
         gone = threading.Event()
 
         def on_service(event: embedkv.Event) -> None:
-            print(f"watch: {event.type.value} {event.key}")
+            print("watch:", event.type.value, event.key)
             if event.type is embedkv.EventType.DELETE:
                 gone.set()
 

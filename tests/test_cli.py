@@ -17,10 +17,16 @@ import embedkv
 from embedkv.cli import main
 
 
-def cli(data: Path, *args: str) -> tuple[int, str]:
+def cli(data: Path, *args: str, stdin: bytes = b"") -> tuple[int, str]:
     out = io.StringIO()
-    code = main(["--data-dir", str(data), *args], stdout=out)
+    code = main(["--data-dir", str(data), *args], stdout=out, stdin=io.BytesIO(stdin))
     return code, out.getvalue()
+
+
+def applied_index(data: Path) -> int:
+    code, out = cli(data, "-w", "json", "status")
+    assert code == 0
+    return int(json.loads(out)["applied_index"])
 
 
 def test_put_get_del_like_etcdctl(tmp_path: Path) -> None:
@@ -91,7 +97,7 @@ def test_errors_exit_nonzero(tmp_path: Path, capsys: pytest.CaptureFixture[str])
 
 
 def _embedkv_cmd() -> list[str]:
-    return [sys.executable, "-m", "embedkv.cli"]
+    return [sys.executable, "-m", "embedkv"]
 
 
 def test_watch_replays_and_follows_until_ctrl_c(tmp_path: Path) -> None:
@@ -137,6 +143,207 @@ def test_installed_console_script(tmp_path: Path) -> None:
         pytest.skip("the package is not installed (pip install -e .)")
     version = subprocess.run([script, "--version"], capture_output=True, text=True, timeout=60)
     assert version.stdout.strip() == f"embedkv {embedkv.__version__}"
-    status = subprocess.run([script, "--data-dir", str(tmp_path / "d"), "status"],
+    put = subprocess.run([script, "--data-dir", str(tmp_path / "d"), "put", "k", "v"],
+                         capture_output=True, text=True, timeout=60)
+    assert put.returncode == 0 and put.stdout == "OK\n", put.stderr
+    status = subprocess.run([script, "status", "--data-dir", str(tmp_path / "d")],
                             capture_output=True, text=True, timeout=60)
-    assert status.returncode == 0 and status.stdout.startswith("path: ")
+    assert status.returncode == 0 and status.stdout.startswith("path: "), status.stderr
+
+
+def test_module_cli_is_the_same_command(tmp_path: Path) -> None:
+    run = subprocess.run([sys.executable, "-m", "embedkv.cli", "--version"], capture_output=True,
+                         text=True, timeout=60)
+    assert run.stdout.strip() == f"embedkv {embedkv.__version__}" and run.stderr == ""
+
+
+def test_global_options_before_or_after_the_command(tmp_path: Path) -> None:
+    d = str(tmp_path / "d")
+    out = io.StringIO()
+    assert main(["put", "k", "v", "--data-dir", d], stdout=out) == 0
+    assert main(["get", "k", "--data-dir", d, "-w", "json"], stdout=out) == 0
+    assert main(["--json", "get", "k", "--data-dir", d], stdout=out) == 0
+    assert main(["-w", "table", "--data-dir", d, "lease", "list"], stdout=out) == 0
+    assert main(["lease", "list", "--data-dir", d, "--write-out", "simple"], stdout=out) == 0
+    first, json1, json2, table, simple = out.getvalue().split("\n", 4)
+    assert first == "OK"
+    assert json.loads(json1)["kvs"][0]["value"] == "v" and json1 == json2
+    assert table.startswith("+----") and simple.startswith("| ID ")  # the table's 2nd line
+    assert out.getvalue().endswith("found 0 leases\n")
+    # Given twice, the later one wins (as any option given twice).
+    elsewhere = str(tmp_path / "other")
+    assert main(["--data-dir", elsewhere, "get", "k", "--data-dir", d], stdout=out) == 0
+    assert not os.path.exists(elsewhere)
+    with pytest.raises(SystemExit) as bad:
+        main(["get", "k", "-w", "yaml", "--data-dir", d])
+    assert bad.value.code == 2
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ("get", "k"),
+        ("get", "", "--prefix"),
+        ("status",),
+        ("lease", "list"),
+        ("lease", "timetolive", "1f"),
+        ("lease", "revoke", "1f"),
+        ("del", "k"),
+        ("compact", "1"),
+        ("watch", "k"),
+    ],
+)
+def test_a_command_that_does_not_add_data_never_creates_a_data_dir(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], args: tuple[str, ...]
+) -> None:
+    typo = tmp_path / "dta"
+    assert cli(typo, *args) == (1, "")
+    err = capsys.readouterr().err
+    assert err == f"embedkv: error: data dir {typo} does not exist (see --data-dir)\n"
+    assert not typo.exists()
+    # An existing directory that is no data dir (say --data-dir .) gains no files either.
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert cli(empty, *args) == (1, "")
+    err = capsys.readouterr().err
+    assert err == f"embedkv: error: {empty} holds no embedkv data (no data.mdb)\n"
+    assert list(empty.iterdir()) == []
+
+
+def test_reads_do_not_append_to_the_raft_log(tmp_path: Path) -> None:
+    d = tmp_path / "d"
+    assert cli(d, "put", "k", "v")[0] == 0
+    assert cli(d, "lease", "grant", "60")[0] == 0
+    before = applied_index(d)
+    for args in (("get", "k"), ("get", "", "--prefix", "--count-only"), ("status",),
+                 ("lease", "list"), ("lease", "timetolive", "1f", "--keys")):
+        assert cli(d, *args)[0] == 0
+    assert applied_index(d) == before
+    with embedkv.open(d) as store:  # what did not change for a read, did for an open store
+        assert store.status().applied_index > before
+
+
+def test_os_errors_are_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    afile = tmp_path / "afile"
+    afile.write_text("not a directory")
+    assert cli(afile / "d", "put", "k", "v") == (1, "")
+    assert capsys.readouterr().err == f"embedkv: error: Not a directory: {afile / 'd'}\n"
+    assert cli(afile, "get", "k") == (1, "")
+    assert capsys.readouterr().err == (
+        f"embedkv: error: data dir {afile} is not a directory (see --data-dir)\n")
+
+
+def test_a_closed_pipe_ends_the_command_quietly(tmp_path: Path) -> None:
+    d = tmp_path / "d"
+    with embedkv.open(d) as store:
+        for i in range(100):
+            store[f"k{i:03d}"] = "v" * 100
+    for args in (("get", "", "--prefix"), ("status",)):
+        proc = subprocess.Popen([*_embedkv_cmd(), "--data-dir", str(d), *args],
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        assert proc.stdout is not None and proc.stderr is not None
+        proc.stdout.close()  # the reader went away before the first line, as `| head -0`
+        assert proc.wait(60) == 128 + signal.SIGPIPE
+        assert proc.stderr.read() == b""
+        proc.stderr.close()
+    # And in a shell pipeline, where the reader leaves after the first line:
+    shell = subprocess.run(
+        ["bash", "-c", 'set -o pipefail; "$@" | head -1', "-",
+         *_embedkv_cmd(), "--data-dir", str(d), "get", "", "--prefix"],
+        capture_output=True, text=True, timeout=60)
+    assert shell.stdout == "k000\n" and shell.stderr == ""
+    assert shell.returncode in (0, 128 + signal.SIGPIPE)  # 0 if it all fit in the pipe
+
+
+def test_put_reads_the_value_from_stdin(tmp_path: Path, capsys: pytest.CaptureFixture[str]
+                                        ) -> None:
+    d = tmp_path / "d"
+    assert cli(d, "put", "text", stdin=b"line 1\nline 2\n") == (0, "OK\n")
+    assert cli(d, "put", "blob", stdin=b"\xff\x00") == (0, "OK\n")
+    assert cli(d, "put", "nothing") == (1, "")
+    assert "put needs a VALUE argument or a value on stdin" in capsys.readouterr().err
+    with embedkv.open(d) as store:
+        assert store["text"] == "line 1\nline 2\n"  # all of stdin, as etcdctl
+        assert store["blob"] == b"\xff\x00"  # not UTF-8: stored as bytes
+        assert "nothing" not in store
+    piped = subprocess.run([*_embedkv_cmd(), "--data-dir", str(d), "put", "piped"],
+                           input="from a pipe", capture_output=True, text=True, timeout=60)
+    assert piped.returncode == 0, piped.stderr
+    assert cli(d, "get", "piped", "--print-value-only") == (0, "from a pipe\n")
+
+
+def test_leases(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    d = tmp_path / "d"
+    code, out = cli(d, "lease", "grant", "60")  # creates the data dir, as put does
+    assert code == 0
+    words = out.split()
+    assert words[0] == "lease" and words[2:] == ["granted", "with", "TTL(60s)"]
+    lease = words[1]
+    assert len(lease) == 16
+    assert cli(d, "put", "svc/a", "1", "--lease", lease) == (0, "OK\n")
+    assert cli(d, "put", "svc/b", "2", "--lease", f"0x{lease}") == (0, "OK\n")
+    assert cli(d, "put", "plain", "3") == (0, "OK\n")
+    code, out = cli(d, "-w", "json", "get", "svc/a")
+    assert json.loads(out)["kvs"][0]["lease"] == int(lease, 16)
+    assert cli(d, "lease", "list") == (0, f"found 1 leases\n{lease}\n")
+    assert cli(d, "lease", "timetolive", lease) == (
+        0, f"lease {lease} granted with TTL(60s), remaining(60s)\n")
+    assert cli(d, "lease", "timetolive", lease, "--keys") == (
+        0, f"lease {lease} granted with TTL(60s), remaining(60s), attached keys([svc/a svc/b])\n")
+    code, out = cli(d, "-w", "json", "lease", "timetolive", lease, "--keys")
+    assert json.loads(out) == {"id": int(lease, 16), "ttl": 60, "granted_ttl": 60,
+                               "keys": ["svc/a", "svc/b"]}
+    assert cli(d, "lease", "revoke", lease) == (0, f"lease {lease} revoked\n")
+    assert cli(d, "get", "", "--prefix", "--keys-only") == (0, "plain\n")
+    assert cli(d, "lease", "timetolive", lease) == (0, f"lease {lease} already expired\n")
+    assert cli(d, "lease", "list") == (0, "found 0 leases\n")
+    capsys.readouterr()
+    assert cli(d, "lease", "revoke", lease) == (1, "")
+    assert cli(d, "put", "k", "v", "--lease", lease) == (1, "")
+    assert capsys.readouterr().err.count("not found") == 2
+    for bad in (("lease", "revoke", "xyz"), ("put", "k", "v", "--lease", "0"),
+                ("lease", "grant", "ten"), ("lease",)):
+        with pytest.raises(SystemExit) as usage:
+            cli(d, *bad)
+        assert usage.value.code == 2
+
+
+def test_del_prev_kv(tmp_path: Path) -> None:
+    d = tmp_path / "d"
+    for k, v in (("a/1", "x"), ("a/2", "y"), ("b", "z")):
+        cli(d, "put", k, v)
+    assert cli(d, "del", "a/", "--prefix", "--prev-kv") == (0, "2\na/1\nx\na/2\ny\n")
+    code, out = cli(d, "-w", "json", "del", "b", "--prev-kv")
+    doc = json.loads(out)
+    assert code == 0
+    assert doc["deleted"] == 1 and [kv["value"] for kv in doc["prev_kvs"]] == ["z"]
+    assert cli(d, "del", "b", "--prev-kv") == (0, "0\n")
+
+
+def test_get_options_like_etcdctl(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    d = tmp_path / "d"
+    for k in ("a", "b", "c", "d"):
+        cli(d, "put", k, k.upper())
+    assert cli(d, "get", "b", "--print-value-only") == (0, "B\n")
+    assert cli(d, "get", "b", "--from-key", "--print-value-only") == (0, "B\nC\nD\n")
+    assert cli(d, "get", "", "--from-key", "--keys-only") == (0, "a\nb\nc\nd\n")
+    assert cli(d, "get", "b", "d") == (0, "b\nB\nc\nC\n")  # the range [b, d)
+    assert cli(d, "get", "", "--prefix", "--count-only") == (0, "4\n")
+    assert cli(d, "get", "b", "--from-key", "--count-only", "--limit", "1") == (0, "3\n")
+    assert cli(d, "get", "zzz", "--count-only") == (0, "0\n")
+    code, out = cli(d, "-w", "json", "get", "a", "c", "--count-only")
+    assert json.loads(out) == {"count": 2, "revision": 5}
+    code, out = cli(d, "-w", "json", "get", "a", "--from-key", "--limit", "2")
+    doc = json.loads(out)
+    assert doc["count"] == 4 and doc["more"] and [kv["key"] for kv in doc["kvs"]] == ["a", "b"]
+    assert cli(d, "get", "a", "--rev", "0") == (0, "a\nA\n")  # 0: the current revision
+    code, out = cli(d, "-w", "table", "get", "a")
+    assert code == 0
+    assert out.splitlines()[1].split() == ["|", "KEY", "|", "VALUE", "|", "CREATE_REVISION",
+                                           "|", "MOD_REVISION", "|", "VERSION", "|", "LEASE", "|"]
+    assert out.splitlines()[3].split() == ["|", "a", "|", "A", "|", "2", "|", "2", "|", "1", "|",
+                                           "|"]
+    capsys.readouterr()
+    assert cli(d, "get", "a", "--prefix", "--from-key") == (1, "")
+    assert cli(d, "get", "a", "c", "--prefix") == (1, "")
+    assert capsys.readouterr().err.count("give only one of END, --prefix and --from-key") == 2
