@@ -26,8 +26,11 @@ from typing import Any, BinaryIO, Final, TextIO
 from . import __version__
 from .errors import Error
 from .storage import DataDir
+from .storage.backup import backup_data_dir, read_backup_info
+from .storage.lmdbenv import MARKER_FILE
 from .storage.requests import Event, EventType, Get, KeyValue, RangeResult, key_bytes
-from .store import Lease, Store, _range_request, data_dir_status
+from .storage.verify import check
+from .store import Lease, Store, _range_request, data_dir_status, defrag, restore
 from .store import open as open_store
 
 DEFAULT_DATA_DIR: Final = "data"
@@ -147,7 +150,7 @@ class _Session:
         self.path = path
         self._exit = contextlib.ExitStack()
 
-    def _require_existing(self) -> None:
+    def require_existing(self) -> None:
         if not os.path.isdir(self.path):
             why = "is not a directory" if os.path.exists(self.path) else "does not exist"
             raise CommandError(f"data dir {self.path} {why} (see --data-dir)")
@@ -155,7 +158,7 @@ class _Session:
             raise CommandError(f"{self.path} holds no embedkv data (no {DATA_FILE})")
 
     def reader(self) -> DataDir:
-        self._require_existing()
+        self.require_existing()
         dd = self._exit.enter_context(DataDir.open(self.path))
         if dd.identity is None:
             raise CommandError(f"{self.path} was never opened as a store: nothing to read")
@@ -163,7 +166,7 @@ class _Session:
 
     def store(self, *, create: bool = False) -> Store:
         if not create:
-            self._require_existing()
+            self.require_existing()
         return self._exit.enter_context(open_store(self.path))
 
     def close(self) -> None:
@@ -374,6 +377,62 @@ def _cmd_lease_list(session: _Session, args: argparse.Namespace, out: _Output) -
     return EXIT_OK
 
 
+def _cmd_check(session: _Session, args: argparse.Namespace, out: _Output) -> int:
+    if not os.path.exists(os.path.join(session.path, MARKER_FILE)):
+        session.require_existing()  # a dir that never held data: say so, and add no lock file
+    report = check(session.path)
+    if out.as_json:
+        out.json({"path": report.path, "ok": report.ok, "format": report.format,
+                  "records": sum(report.records.values()), "pages": report.pages,
+                  "problems": list(report.problems)})
+    else:
+        out.lines(*str(report).splitlines())
+    return EXIT_OK if report.ok else EXIT_ERROR
+
+
+def _cmd_snapshot_save(session: _Session, args: argparse.Namespace, out: _Output) -> int:
+    session.require_existing()
+    info = backup_data_dir(session.path, args.file)
+    out.result({"file": args.file, "revision": info.revision,
+                "compact_revision": info.compact_revision},
+               f"Snapshot saved at {args.file} (revision {info.revision})")
+    return EXIT_OK
+
+
+def _cmd_snapshot_restore(session: _Session, args: argparse.Namespace, out: _Output) -> int:
+    revision = restore(args.file, args.dir)
+    out.result({"dir": args.dir, "revision": revision},
+               f"Restored revision {revision} to {args.dir}")
+    return EXIT_OK
+
+
+def _cmd_snapshot_status(session: _Session, args: argparse.Namespace, out: _Output) -> int:
+    info = read_backup_info(args.file)
+    fields = {"revision": info.revision, "compact_revision": info.compact_revision,
+              "applied_index": info.applied_index}
+    if out.as_json:
+        out.json({"file": args.file, **fields})
+    elif out.as_table:
+        out.table([name.upper() for name in fields], [list(fields.values())])
+    else:
+        out.lines(*(f"{name}: {value}" for name, value in fields.items()))
+    return EXIT_OK
+
+
+def _mib(size: int) -> str:
+    return f"{size / (1 << 20):.2f} MiB"
+
+
+def _cmd_defrag(session: _Session, args: argparse.Namespace, out: _Output) -> int:
+    session.require_existing()
+    result = defrag(session.path)
+    out.result({"path": result.path, "size_before": result.size_before,
+                "size_after": result.size_after},
+               f"Defragmented {result.path}: {_mib(result.size_before)} -> "
+               f"{_mib(result.size_after)}")
+    return EXIT_OK
+
+
 # --- the parser -------------------------------------------------------------------------------
 
 
@@ -478,6 +537,21 @@ def _parser() -> argparse.ArgumentParser:
     ttl.add_argument("id", type=_lease_id)
     ttl.add_argument("--keys", action="store_true", help="also print the attached keys")
     lease.add("list", _cmd_lease_list, "every lease")
+
+    commands.add("check", _cmd_check,
+                 "scan the whole data dir for damage (exit 1 if any is found)")
+    snapshot = commands.group("snapshot", "save, restore and inspect backup files")
+    save = snapshot.add("save", _cmd_snapshot_save,
+                        "back up a data dir no program has open to FILE")
+    save.add_argument("file")
+    restore_cmd = snapshot.add("restore", _cmd_snapshot_restore,
+                               "make a new data dir DIR from the backup FILE")
+    restore_cmd.add_argument("file")
+    restore_cmd.add_argument("dir")
+    status = snapshot.add("status", _cmd_snapshot_status, "the revisions a backup FILE holds")
+    status.add_argument("file")
+    commands.add("defrag", _cmd_defrag,
+                 "rewrite a closed data dir's file without its free pages")
     return p
 
 

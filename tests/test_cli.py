@@ -188,6 +188,9 @@ def test_global_options_before_or_after_the_command(tmp_path: Path) -> None:
         ("lease", "list"),
         ("lease", "timetolive", "1f"),
         ("lease", "revoke", "1f"),
+        ("check",),
+        ("defrag",),
+        ("snapshot", "save", "backup.snap"),
         ("del", "k"),
         ("compact", "1"),
         ("watch", "k"),
@@ -347,3 +350,66 @@ def test_get_options_like_etcdctl(tmp_path: Path, capsys: pytest.CaptureFixture[
     assert cli(d, "get", "a", "--prefix", "--from-key") == (1, "")
     assert cli(d, "get", "a", "c", "--prefix") == (1, "")
     assert capsys.readouterr().err.count("give only one of END, --prefix and --from-key") == 2
+
+
+def test_snapshot_save_status_restore(tmp_path: Path, capsys: pytest.CaptureFixture[str]
+                                      ) -> None:
+    d, snap, restored = tmp_path / "d", tmp_path / "b.snap", tmp_path / "r"
+    assert cli(d, "put", "a", "1")[0] == 0
+    assert cli(d, "put", "a", "2")[0] == 0
+    assert cli(d, "snapshot", "save", str(snap)) == (0, f"Snapshot saved at {snap} (revision 3)\n")
+    code, out = cli(d, "-w", "json", "snapshot", "status", str(snap))
+    assert code == 0 and json.loads(out)["revision"] == 3
+    assert cli(d, "snapshot", "restore", str(snap), str(restored)) == (
+        0, f"Restored revision 3 to {restored}\n")
+    assert cli(restored, "get", "a") == (0, "a\n2\n")
+    assert cli(restored, "get", "a", "--rev", "2") == (0, "a\n1\n")  # history came along
+    # A non-empty target is refused, one line, nothing touched.
+    capsys.readouterr()
+    assert cli(d, "snapshot", "restore", str(snap), str(restored))[0] == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "not empty" in err
+    # A damaged backup: exit 1 naming the backup, and no data dir left behind.
+    data = bytearray(snap.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    snap.write_bytes(bytes(data))
+    assert cli(d, "snapshot", "restore", str(snap), str(tmp_path / "r2"))[0] == 1
+    assert "damaged" in capsys.readouterr().err
+    assert not (tmp_path / "r2").exists() or not os.listdir(tmp_path / "r2")
+
+
+def test_snapshot_save_refuses_a_missing_data_dir(tmp_path: Path) -> None:
+    assert cli(tmp_path / "nope", "snapshot", "save", str(tmp_path / "b.snap"))[0] == 1
+    assert not (tmp_path / "nope").exists() and not (tmp_path / "b.snap").exists()
+
+
+def test_check_reports_damage_with_exit_status_1(tmp_path: Path,
+                                                 capsys: pytest.CaptureFixture[str]) -> None:
+    d = tmp_path / "d"
+    assert cli(d, "put", "key", "a-value-to-find-on-disk")[0] == 0
+    code, out = cli(d, "check")
+    assert code == 0 and out.startswith(f"{d}: ok, format 4")
+    raw = (d / "data.mdb").read_bytes()
+    at = raw.index(b"a-value-to-find-on-disk")
+    with open(d / "data.mdb", "r+b") as f:  # damage the value in place
+        f.seek(at)
+        f.write(b"A")
+    code, out = cli(d, "-w", "json", "check")
+    doc = json.loads(out)
+    assert code == 1 and doc["ok"] is False and doc["problems"]
+    assert cli(tmp_path / "nope", "check")[0] == 1
+    assert not (tmp_path / "nope").exists()
+
+
+def test_defrag_shrinks_a_closed_data_dir(tmp_path: Path) -> None:
+    d = tmp_path / "d"
+    with embedkv.open(d, durable=False) as store:
+        for i in range(3000):
+            store["k"] = "x" * 200 + str(i)
+        store.compact(store.revision)
+    code, out = cli(d, "-w", "json", "defrag")
+    doc = json.loads(out)
+    assert code == 0 and doc["size_after"] < doc["size_before"] // 4
+    assert cli(d, "get", "k") == (0, "k\n" + "x" * 200 + "2999\n")
+    with embedkv.open(d) as store:  # defrag refuses a data dir a program has open
+        assert cli(d, "defrag")[0] == 1

@@ -152,8 +152,12 @@ def restore_backup(
     conf = ConfState(voters=frozenset({identity.member_id}))
     with open(backup, "rb") as f:
         chunks: Iterator[bytes] = iter(functools.partial(f.read, CHUNK), b"")
-        DataDir.restore(path, chunks, durable=durable, identity=identity,
-                        conf_state=conf).close()
+        try:
+            DataDir.restore(path, chunks, durable=durable, identity=identity,
+                            conf_state=conf).close()
+        except CorruptData as exc:
+            # The stream's own words speak of "the data file": name the backup instead.
+            raise CorruptData(f"the backup {backup} is damaged: {exc}") from exc
     _fsync_dir(os.path.dirname(os.path.abspath(path)))
     return info
 
