@@ -889,13 +889,13 @@ def test_a_forked_child_does_not_keep_the_data_dir_locked(path: Path) -> None:
     # close (or unlock) the parent's store, and its copy of the lock must not outlive it.
     code = textwrap.dedent(
         f"""
-        import os, sys, embedkv
+        import os, select, sys, embedkv
         s = embedkv.open({str(path)!r}, tick_interval=0.01)
         s["k"] = 1
         go_r, go_w = os.pipe()
         pid = os.fork()
         if pid == 0:
-            os.read(go_r, 1)
+            select.select([go_r], [], [], 60)  # bounded: never outlive a parent that failed
             sys.exit(0)  # a normal exit: threading's and atexit hooks run
         s.close()
         with embedkv.open({str(path)!r}, tick_interval=0.01) as again:  # not DataDirLocked
