@@ -140,6 +140,8 @@ class _Link:
                 raise
             except (OSError, EOFError, ProtocolError, TimeoutError) as exc:
                 log.info("link to peer %d at %s failed: %s", self.peer, self.address, exc)
+            except Exception:  # a bug must not end the link for good: log it and redial
+                log.exception("link to peer %d at %s failed", self.peer, self.address)
             self.state = LinkState.DOWN
             self._drop_queue()
             if lost:
