@@ -97,7 +97,7 @@ def test_a_stream_split_anywhere_decodes_to_the_same_frames(
     decoder = FrameDecoder()
     out = []
     last = 0
-    for cut in sorted(c % (len(wire) + 1) for c in cuts) + [len(wire)]:
+    for cut in [*sorted(c % (len(wire) + 1) for c in cuts), len(wire)]:
         out += decoder.feed(wire[last:cut])
         last = cut
     assert out == frames

@@ -8,6 +8,7 @@ import logging
 import random
 from collections.abc import AsyncIterator, Callable, Coroutine
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 
 import pytest
@@ -113,7 +114,7 @@ def test_three_transports_exchange_messages() -> None:
                 )
             for b in nodes:
                 want = sorted(b"%d>%d" % (a.id, b.id) for a in nodes if a is not b)
-                await until(lambda b=b, want=want: sorted(b.bodies()) == want, "delivery")
+                await until(partial(lambda n, w: sorted(n.bodies()) == w, b, want), "delivery")
                 assert all(m.entries[0].data == m.context for m in b.got)
             # many messages in one burst arrive complete and in order
             burst = [msg(1, 2, b"m%d" % i) for i in range(500)]
