@@ -371,7 +371,7 @@ class PeerTransport:
             data = snap.data
             size = self.snapshot_chunk
             chunks = (data[i : i + size] for i in range(0, len(data), size))
-            self.send_snapshot(msg, chunks)
+            self._start_stream(msg, chunks, faults_checked=True)
             return
         link = self._links.get(msg.to)
         if link is None:
@@ -393,15 +393,21 @@ class PeerTransport:
         went. Heartbeats and appends keep flowing on the peer's link meanwhile."""
         if msg.type is not MessageType.SNAP or msg.snapshot is None:
             raise ValueError("send_snapshot needs a SNAP message with snapshot metadata")
-        task = asyncio.get_running_loop().create_task(self._stream(msg, chunks))
+        self._start_stream(msg, chunks, faults_checked=False)
+
+    def _start_stream(self, msg: Message, chunks: Chunks, *, faults_checked: bool) -> None:
+        task = asyncio.get_running_loop().create_task(self._stream(msg, chunks, faults_checked))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    async def _stream(self, msg: Message, chunks: Chunks) -> None:
+    async def _stream(self, msg: Message, chunks: Chunks, faults_checked: bool) -> None:
         peer = msg.to
         ok = False
         writer: asyncio.StreamWriter | None = None
         try:
+            faults = None if faults_checked else self.faults
+            if faults is not None and faults.on_send(peer, msg) is None:
+                raise ConnectionError("dropped by the fault plan")
             address = self._peers.get(peer)
             if address is None:
                 raise ConnectionError(f"no address for peer {peer}")
@@ -500,15 +506,17 @@ class PeerTransport:
             )
         return frame
 
-    def _deliver(self, sender: int, msg: Message) -> None:
+    def _deliver(self, sender: int, msg: Message) -> bool:
+        """Hand `msg` to on_message (now or after the fault plan's delay); False if dropped."""
         if self.faults is not None:
             verdict = self.faults.on_receive(sender, msg)
             if verdict is None:
-                return
+                return False
             if verdict > 0:
                 asyncio.get_running_loop().call_later(verdict, self._deliver_now, msg)
-                return
+                return True
         self._deliver_now(msg)
+        return True
 
     def _deliver_now(self, msg: Message) -> None:
         if not self._closed:
@@ -545,8 +553,7 @@ class PeerTransport:
             else:
                 raise ProtocolError(f"unexpected {type(frame).__name__} in a snapshot stream")
         head.snapshot = Snapshot(head.snapshot.meta, b"".join(parts))
-        self._deliver(sender, head)
-        writer.write(encode(SnapshotAck(True)))
+        writer.write(encode(SnapshotAck(self._deliver(sender, head))))
         await writer.drain()
 
 

@@ -358,3 +358,26 @@ def test_a_snapshot_stream_with_a_wrong_size_is_dropped_undelivered() -> None:
             await close([a, b])
 
     run(main)
+
+
+def test_a_partition_fails_snapshot_streams_in_either_direction() -> None:
+    async def main() -> None:
+        a, b = await cluster(2)
+        try:
+            a.transport.faults = FaultPlan()
+            a.transport.faults.partition(2, Direction.SEND)
+            a.transport.send_snapshot(snap_message(1, 2, b""), [b"z" * 100])
+            await until(lambda: a.snapshots == [(2, False)], "send side cut")
+            a.transport.faults.heal()
+            b.transport.faults = FaultPlan()
+            b.transport.faults.partition(1, Direction.RECEIVE)
+            a.transport.send([snap_message(1, 2, b"z" * 100)])
+            await until(lambda: a.snapshots == [(2, False)] * 2, "receive side cut")
+            assert b.got == []
+            b.transport.faults.heal()
+            a.transport.send([snap_message(1, 2, b"z" * 100)])
+            await until(lambda: a.snapshots[-1] == (2, True), "healed")
+        finally:
+            await close([a, b])
+
+    run(main)
