@@ -154,13 +154,7 @@ class _Link:
         """Connect, greet and write batches until the link breaks; True if it was up and the
         peer closed it (the runtime may start an election at once)."""
         t = self.t
-        host, port = parse_address(self.address)
-        reader, writer = await asyncio.wait_for(
-            asyncio.open_connection(
-                host, port, ssl=t.client_ssl, server_hostname=host if t.client_ssl else None
-            ),
-            t.connect_timeout,
-        )
+        reader, writer = await t.dial(self.address)
         watch: asyncio.Task[str | None] | None = None
         try:
             writer.write(encode(Hello(t.member_id, t.cluster, Purpose.RAFT), t.max_frame))
@@ -350,6 +344,19 @@ class PeerTransport:
 
     # ------------------------------------------------------------------------- sending
 
+    async def dial(self, address: str) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+        """A new outbound connection to `address` (TLS when `client_ssl` is set)."""
+        host, port = parse_address(address)
+        return await asyncio.wait_for(
+            asyncio.open_connection(
+                host,
+                port,
+                ssl=self.client_ssl,
+                server_hostname=host if self.client_ssl else None,
+            ),
+            self.connect_timeout,
+        )
+
     def send(self, messages: list[Message]) -> None:
         """Queue `messages` for their peers; never blocks, drops and reports what cannot go."""
         loop = asyncio.get_running_loop()
@@ -411,16 +418,7 @@ class PeerTransport:
             address = self._peers.get(peer)
             if address is None:
                 raise ConnectionError(f"no address for peer {peer}")
-            host, port = parse_address(address)
-            reader, w = await asyncio.wait_for(
-                asyncio.open_connection(
-                    host,
-                    port,
-                    ssl=self.client_ssl,
-                    server_hostname=host if self.client_ssl else None,
-                ),
-                self.connect_timeout,
-            )
+            reader, w = await self.dial(address)
             writer = w
             assert msg.snapshot is not None
             head = dataclasses.replace(msg, snapshot=Snapshot(msg.snapshot.meta, b""))
