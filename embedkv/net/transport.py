@@ -535,8 +535,8 @@ class PeerTransport:
             raise ProtocolError("a snapshot stream must start with a SNAP message")
         parts: list[bytes] = []
         total = 0
-        while True:
-            frame = await frames.next()
+        while True:  # a stalled sender must not hold the connection and its buffer forever
+            frame = await asyncio.wait_for(frames.next(), self.snapshot_ack_timeout)
             if isinstance(frame, SnapshotChunk):
                 total += len(frame.data)
                 if total > self.max_snapshot:
