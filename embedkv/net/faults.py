@@ -1,0 +1,83 @@
+"""A fault hook for tests: drop, delay or partition traffic by peer and direction.
+
+The transport asks the plan about every message it is about to send and every message it has
+just received; the plan answers with a delay in seconds (0 = now) or None (drop). Nothing here
+touches sockets, so a partition is a silent loss as on a cut network, not a closed connection.
+"""
+
+from __future__ import annotations
+
+import enum
+import random
+from dataclasses import dataclass, field
+
+from embedkv.raft.types import Message
+
+
+class Direction(enum.Flag):
+    SEND = enum.auto()
+    RECEIVE = enum.auto()
+    BOTH = SEND | RECEIVE
+
+
+@dataclass
+class _Rule:
+    drop: float = 0.0  # probability of dropping
+    delay: float = 0.0  # seconds
+
+
+@dataclass
+class FaultPlan:
+    """Per-peer rules for each direction; mutate it at any time from the transport's loop."""
+
+    rng: random.Random = field(default_factory=random.Random)
+    _send: dict[int, _Rule] = field(default_factory=dict)
+    _recv: dict[int, _Rule] = field(default_factory=dict)
+
+    def _rules(self, direction: Direction) -> list[dict[int, _Rule]]:
+        out = []
+        if Direction.SEND in direction:
+            out.append(self._send)
+        if Direction.RECEIVE in direction:
+            out.append(self._recv)
+        return out
+
+    def partition(self, peer: int, direction: Direction = Direction.BOTH) -> None:
+        """Drop every message to and/or from `peer`."""
+        self.drop(peer, 1.0, direction)
+
+    def drop(self, peer: int, probability: float, direction: Direction = Direction.BOTH) -> None:
+        if not 0.0 <= probability <= 1.0:
+            raise ValueError(f"probability must be within [0, 1], not {probability!r}")
+        for rules in self._rules(direction):
+            rules.setdefault(peer, _Rule()).drop = probability
+
+    def delay(self, peer: int, seconds: float, direction: Direction = Direction.BOTH) -> None:
+        if not seconds >= 0:
+            raise ValueError(f"delay must be non-negative, not {seconds!r}")
+        for rules in self._rules(direction):
+            rules.setdefault(peer, _Rule()).delay = seconds
+
+    def heal(self, peer: int | None = None, direction: Direction = Direction.BOTH) -> None:
+        """Remove the rules for `peer` (every peer when None)."""
+        for rules in self._rules(direction):
+            if peer is None:
+                rules.clear()
+            else:
+                rules.pop(peer, None)
+
+    def _verdict(self, rules: dict[int, _Rule], peer: int) -> float | None:
+        rule = rules.get(peer)
+        if rule is None:
+            return 0.0
+        if rule.drop >= 1.0 or (rule.drop > 0.0 and self.rng.random() < rule.drop):
+            return None
+        return rule.delay
+
+    def on_send(self, peer: int, msg: Message) -> float | None:
+        """Delay before sending `msg` to `peer`, or None to drop it."""
+        return self._verdict(self._send, peer)
+
+    def on_receive(self, peer: int, msg: Message) -> float | None:
+        """Delay before delivering `msg` from `peer`, or None to drop it."""
+        return self._verdict(self._recv, peer)

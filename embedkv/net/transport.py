@@ -1,0 +1,564 @@
+"""Peer links on an asyncio loop: one long-lived outbound connection per peer, inbound
+connections delivering decoded messages, and snapshot streams on connections of their own.
+
+Everything runs on the loop the transport was started on (the member's engine loop); every
+public method except the constructor must be called there. Nothing a peer sends can raise out
+of the transport: a bad frame drops that connection and is logged on "embedkv.net".
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import enum
+import hmac
+import logging
+import random
+import ssl as _ssl
+from collections import deque
+from collections.abc import AsyncIterable, Callable, Iterable, Mapping
+from typing import Any
+
+from embedkv.raft.types import Message, MessageType, Snapshot
+
+from .faults import FaultPlan
+from .frames import (
+    DEFAULT_MAX_FRAME,
+    PROTOCOL_VERSION,
+    Frame,
+    FrameDecoder,
+    Hello,
+    ProtocolError,
+    Purpose,
+    Refused,
+    SnapshotAck,
+    SnapshotChunk,
+    SnapshotEnd,
+    encode,
+)
+
+log = logging.getLogger("embedkv.net")
+
+OnMessage = Callable[[Message], None]
+OnPeer = Callable[[int], None]
+OnSnapshot = Callable[[int, bool], None]
+Chunks = Iterable[bytes] | AsyncIterable[bytes]
+
+_READ_SIZE = 256 << 10
+
+
+def parse_address(address: str) -> tuple[str, int]:
+    """("host", port) from "host:port" (IPv6 hosts in brackets); ValueError names the input."""
+    host, sep, port = address.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise ValueError(f"peer address must be host:port, not {address!r}")
+    return host.strip("[]"), int(port)
+
+
+def backoff_delay(attempt: int, base: float, cap: float, rng: random.Random) -> float:
+    """Seconds to wait before reconnect number `attempt` (0-based): exponential, capped, with
+    jitter in [d/2, d] so that peers that lost each other do not redial in lockstep."""
+    d = min(cap, base * 2 ** min(attempt, 32))
+    return rng.uniform(d / 2, d)
+
+
+def _call(what: str, fn: Callable[..., None], *args: Any) -> None:
+    """Run a callback; its failure is logged, never allowed to break a link."""
+    try:
+        fn(*args)
+    except Exception:
+        log.exception("%s callback failed", what)
+
+
+class _Reader:
+    """Frames from a stream, through one strict decoder; None at end of stream."""
+
+    def __init__(self, reader: asyncio.StreamReader, max_frame: int) -> None:
+        self._reader = reader
+        self._decoder = FrameDecoder(max_frame)
+        self._pending: deque[Frame] = deque()
+
+    async def next(self) -> Frame | None:
+        while not self._pending:
+            data = await self._reader.read(_READ_SIZE)
+            if not data:
+                if self._decoder.buffered:
+                    raise ProtocolError("connection closed inside a frame")
+                return None
+            self._pending.extend(self._decoder.feed(data))
+        return self._pending.popleft()
+
+
+class LinkState(enum.Enum):
+    CONNECTING = "connecting"  # messages queue up
+    UP = "up"  # messages queue up and are written in batches
+    DOWN = "down"  # waiting out the backoff: messages are dropped and reported
+
+
+class _Link:
+    """The outbound connection to one peer, its bounded queue and its reconnect loop."""
+
+    def __init__(self, t: PeerTransport, peer: int, address: str) -> None:
+        self.t = t
+        self.peer = peer
+        self.address = address
+        self.state = LinkState.CONNECTING
+        self.queue: deque[bytes] = deque()
+        self.queued_bytes = 0
+        self.wake = asyncio.Event()
+        self.attempt = 0
+        self.task = asyncio.get_running_loop().create_task(
+            self._run(), name=f"embedkv-net-link-{peer}"
+        )
+
+    def enqueue(self, frame: bytes) -> bool:
+        t = self.t
+        if self.state is LinkState.DOWN:
+            return False
+        if len(self.queue) >= t.queue_frames or self.queued_bytes + len(frame) > t.queue_bytes:
+            return False
+        self.queue.append(frame)
+        self.queued_bytes += len(frame)
+        self.wake.set()
+        return True
+
+    def _drop_queue(self) -> None:
+        if self.queue:
+            self.queue.clear()
+            self.queued_bytes = 0
+            _call("report_unreachable", self.t.report_unreachable, self.peer)
+
+    async def _run(self) -> None:
+        t = self.t
+        while True:
+            self.state = LinkState.CONNECTING
+            lost = False
+            try:
+                lost = await self._connected()
+            except asyncio.CancelledError:
+                raise
+            except (OSError, EOFError, ProtocolError, TimeoutError) as exc:
+                log.info("link to peer %d at %s failed: %s", self.peer, self.address, exc)
+            except Exception:  # a bug must not end the link for good: log it and redial
+                log.exception("link to peer %d at %s failed", self.peer, self.address)
+            self.state = LinkState.DOWN
+            self._drop_queue()
+            if lost:
+                _call("on_peer_lost", t.on_peer_lost, self.peer)
+            delay = backoff_delay(self.attempt, t.backoff_base, t.backoff_cap, t.rng)
+            self.attempt += 1
+            await asyncio.sleep(delay)
+
+    async def _connected(self) -> bool:
+        """Connect, greet and write batches until the link breaks; True if it was up and the
+        peer closed it (the runtime may start an election at once)."""
+        t = self.t
+        reader, writer = await t.dial(self.address)
+        watch: asyncio.Task[str | None] | None = None
+        try:
+            writer.write(encode(Hello(t.member_id, t.cluster, Purpose.RAFT), t.max_frame))
+            await writer.drain()
+            self.state = LinkState.UP
+            self.attempt = 0
+            watch = asyncio.get_running_loop().create_task(self._watch(reader))
+            while True:
+                if not self.queue:
+                    self.wake.clear()
+                    waiter = asyncio.get_running_loop().create_task(self.wake.wait())
+                    await asyncio.wait({waiter, watch}, return_when=asyncio.FIRST_COMPLETED)
+                    waiter.cancel()
+                if watch.done():
+                    refusal = watch.result()
+                    if refusal is not None:
+                        log.warning("peer %d refused our link: %s", self.peer, refusal)
+                        return False
+                    log.info("peer %d at %s closed the link", self.peer, self.address)
+                    return True
+                batch: list[bytes] = []
+                size = 0
+                while self.queue and size < t.batch_bytes:
+                    frame = self.queue.popleft()
+                    batch.append(frame)
+                    size += len(frame)
+                self.queued_bytes -= size
+                writer.write(b"".join(batch))
+                await writer.drain()
+        except (ConnectionError, BrokenPipeError):
+            return self.state is LinkState.UP
+        finally:
+            if watch is not None:
+                watch.cancel()
+            writer.close()
+            with contextlib.suppress(Exception):
+                await writer.wait_closed()
+
+    async def _watch(self, reader: asyncio.StreamReader) -> str | None:
+        """Waits for the peer to close our outbound link; returns a refusal's reason if any."""
+        frames = _Reader(reader, self.t.max_frame)
+        try:
+            frame = await frames.next()
+        except (ProtocolError, OSError) as exc:
+            return f"garbage on the link: {exc}"
+        if isinstance(frame, Refused):
+            return frame.reason
+        if frame is not None:
+            return f"unexpected {type(frame).__name__} frame on an outbound link"
+        return None
+
+
+class PeerTransport:
+    """Raft message transport between cluster members (see docs/transport.md).
+
+    `send` matches ``embedkv.member.engine.Transport``: hand it the messages of a durable Ready.
+    Callbacks run on the loop and must not block: `on_message(msg)` for each inbound message,
+    `report_unreachable(peer)` when a message to `peer` was dropped (queue full or link down),
+    `on_peer_lost(peer)` when an established link was closed by the peer, and
+    `report_snapshot(peer, ok)` when a snapshot stream ends.
+    """
+
+    def __init__(
+        self,
+        *,
+        member_id: int,
+        cluster: str,
+        listen: str,
+        peers: Mapping[int, str],
+        on_message: OnMessage,
+        report_unreachable: OnPeer,
+        on_peer_lost: OnPeer,
+        report_snapshot: OnSnapshot,
+        server_ssl: _ssl.SSLContext | None = None,
+        client_ssl: _ssl.SSLContext | None = None,
+        max_frame: int = DEFAULT_MAX_FRAME,
+        max_snapshot: int = 1 << 32,
+        snapshot_chunk: int = 1 << 20,
+        queue_frames: int = 4096,
+        queue_bytes: int = 64 << 20,
+        batch_bytes: int = 1 << 20,
+        backoff_base: float = 0.05,
+        backoff_cap: float = 2.0,
+        connect_timeout: float = 5.0,
+        hello_timeout: float = 5.0,
+        snapshot_ack_timeout: float = 60.0,
+        rng: random.Random | None = None,
+        faults: FaultPlan | None = None,
+    ) -> None:
+        if member_id <= 0:
+            raise ValueError(f"member_id must be positive, not {member_id!r}")
+        if not 0 < snapshot_chunk < max_frame - 64:
+            raise ValueError("snapshot_chunk must be positive and well below max_frame")
+        self.member_id = member_id
+        self.cluster = cluster
+        self.listen = parse_address(listen)
+        self._peers = {p: (parse_address(a), a)[1] for p, a in peers.items()}
+        self.on_message = on_message
+        self.report_unreachable = report_unreachable
+        self.on_peer_lost = on_peer_lost
+        self.report_snapshot = report_snapshot
+        self.server_ssl = server_ssl
+        self.client_ssl = client_ssl
+        self.max_frame = max_frame
+        self.max_snapshot = max_snapshot
+        self.snapshot_chunk = snapshot_chunk
+        self.queue_frames = queue_frames
+        self.queue_bytes = queue_bytes
+        self.batch_bytes = batch_bytes
+        self.backoff_base = backoff_base
+        self.backoff_cap = backoff_cap
+        self.connect_timeout = connect_timeout
+        self.hello_timeout = hello_timeout
+        self.snapshot_ack_timeout = snapshot_ack_timeout
+        self.rng = rng if rng is not None else random.Random()
+        self.faults = faults
+        self._links: dict[int, _Link] = {}
+        self._server: asyncio.Server | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._inbound: set[asyncio.StreamWriter] = set()
+        self._closed = False
+
+    # ------------------------------------------------------------------------- lifecycle
+
+    async def start(self) -> None:
+        """Listen and dial every peer; returns once the listening socket is bound."""
+        host, port = self.listen
+        self._server = await asyncio.start_server(
+            self._serve, host, port, ssl=self.server_ssl, reuse_address=True
+        )
+        for peer, address in self._peers.items():
+            self._links[peer] = _Link(self, peer, address)
+
+    @property
+    def address(self) -> tuple[str, int]:
+        """The bound (host, port); the port is real even if `listen` asked for 0."""
+        if self._server is None:
+            raise RuntimeError("the transport is not started")
+        host, port = self._server.sockets[0].getsockname()[:2]
+        return host, port
+
+    async def close(self) -> None:
+        """Stop listening, close every link and stream; idempotent."""
+        if self._closed:
+            return
+        self._closed = True
+        if self._server is not None:
+            self._server.close()
+        tasks = [link.task for link in self._links.values()] + list(self._tasks)
+        self._links.clear()
+        for w in list(self._inbound):
+            w.close()
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        if self._server is not None:
+            with contextlib.suppress(Exception):
+                await self._server.wait_closed()
+
+    # ------------------------------------------------------------------------- peers
+
+    @property
+    def peers(self) -> dict[int, str]:
+        return dict(self._peers)
+
+    def link_state(self, peer: int) -> LinkState | None:
+        link = self._links.get(peer)
+        return None if link is None else link.state
+
+    def set_peer(self, peer: int, address: str) -> None:
+        """Add a peer or change its address (the link redials at once)."""
+        parse_address(address)
+        if peer == self.member_id:
+            raise ValueError("a member is not its own peer")
+        if self._peers.get(peer) == address and peer in self._links:
+            return
+        self.remove_peer(peer)
+        self._peers[peer] = address
+        if self._server is not None and not self._closed:
+            self._links[peer] = _Link(self, peer, address)
+
+    def remove_peer(self, peer: int) -> None:
+        self._peers.pop(peer, None)
+        link = self._links.pop(peer, None)
+        if link is not None:
+            link.task.cancel()
+
+    # ------------------------------------------------------------------------- sending
+
+    async def dial(self, address: str) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+        """A new outbound connection to `address` (TLS when `client_ssl` is set)."""
+        host, port = parse_address(address)
+        return await asyncio.wait_for(
+            asyncio.open_connection(
+                host,
+                port,
+                ssl=self.client_ssl,
+                server_hostname=host if self.client_ssl else None,
+            ),
+            self.connect_timeout,
+        )
+
+    def send(self, messages: list[Message]) -> None:
+        """Queue `messages` for their peers; never blocks, drops and reports what cannot go."""
+        loop = asyncio.get_running_loop()
+        for msg in messages:
+            if self.faults is not None:
+                verdict = self.faults.on_send(msg.to, msg)
+                if verdict is None:
+                    continue
+                if verdict > 0:
+                    loop.call_later(verdict, self._send_one, msg)
+                    continue
+            self._send_one(msg)
+
+    def _send_one(self, msg: Message) -> None:
+        if self._closed:
+            return
+        snap = msg.snapshot
+        if msg.type is MessageType.SNAP and snap is not None:
+            data = snap.data
+            size = self.snapshot_chunk
+            chunks = (data[i : i + size] for i in range(0, len(data), size))
+            self._start_stream(msg, chunks, faults_checked=True)
+            return
+        link = self._links.get(msg.to)
+        if link is None:
+            log.debug("no address for peer %d; dropping %s", msg.to, msg.type.name)
+            _call("report_unreachable", self.report_unreachable, msg.to)
+            return
+        try:
+            frame = encode(msg, self.max_frame)
+        except ProtocolError:
+            log.exception("cannot send %s to peer %d", msg.type.name, msg.to)
+            _call("report_unreachable", self.report_unreachable, msg.to)
+            return
+        if not link.enqueue(frame):
+            _call("report_unreachable", self.report_unreachable, msg.to)
+
+    def send_snapshot(self, msg: Message, chunks: Chunks) -> None:
+        """Stream a snapshot to `msg.to` on a connection of its own: `msg` (a SNAP message whose
+        snapshot data is ignored) then the data from `chunks`; `report_snapshot` tells how it
+        went. Heartbeats and appends keep flowing on the peer's link meanwhile."""
+        if msg.type is not MessageType.SNAP or msg.snapshot is None:
+            raise ValueError("send_snapshot needs a SNAP message with snapshot metadata")
+        self._start_stream(msg, chunks, faults_checked=False)
+
+    def _start_stream(self, msg: Message, chunks: Chunks, *, faults_checked: bool) -> None:
+        task = asyncio.get_running_loop().create_task(self._stream(msg, chunks, faults_checked))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _stream(self, msg: Message, chunks: Chunks, faults_checked: bool) -> None:
+        peer = msg.to
+        ok = False
+        writer: asyncio.StreamWriter | None = None
+        try:
+            faults = None if faults_checked else self.faults
+            if faults is not None and faults.on_send(peer, msg) is None:
+                raise ConnectionError("dropped by the fault plan")
+            address = self._peers.get(peer)
+            if address is None:
+                raise ConnectionError(f"no address for peer {peer}")
+            reader, w = await self.dial(address)
+            writer = w
+            assert msg.snapshot is not None
+            head = dataclasses.replace(msg, snapshot=Snapshot(msg.snapshot.meta, b""))
+            w.write(encode(Hello(self.member_id, self.cluster, Purpose.SNAPSHOT)))
+            w.write(encode(head, self.max_frame))
+            total = 0
+            async for chunk in _iterate(chunks):
+                for i in range(0, len(chunk), self.snapshot_chunk):
+                    piece = bytes(chunk[i : i + self.snapshot_chunk])
+                    w.write(encode(SnapshotChunk(piece), self.max_frame))
+                    total += len(piece)
+                    await w.drain()  # flow control: wait while the peer is behind
+            w.write(encode(SnapshotEnd(total)))
+            await w.drain()
+            answer = await asyncio.wait_for(
+                _Reader(reader, self.max_frame).next(), self.snapshot_ack_timeout
+            )
+            if isinstance(answer, Refused):
+                raise ConnectionError(f"refused: {answer.reason}")
+            ok = isinstance(answer, SnapshotAck) and answer.ok
+            if not ok:
+                log.warning("peer %d did not accept snapshot %d", peer, msg.snapshot.meta.index)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            log.warning("snapshot stream to peer %d failed: %s", peer, exc)
+        finally:
+            if writer is not None:
+                writer.close()
+            if not self._closed:
+                _call("report_snapshot", self.report_snapshot, peer, ok)
+
+    # ------------------------------------------------------------------------- receiving
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self._inbound.add(writer)
+        peername = writer.get_extra_info("peername")
+        frames = _Reader(reader, self.max_frame)
+        try:
+            hello = await asyncio.wait_for(frames.next(), self.hello_timeout)
+            if hello is None:
+                return
+            refusal = self._refusal(hello)
+            if refusal is not None:
+                log.warning("refused a connection from %s: %s", peername, refusal)
+                writer.write(encode(Refused(refusal)))
+                await writer.drain()
+                return
+            assert isinstance(hello, Hello)
+            if hello.purpose is Purpose.RAFT:
+                await self._receive_raft(hello.member, frames)
+            else:
+                await self._receive_snapshot(hello.member, frames, writer)
+        except ProtocolError as exc:
+            log.warning("dropped the connection from %s: %s", peername, exc)
+        except (OSError, TimeoutError) as exc:
+            log.info("connection from %s ended: %s", peername, exc)
+        except asyncio.CancelledError:
+            pass
+        except Exception:
+            log.exception("connection from %s failed", peername)
+        finally:
+            self._inbound.discard(writer)
+            writer.close()
+
+    def _refusal(self, hello: Frame) -> str | None:
+        if not isinstance(hello, Hello):
+            return f"expected a hello, got {type(hello).__name__}"
+        if hello.version != PROTOCOL_VERSION:
+            return f"protocol version {hello.version} (this member speaks {PROTOCOL_VERSION})"
+        if not hmac.compare_digest(hello.cluster.encode(), self.cluster.encode()):
+            return "the member belongs to another cluster (cluster token differs)"
+        if hello.member == self.member_id:
+            return f"the dialer claims this member's own id {self.member_id}"
+        return None
+
+    def _check(self, sender: int, frame: Frame | None) -> Message:
+        if not isinstance(frame, Message):
+            raise ProtocolError(f"expected a message, got {type(frame).__name__}")
+        if frame.from_ != sender or frame.to != self.member_id:
+            raise ProtocolError(
+                f"message from {frame.from_} to {frame.to} on the link {sender} -> {self.member_id}"
+            )
+        return frame
+
+    def _deliver(self, sender: int, msg: Message) -> bool:
+        """Hand `msg` to on_message (now or after the fault plan's delay); False if dropped."""
+        if self.faults is not None:
+            verdict = self.faults.on_receive(sender, msg)
+            if verdict is None:
+                return False
+            if verdict > 0:
+                asyncio.get_running_loop().call_later(verdict, self._deliver_now, msg)
+                return True
+        self._deliver_now(msg)
+        return True
+
+    def _deliver_now(self, msg: Message) -> None:
+        if not self._closed:
+            _call("on_message", self.on_message, msg)
+
+    async def _receive_raft(self, sender: int, frames: _Reader) -> None:
+        while True:
+            frame = await frames.next()
+            if frame is None:
+                return
+            self._deliver(sender, self._check(sender, frame))
+
+    async def _receive_snapshot(
+        self, sender: int, frames: _Reader, writer: asyncio.StreamWriter
+    ) -> None:
+        head = self._check(sender, await frames.next())
+        if head.type is not MessageType.SNAP or head.snapshot is None:
+            raise ProtocolError("a snapshot stream must start with a SNAP message")
+        parts: list[bytes] = []
+        total = 0
+        while True:  # a stalled sender must not hold the connection and its buffer forever
+            frame = await asyncio.wait_for(frames.next(), self.snapshot_ack_timeout)
+            if isinstance(frame, SnapshotChunk):
+                total += len(frame.data)
+                if total > self.max_snapshot:
+                    raise ProtocolError(f"snapshot exceeds {self.max_snapshot} bytes")
+                parts.append(frame.data)
+            elif isinstance(frame, SnapshotEnd):
+                if frame.size != total:
+                    raise ProtocolError(f"snapshot of {total} bytes announced as {frame.size}")
+                break
+            elif frame is None:
+                raise ProtocolError("snapshot stream closed before its end")
+            else:
+                raise ProtocolError(f"unexpected {type(frame).__name__} in a snapshot stream")
+        head.snapshot = Snapshot(head.snapshot.meta, b"".join(parts))
+        writer.write(encode(SnapshotAck(self._deliver(sender, head))))
+        await writer.drain()
+
+
+async def _iterate(chunks: Chunks) -> AsyncIterable[bytes]:
+    if isinstance(chunks, AsyncIterable):
+        async for chunk in chunks:
+            yield chunk
+    else:
+        for chunk in chunks:
+            yield chunk
