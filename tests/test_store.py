@@ -889,16 +889,22 @@ def test_a_forked_child_does_not_keep_the_data_dir_locked(path: Path) -> None:
     # close (or unlock) the parent's store, and its copy of the lock must not outlive it.
     code = textwrap.dedent(
         f"""
-        import os, select, sys, embedkv
+        import os, select, sys
+        # Registered before embedkv's own fork hook, so it runs first in the child: the child
+        # holds its inherited copy of the lock descriptor until the parent has reopened.
+        hold_r, hold_w = os.pipe()
+        os.register_at_fork(after_in_child=lambda: select.select([hold_r], [], [], 20))
+        import embedkv
         s = embedkv.open({str(path)!r}, tick_interval=0.01)
         s["k"] = 1
         go_r, go_w = os.pipe()
         pid = os.fork()
         if pid == 0:
-            select.select([go_r], [], [], 60)  # bounded: never outlive a parent that failed
+            select.select([go_r], [], [], 20)  # bounded: never outlive a parent that failed
             sys.exit(0)  # a normal exit: threading's and atexit hooks run
         s.close()
         with embedkv.open({str(path)!r}, tick_interval=0.01) as again:  # not DataDirLocked
+            os.write(hold_w, b"x")
             again["k"] = again["k"] + 1
             os.write(go_w, b"x")
             _, status = os.waitpid(pid, 0)

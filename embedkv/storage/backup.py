@@ -28,7 +28,7 @@ import lmdb
 from embedkv.errors import CorruptData, NoSpace
 from embedkv.raft.types import ConfState
 
-from .datadir import DEFRAG_TEMP, DataDir, Identity, take_lock
+from .datadir import DEFRAG_TEMP, DataDir, Identity, release_lock, take_lock
 from .lmdbenv import DB_NAMES, Env, is_disk_full, no_space
 from .snapshot import FRAME, MAGIC, MAX_HEADER, TAG_HEADER
 
@@ -205,7 +205,7 @@ def defrag(path: str | os.PathLike[str]) -> DefragResult:
         _checkpoint("synced")
         return DefragResult(path, before, os.path.getsize(data))
     finally:
-        os.close(lock_fd)
+        release_lock(lock_fd)
 
 
 def _copy(env: Env, tmp: str) -> None:

@@ -79,6 +79,16 @@ def take_lock(path: str) -> int:
     return fd
 
 
+def release_lock(fd: int) -> None:
+    """Unlock, then close. A flock belongs to the open file description, which a child of
+    os.fork() shares until it closes its copy: closing alone would leave the data dir locked
+    for as long as such a child has not yet done so."""
+    try:
+        fcntl.flock(fd, fcntl.LOCK_UN)
+    finally:
+        os.close(fd)
+
+
 class DataDir:
     """One member's durable state: Raft log and hard state, and the key-value state machine."""
 
@@ -118,13 +128,13 @@ class DataDir:
                 os.unlink(os.path.join(path, DEFRAG_TEMP))
             env = Env(path, durable=durable)
         except BaseException:
-            os.close(fd)
+            release_lock(fd)
             raise
         try:
             return cls(path, env, fd)
         except BaseException:
             env.close()
-            os.close(fd)
+            release_lock(fd)
             raise
 
     def close(self) -> None:
@@ -136,7 +146,7 @@ class DataDir:
                 return
             self._closed = True
             self._env.close()
-            os.close(self._lock_fd)
+            release_lock(self._lock_fd)
 
     def forget_after_fork(self) -> None:
         """In a child of os.fork(): close the inherited lock descriptor (the parent keeps its
@@ -265,7 +275,7 @@ class DataDir:
                 env.close()
                 raise
         except BaseException:
-            os.close(fd)
+            release_lock(fd)
             _remove_dir(path, created)
             raise
         return dd

@@ -98,7 +98,7 @@ def check(path: str | os.PathLike[str]) -> VerifyReport:
     """Verify a data dir that no Store has open, without changing it: DataDirLocked if one has;
     FileNotFoundError if there is no such dir. Formats before 4 have no checksums to check;
     their records are checked for shape and decodability."""
-    from .datadir import take_lock  # datadir imports this module's users; import late
+    from .datadir import release_lock, take_lock  # datadir imports this module's users
 
     path = os.fspath(path)
     if not os.path.isdir(path):
@@ -120,7 +120,7 @@ def check(path: str | os.PathLike[str]) -> VerifyReport:
         finally:
             env.close()
     finally:
-        os.close(fd)
+        release_lock(fd)
 
 
 def _verify(
