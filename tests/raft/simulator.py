@@ -422,6 +422,8 @@ class Stats:
     reads_released: int = 0
     crashes: int = 0
     mid_ready_crashes: int = 0
+    calls_mid_ready: int = 0  # calls into a core while a Ready it returned is not advanced
+    second_readies: int = 0  # Readies taken while an earlier one was not advanced
     restarts: int = 0
     snapshots_taken: int = 0
     snapshots_installed: int = 0
@@ -472,6 +474,7 @@ class Simulation:
         self._trace = trace
         self.liveness_mode = False  # former members are shut down, crashed ones restarted
         self._counter = 0
+        self._latest_read_ctx = 0
         self._names = [name for name, _ in params.weights]
         self._cum_weights: list[float] = []
         total = 0.0
@@ -539,6 +542,8 @@ class Simulation:
 
     def _observe(self, node: SimNode) -> None:
         raft = node.core()
+        if node.inflight:
+            self.stats.calls_mid_ready += 1
         role, term = raft.role, raft.term
         if role is Role.LEADER and self.checker.leaders.get(term) is None:
             self.stats.elections += 1
@@ -593,6 +598,8 @@ class Simulation:
         """ready(): the node's next Ready joins the ones it has taken and not advanced."""
         raft = node.core()
         taken = Taken(raft.ready(), raft.role, raft.term)
+        if node.inflight:
+            self.stats.second_readies += 1
         node.inflight.append(taken)
         return taken
 
@@ -1122,7 +1129,8 @@ class Simulation:
     def _act_delay(self) -> None:
         if self.net.packets:
             pkt = self.rng.choice(self.net.packets)
-            pkt.not_before = self.step_no + self.rng.randint(5, 60)
+            longest = 60 if self.rng.random() < 0.7 else 250
+            pkt.not_before = self.step_no + self.rng.randint(5, longest)
             pkt.in_transit = self.rng.random() < 0.5
             self.trace(f"delay {_fmt_msg(pkt.msg)} until step {pkt.not_before}")
 
@@ -1145,20 +1153,27 @@ class Simulation:
             self.propose(node, self._next_payload("w"))
 
     def _act_read_index(self) -> None:
-        node = self._random_up()
+        leaders = [n for n in self.up_nodes() if n.core().role is Role.LEADER]
+        if leaders and self.rng.random() < 0.3:
+            # A client that still talks to the leader it knows: the oldest one, if several.
+            node: SimNode | None = min(leaders, key=lambda n: (n.core().term, n.id))
+        else:
+            node = self._random_up()
         if node is None:
             return
         # Each member counts its own contexts (never reusing one); half the time it jumps to
-        # another member's latest, so that different members often ask with the same context.
-        others = [n.read_ctx for n in self.nodes.values() if n.read_ctx > node.read_ctx]
-        node.read_ctx = self.rng.choice(others) if others and self.rng.random() < 0.5 else (
-            node.read_ctx + 1
-        )
+        # the latest context any member used, so that members often ask with the same one.
+        latest = self._latest_read_ctx
+        if latest > node.read_ctx and self.rng.random() < 0.5:
+            node.read_ctx = latest
+        else:
+            node.read_ctx += 1
         self.read_index(node, node.read_ctx)
 
     def read_index(self, node: SimNode, ctx_number: int) -> bool:
         """Ask `node` for a read index with context `ctx_number`; False if refused at once."""
         ctx = ctx_number.to_bytes(8, "big")
+        self._latest_read_ctx = ctx_number
         self.checker.on_read_requested(node.id, ctx)
         self.stats.reads_requested += 1
         try:

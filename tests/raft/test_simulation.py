@@ -71,6 +71,8 @@ def test_schedules_exercise_every_feature() -> None:
         "elections",
         "crashes",
         "mid_ready_crashes",
+        "calls_mid_ready",
+        "second_readies",
         "restarts",
         "snapshots_installed",
         "conf_changes_applied",
@@ -82,6 +84,14 @@ def test_schedules_exercise_every_feature() -> None:
     ):
         assert getattr(total, name) > 0, f"no schedule exercised {name}: {total}"
     assert total.committed > 80 * 10, total
+
+
+def test_atomic_readies_still_run() -> None:
+    """The simulator before issue 14 (each Ready handled atomically) stays available."""
+    for seed in range(20):
+        result = run_schedule(seed, STEPS, pipeline=False)
+        assert result.ok, result.describe()
+        assert result.stats.second_readies == 0
 
 
 def test_a_seed_replays_identically() -> None:
@@ -314,6 +324,22 @@ def _first_caught(faults: Faults, options: CheckerOptions, seeds: range) -> str:
 def test_random_schedules_catch_a_forgotten_vote() -> None:
     kind = _first_caught(Faults(forget_vote_on_restart=True), CheckerOptions(), range(100))
     assert kind, "no schedule caught a node that forgets its vote on restart"
+
+
+@pytest.mark.parametrize(
+    ("fault", "kind", "seeds"),
+    [
+        (Faults(commit_earlier_terms=True), Kind.LEADER_COMMIT_TERM, 100),
+        (Faults(vote_off_by_one=True), Kind.VOTE_NOT_UP_TO_DATE, 100),
+        (Faults(quorum_off_by_one=True), Kind.COMMIT_WITHOUT_MAJORITY, 20),
+    ],
+    ids=["figure-8", "vote-off-by-one", "quorum-off-by-one"],
+)
+def test_random_schedules_catch_a_planted_core_bug(fault: Faults, kind: str, seeds: int) -> None:
+    """Each direct check of a classic rule fails on its planted bug: a leader committing an
+    earlier term's entry by counting replicas (Figure 8), a vote granted to a log one entry
+    shorter, a commit counted with one voter fewer than a majority."""
+    assert _first_caught(fault, CheckerOptions(), range(seeds)) == kind
 
 
 def test_random_schedules_catch_lost_persisted_entries() -> None:
