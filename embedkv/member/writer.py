@@ -22,6 +22,7 @@ import contextlib
 import enum
 import itertools
 import logging
+import os
 import threading
 import time
 from collections import deque
@@ -290,6 +291,10 @@ class LogWriter:
         # Only worth it when a commit waits for an fsync: without one the commit is too short
         # for the woken callers to run in, and they would delay the release instead.
         self._defer = dd.durable
+        # ReadIndex contexts never repeat, across members and runs: a stray answer to an
+        # earlier request (a duplicate, or one sent to our previous run) must never be taken
+        # for the answer to a later one. Member id + a random base per run + a counter.
+        self._ctx_prefix = member_id.to_bytes(8, "big") + os.urandom(8)
         self._ctx = itertools.count(1)
         self._no_space_retry = 0.0
         self._disk_full = False  # since the last NoSpace, no batch has committed
@@ -520,7 +525,7 @@ class LogWriter:
                 if not r.future.done():
                     r.future.set_result(self._applied)
             return
-        ctx = next(self._ctx).to_bytes(8, "big")
+        ctx = self._ctx_prefix + next(self._ctx).to_bytes(8, "big")
         core = self._core
         with core.lock:
             try:

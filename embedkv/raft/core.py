@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 
 from .log import RaftLog
 from .progress import Progress, ProgressState, ProgressTracker, VoteResult
-from .read_only import ReadOnly
+from .read_only import ReadOnly, round_context, round_number
 from .types import (
     NONE,
     CompactedError,
@@ -493,7 +493,8 @@ class RaftNode:
         self._trk.reset_progress(self._log.last_index(), self._id, self._log.persisted_index())
         self._pending_conf_index = 0
         self._uncommitted_size = 0
-        self._read_only = ReadOnly()
+        # Round numbers go on across terms: an acknowledgement names only its own round.
+        self._read_only = ReadOnly(self._read_only.next_round)
         self._read_round_pending = False
         self._pending_read_index = []
 
@@ -608,8 +609,11 @@ class RaftNode:
         return self._trk.tally_votes()
 
     def _on_vote_won(self) -> None:
-        if not self._promotable():
-            # Our campaign outlived our membership (a change applied meanwhile): abandon it.
+        if not self._promotable() or self._has_unapplied_conf_changes():
+            # Our campaign outlived our configuration: a change applied meanwhile, or one we
+            # learned is committed (from a vote's commit hint) and have not applied, which
+            # may remove us. Abandon it, as _hup would not have started it; once the change
+            # is applied we campaign (or not) in the new configuration.
             self._become_follower(self._term, NONE)
         elif self._role is Role.PRE_CANDIDATE:
             self._campaign(_Campaign.ELECTION)
@@ -823,12 +827,29 @@ class RaftNode:
 
     def _handle_snapshot(self, m: Message) -> None:
         """InstallSnapshot (§7): the answer is an APP_RESP with our new last index."""
-        if m.snapshot is None or m.snapshot.is_empty():
+        snap = m.snapshot
+        if snap is None or snap.is_empty():
             return
-        index = self._log.last_index() if self._restore(m) else self._log.committed
+        log = self._log
+        restored = self._restore(m)
+        if restored is None:
+            # Refused for now: the leader sends it again later (see _handle_append_response).
+            self._send(
+                Message(
+                    _MT.APP_RESP,
+                    to=m.from_,
+                    from_=self._id,
+                    index=snap.meta.index,
+                    reject=True,
+                    reject_hint=log.committed,
+                )
+            )
+            return
+        index = log.last_index() if restored else log.committed
         self._send(Message(_MT.APP_RESP, to=m.from_, from_=self._id, index=index))
 
-    def _restore(self, m: Message) -> bool:
+    def _restore(self, m: Message) -> bool | None:
+        """Install the snapshot (True), ignore it (False) or refuse it for now (None)."""
         snap = m.snapshot
         assert snap is not None
         log = self._log
@@ -843,6 +864,12 @@ class RaftNode:
             # We already have the snapshot's last entry: just learn the commit index.
             log.commit_to(meta.index)
             return False
+        if log.applying > log.applied:
+            # Committed entries handed out in a Ready are not applied yet: their membership
+            # changes would then be applied (apply_conf_change) over the snapshot's newer
+            # configuration. The configuration changes only in log order, so refuse; the
+            # leader sends the snapshot again once we have caught up with our applies.
+            return None
         # The snapshot's configuration need not include us (it may predate our addition);
         # the entries that follow it will, and until then we simply cannot campaign.
         log.restore(snap)
@@ -998,7 +1025,13 @@ class RaftNode:
         return True
 
     def _bcast_heartbeat(self) -> None:
-        self._bcast_heartbeat_with_context(self._read_only.last_pending_context())
+        """The periodic heartbeat; it starts a read round if reads wait for one, else it
+        repeats the latest unconfirmed round (any later acknowledgement confirms it too)."""
+        read_only = self._read_only
+        if read_only.has_unsent():
+            read_only.start_round(self._id)
+        number = read_only.last_round()
+        self._bcast_heartbeat_with_context(round_context(number) if number else b"")
 
     def _bcast_heartbeat_with_context(self, context: bytes) -> None:
         self._read_round_pending = False
@@ -1021,6 +1054,14 @@ class RaftNode:
         pr.recent_active = True
         log = self._log
         if m.reject:
+            if pr.state is ProgressState.SNAPSHOT:
+                if m.index == pr.pending_snapshot:
+                    # The member refused the snapshot for now (it was still applying):
+                    # forget it and send it again after the next heartbeat answer.
+                    pr.pending_snapshot = 0
+                    pr.become_probe()
+                    pr.msg_app_flow_paused = True
+                return
             next_probe = m.reject_hint
             if m.log_term > 0:
                 # Skip every entry of ours whose term the follower cannot have.
@@ -1057,12 +1098,13 @@ class RaftNode:
         # Resume a stalled or probing follower (the heartbeat itself carried the commit).
         if pr.match < self._log.last_index() or pr.state is _PROBE:
             self._maybe_send_append(m.from_, send_if_empty=True)
-        if not m.context:
+        number = round_number(m.context)
+        if not number:
             return
-        acks = self._read_only.recv_ack(m.from_, m.context)
+        acks = self._read_only.recv_ack(m.from_, number)
         if acks is None or not self._trk.has_quorum(acks):
             return
-        for request in self._read_only.advance(m.context):
+        for request in self._read_only.advance(number):
             self._answer_read(request.requester, request.context, request.index)
 
     # -- reads -------------------------------------------------------------------------------------
@@ -1083,13 +1125,15 @@ class RaftNode:
             self._answer_read(requester, context, self._log.committed)
             return
         if self._read_only.add_request(self._log.committed, requester, context):
-            self._read_only.recv_ack(self._id, context)
             # One heartbeat round, sent at the next ready(), confirms every read queued by then.
             self._read_round_pending = True
 
     def _flush_read_round(self) -> None:
         if self._read_round_pending and self._role is Role.LEADER:
-            self._bcast_heartbeat_with_context(self._read_only.last_pending_context())
+            read_only = self._read_only
+            if read_only.has_unsent():
+                number = read_only.start_round(self._id)
+                self._bcast_heartbeat_with_context(round_context(number))
         self._read_round_pending = False
 
     def _committed_entry_in_current_term(self) -> bool:

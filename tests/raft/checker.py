@@ -18,13 +18,20 @@ What is checked (see docs/simulation.md for the reasoning behind each):
 * Applied sequences are gap-free and exactly-once, across restarts.
 * Durable hard state never regresses: term and commit never decrease, a vote never changes
   within a term; a live node's commit index never decreases.
-* Membership: every node holds the same configuration after applying the same change.
+* Membership: every node holds the same configuration after applying the same change, and a
+  node's core runs the configuration its app has applied (at the same applied index).
 * Linearizable reads: a read index covers every write applied anywhere before the request.
+* Commitment, directly: when a leader's commit index advances, the entry there is of the
+  leader's own term (§5.4.2, Figure 8) and is persisted on a majority of the voters of the
+  leader's configuration.
+* Votes: a vote is granted only to a candidate whose log is at least as up to date as the
+  voter's persisted log (§5.4.1).
 """
 
 from __future__ import annotations
 
 import itertools
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from embedkv.raft import (
@@ -62,6 +69,9 @@ class Kind:
     COMMIT_REGRESSION = "commit-regression"
     CONFIG_DIVERGENCE = "config-divergence"
     STALE_READ = "stale-read"
+    LEADER_COMMIT_TERM = "leader-commit-term"
+    COMMIT_WITHOUT_MAJORITY = "commit-without-majority"
+    VOTE_NOT_UP_TO_DATE = "vote-not-up-to-date"
     ACK_BEFORE_PERSIST = "ack-before-persist"
     READY_CONTRACT = "ready-contract"
     LIVENESS = "liveness"
@@ -82,6 +92,9 @@ SAFETY_KINDS = frozenset(
         Kind.CONFIG_DIVERGENCE,
         Kind.STALE_READ,
         Kind.ACK_BEFORE_PERSIST,
+        Kind.LEADER_COMMIT_TERM,
+        Kind.COMMIT_WITHOUT_MAJORITY,
+        Kind.VOTE_NOT_UP_TO_DATE,
     }
 )
 
@@ -112,6 +125,8 @@ class _NodeTrack:
     live_commit: int = 0
     leader_term_at_last_ready: int = 0
     completeness_due: int = 0  # term of a fresh leadership whose log is not yet verified
+    leader_commit: int = 0  # the commit index last seen while this node led ...
+    leader_commit_term: int = 0  # ... in this term (this incarnation)
 
 
 @dataclass(slots=True)
@@ -134,8 +149,10 @@ class SafetyChecker:
         self.log_terms: dict[tuple[int, int], tuple[int, bytes, int]] = {}
         self.conf_after: dict[int, ConfState] = {}  # conf-change index -> resulting config
         self.payload_index: dict[bytes, int] = {}  # client payload -> first index applied at
-        self.reads: dict[bytes, _ReadRequest] = {}
+        self.reads: dict[tuple[int, bytes], _ReadRequest] = {}  # (member, context) -> request
+        self.released_contexts: set[tuple[int, bytes]] = set()
         self.reads_released = 0
+        self.vote_requests: dict[tuple[int, int], tuple[int, int]] = {}  # (cand, term) -> last
         self._tracks: dict[int, _NodeTrack] = {}
 
     def track(self, node_id: int) -> _NodeTrack:
@@ -151,6 +168,7 @@ class SafetyChecker:
         t.live_commit = 0
         t.leader_term_at_last_ready = 0
         t.completeness_due = 0
+        t.leader_commit = t.leader_commit_term = 0
 
     # -- roles -----------------------------------------------------------------------------
 
@@ -166,6 +184,52 @@ class SafetyChecker:
             raise Violation(
                 Kind.ELECTION_SAFETY,
                 f"nodes {prev} and {node_id} both became leader in term {term}",
+            )
+
+    def observe_leader_commit(
+        self,
+        node_id: int,
+        term: int,
+        commit: int,
+        voters: frozenset[int],
+        storage_of: Callable[[int], MemoryStorage | None],
+    ) -> None:
+        """A leader's commit index advanced: check the two rules that make it committed.
+
+        The new commit index names an entry of the leader's own term (§5.4.2: counting
+        replicas of an earlier term's entry is the Figure 8 bug), persisted on a majority of
+        the voters of the configuration the leader counts with (its applied one).
+        """
+        t = self.track(node_id)
+        if t.leader_commit_term != term:
+            # Just elected: what it knew committed before, it did not commit as this leader.
+            t.leader_commit_term, t.leader_commit = term, commit
+            return
+        if commit <= t.leader_commit:
+            return
+        t.leader_commit = commit
+        own = storage_of(node_id)
+        if own is not None and own.first_index() - 1 <= commit <= own.last_index():
+            entry_term = own.term(commit)
+            if entry_term != term:
+                raise Violation(
+                    Kind.LEADER_COMMIT_TERM,
+                    f"leader {node_id} of term {term} advanced its commit index to {commit}, an "
+                    f"entry of term {entry_term}",
+                )
+        if own is None or not voters:
+            return
+        holders = []
+        entry_term = own.term(commit) if own.first_index() - 1 <= commit <= own.last_index() else 0
+        for v in sorted(voters):
+            st = storage_of(v)
+            if st is not None and _holds(st, commit, entry_term):
+                holders.append(v)
+        if 2 * len(holders) <= len(voters):
+            raise Violation(
+                Kind.COMMIT_WITHOUT_MAJORITY,
+                f"leader {node_id} of term {term} committed index {commit} (term {entry_term}), "
+                f"but only {holders} of the voters {sorted(voters)} have persisted it",
             )
 
     def observe_commit(self, node_id: int, commit: int) -> None:
@@ -389,8 +453,13 @@ class SafetyChecker:
         act in that term again, exactly as if it had persisted the promise and then moved on
         (several steps may be batched into one Ready).
         """
+        if m.type == MessageType.VOTE:
+            self.vote_requests.setdefault((node_id, m.term), (m.index, m.log_term))
+            return
         if m.type not in (MessageType.APP_RESP, MessageType.VOTE_RESP) or m.reject:
             return
+        if m.type == MessageType.VOTE_RESP:
+            self._check_vote_up_to_date(node_id, storage, m)
         hs, _ = storage.initial_state()
         if hs.term > m.term:
             return
@@ -408,6 +477,31 @@ class SafetyChecker:
                 f"node {node_id} grants its term-{m.term} vote to {m.to} but has persisted "
                 f"term {hs.term}, vote {hs.vote}",
             )
+
+    def _check_vote_up_to_date(self, node_id: int, storage: MemoryStorage, m: Message) -> None:
+        """§5.4.1: the vote went to a log at least as up to date as the voter's.
+
+        The voter's log is its persisted log without entries of the vote's term or later:
+        those can only have come since, from the leader of that term (the candidate).
+        """
+        cand = self.vote_requests.get((m.to, m.term))
+        if cand is None:
+            return
+        first = storage.first_index()
+        last = storage.last_index()
+        while last >= first and storage.term(last) >= m.term:
+            last -= 1
+        last_term = storage.term(last)
+        if last_term >= m.term:
+            return  # only a snapshot is left: nothing to compare
+        c_index, c_term = cand
+        if c_term > last_term or (c_term == last_term and c_index >= last):
+            return
+        raise Violation(
+            Kind.VOTE_NOT_UP_TO_DATE,
+            f"node {node_id} grants its term-{m.term} vote to {m.to}, whose log ends at "
+            f"{c_index}/{c_term}, but its own persisted log ends at {last}/{last_term}",
+        )
 
     # -- apply -----------------------------------------------------------------------------
 
@@ -440,14 +534,28 @@ class SafetyChecker:
                 f"{_fmt_conf(conf_state)} but another node had {_fmt_conf(old)}",
             )
 
+    def check_core_config(
+        self, node_id: int, applied: int, core_conf: ConfState, app_conf: ConfState
+    ) -> None:
+        """A quiet node (no Ready pending) runs the configuration its app applied."""
+        if self.options.config_checks and core_conf != app_conf:
+            raise Violation(
+                Kind.CONFIG_DIVERGENCE,
+                f"node {node_id} has applied up to {applied} with {_fmt_conf(app_conf)}, but "
+                f"its core runs {_fmt_conf(core_conf)}",
+            )
+
     # -- reads -----------------------------------------------------------------------------
 
     def on_read_requested(self, node_id: int, context: bytes) -> None:
-        self.reads[context] = _ReadRequest(node_id, self.max_applied)
+        """`node_id` asks with `context` now: its answer must cover every write acknowledged
+        (applied anywhere) so far."""
+        self.reads[(node_id, context)] = _ReadRequest(node_id, self.max_applied)
 
     def on_read_released(self, node_id: int, rs: ReadState, applied: int) -> None:
-        req = self.reads.get(rs.context)
-        if req is None or req.node_id != node_id:
+        req = self.reads.get((node_id, rs.context))
+        self.released_contexts.add((node_id, rs.context))
+        if req is None:
             raise Violation(
                 Kind.READY_CONTRACT,
                 f"node {node_id} released a read state for context {rs.context!r} it never asked",
@@ -477,6 +585,14 @@ class SafetyChecker:
                 self._known_committed(
                     e.index, record_of(e), hs.term, Kind.COMMITTED_ENTRY_CHANGED, who
                 )
+
+
+def _holds(storage: MemoryStorage, index: int, term: int) -> bool:
+    """Whether `storage` has persisted entry (index, term), or a snapshot covering it."""
+    first = storage.first_index()
+    if index < first:
+        return storage.snapshot().meta.index >= index
+    return index <= storage.last_index() and storage.term(index) == term
 
 
 def _fmt(rec: EntryRecord) -> str:

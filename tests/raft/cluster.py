@@ -116,6 +116,14 @@ class Cluster:
 
     def process(self, node_id: int) -> Ready | None:
         """Handle one Ready of `node_id` per the contract; its messages go on the wire."""
+        rd = self.persist_and_send(node_id)
+        if rd is not None:
+            self.apply_and_advance(node_id, rd)
+        return rd
+
+    def persist_and_send(self, node_id: int) -> Ready | None:
+        """The first half of `process`: take a Ready, persist it, put its messages on the
+        wire. The core may be stepped before `apply_and_advance` (as the runtime does)."""
         member = self.members[node_id]
         raft = member.raft
         if not raft.has_ready():
@@ -133,6 +141,12 @@ class Cluster:
         if rd.hard_state is not None:
             storage.set_hard_state(rd.hard_state)
         self.wire.extend(rd.messages)
+        return rd
+
+    def apply_and_advance(self, node_id: int, rd: Ready) -> None:
+        """The second half of `process`: apply, release reads, advance."""
+        member = self.members[node_id]
+        raft, storage = member.raft, member.storage
         for entry in rd.committed_entries:
             assert entry.index == member.applied_index + 1, "committed entries out of order"
             if entry.type is EntryType.CONF_CHANGE:
@@ -150,7 +164,6 @@ class Cluster:
             (member.read_states if rs.index <= member.applied_index else still).append(rs)
         member.waiting_reads = still
         raft.advance(rd)
-        return rd
 
     def process_all(self) -> bool:
         busy = False

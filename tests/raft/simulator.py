@@ -47,6 +47,8 @@ from embedkv.raft import (
     SnapshotMeta,
 )
 from embedkv.raft.core import Config, RaftNode
+from embedkv.raft.log import RaftLog
+from embedkv.raft.progress import ProgressTracker
 
 from .checker import CheckerOptions, EntryRecord, Kind, SafetyChecker, Violation, record_of
 
@@ -139,6 +141,15 @@ class ScheduleParams:
     max_inflight_bytes: int = 0
     max_uncommitted_entries_size: int = 0
     ready_prob: float = 1.0  # chance a node handles its pending Ready after a step
+    # The runtime's interleavings: a Ready is taken, then persisted, sent, applied and
+    # advanced in separate steps, with ticks, messages and proposals stepped in between, and
+    # up to `max_outstanding` Readies taken before the oldest is advanced. False: each Ready
+    # is handled atomically (the core is stepped only between Readies).
+    pipeline: bool = True
+    max_outstanding: int = 2
+    # Chance that the runtime, about to apply a Ready's committed entries, is not done
+    # assembling its transaction yet (the core goes on being stepped meanwhile).
+    apply_hold_prob: float = 0.0
     mid_ready_crash_prob: float = 0.5
     full_scan_every: int = 25
     # How initial members start: "conf-state" = MemoryStorage(conf_state=...), the contract;
@@ -148,9 +159,12 @@ class ScheduleParams:
 
     @classmethod
     def from_seed(
-        cls, seed: int, steps: int = DEFAULT_STEPS, *, chaos: bool = False
+        cls, seed: int, steps: int = DEFAULT_STEPS, *, chaos: bool = False, pipeline: bool = True
     ) -> ScheduleParams:
-        """The seed's parameters; `chaos` makes crashes and partitions frequent everywhere."""
+        """The seed's parameters; `chaos` makes crashes and partitions frequent everywhere.
+
+        `pipeline=False` handles each Ready atomically (the simulator before issue 14).
+        """
         r = random.Random(f"embedkv-sim-params/{seed}")
         weights: list[tuple[str, float]] = []
         for name in ACTIONS:
@@ -177,6 +191,9 @@ class ScheduleParams:
             ready_prob=r.choice((1.0, 0.8, 0.5)),
             weights=tuple(weights),
             bootstrap="snapshot" if r.random() < 0.25 else "conf-state",
+            pipeline=pipeline,
+            max_outstanding=r.choice((1, 2, 3)),
+            apply_hold_prob=r.choice((0.0, 0.5, 0.8, 0.9)),
         )
 
 
@@ -186,6 +203,10 @@ class Faults:
 
     forget_vote_on_restart: bool = False  # the persisted vote is lost when a node restarts
     lose_unapplied_tail_on_crash: bool = False  # persisted entries above commit vanish on crash
+    # Planted core bugs (the core is patched per node, see _plant_core_faults):
+    commit_earlier_terms: bool = False  # Figure 8: a leader commits any entry a majority holds
+    vote_off_by_one: bool = False  # grants a vote to a log one entry shorter (same last term)
+    quorum_off_by_one: bool = False  # a leader commits what one voter fewer than a majority has
 
     def flags(self) -> list[str]:
         out = []
@@ -193,7 +214,57 @@ class Faults:
             out.append("--fault forget-vote")
         if self.lose_unapplied_tail_on_crash:
             out.append("--fault lose-tail")
+        if self.commit_earlier_terms:
+            out.append("--fault figure-8")
+        if self.vote_off_by_one:
+            out.append("--fault vote-off-by-one")
+        if self.quorum_off_by_one:
+            out.append("--fault quorum-off-by-one")
         return out
+
+
+class _Figure8Log(RaftLog):
+    """Commits whatever a majority holds, whatever its term (the bug of the paper's Figure 8)."""
+
+    __slots__ = ()
+
+    def maybe_commit(self, index: int, term: int) -> bool:
+        if index > self.committed:
+            self.commit_to(index)
+            return True
+        return False
+
+
+class _OffByOneVoteLog(RaftLog):
+    """Thinks a candidate whose log is one entry shorter (same last term) is up to date."""
+
+    __slots__ = ()
+
+    def is_up_to_date(self, last_index: int, term: int) -> bool:
+        last_term = self.last_term()
+        return term > last_term or (term == last_term and last_index + 1 >= self.last_index())
+
+
+class _SmallQuorumTracker(ProgressTracker):
+    """Counts an index committed when one voter fewer than a majority holds it."""
+
+    __slots__ = ()
+
+    def committed(self) -> int:
+        if not self.voters:
+            return 0
+        matches = sorted((self.progress[v].match for v in self.voters), reverse=True)
+        return matches[max(0, self.quorum() - 2)]
+
+
+def _plant_core_faults(raft: RaftNode, faults: Faults) -> None:
+    """Swap in a broken log or tracker (same layout, one method changed): self-tests only."""
+    if faults.commit_earlier_terms:
+        raft._log.__class__ = _Figure8Log
+    if faults.vote_off_by_one:
+        raft._log.__class__ = _OffByOneVoteLog
+    if faults.quorum_off_by_one:
+        raft._trk.__class__ = _SmallQuorumTracker
 
 
 def replay_command(
@@ -203,10 +274,13 @@ def replay_command(
     options: CheckerOptions | None = None,
     bootstrap: str | None = None,
     chaos: bool = False,
+    pipeline: bool = True,
 ) -> str:
     parts = ["python -m tests.raft.soak", f"--seed {seed}", f"--steps {steps}"]
     if chaos:
         parts.append("--chaos")
+    if not pipeline:
+        parts.append("--atomic")
     parts += (faults or Faults()).flags()
     if options is not None and not options.hard_state_checks:
         parts.append("--no-hard-state-checks")
@@ -262,6 +336,26 @@ class CrashPoint(enum.Enum):
     BEFORE_ADVANCE = "after applying, before advance"
 
 
+class Stage(enum.IntEnum):
+    """How far the runtime got with a Ready it took (the contract's order)."""
+
+    TAKEN = 0
+    PERSISTED = 1
+    SENT = 2
+    APPLIED = 3  # committed entries applied and read states released
+
+
+@dataclass(slots=True)
+class Taken:
+    """A Ready the runtime took, with the role and term its node had at ready()."""
+
+    rd: Ready
+    role: Role
+    term: int
+    stage: Stage = Stage.TAKEN
+    applied_upto: int = 0  # how many committed entries are applied (within APPLIED's stage)
+
+
 @dataclass(slots=True)
 class SimNode:
     """One member: its durable storage and state machine, and (while up) its Raft core."""
@@ -273,6 +367,11 @@ class SimNode:
     incarnation: int = 0
     retired: bool = False  # shut down because it is no longer a member (liveness phase)
     pending_reads: list[ReadState] = field(default_factory=list)
+    # Readies taken from the core and not advanced yet, oldest first (pipeline mode).
+    inflight: list[Taken] = field(default_factory=list)
+    # The last ReadIndex context this member used. Durable, like the runtime's per-run base:
+    # a member never reuses a context, but different members may use the same one.
+    read_ctx: int = 0
 
     @property
     def up(self) -> bool:
@@ -288,6 +387,9 @@ class Packet:
     msg: Message
     sender_incarnation: int
     not_before: int = 0  # step before which a delayed packet is not delivered
+    # A delayed packet is already past the links: a partition made later does not stop it
+    # (a message held up in a queue on the way arrives after the network split).
+    in_transit: bool = False
 
 
 class Network:
@@ -320,6 +422,8 @@ class Stats:
     reads_released: int = 0
     crashes: int = 0
     mid_ready_crashes: int = 0
+    calls_mid_ready: int = 0  # calls into a core while a Ready it returned is not advanced
+    second_readies: int = 0  # Readies taken while an earlier one was not advanced
     restarts: int = 0
     snapshots_taken: int = 0
     snapshots_installed: int = 0
@@ -370,6 +474,7 @@ class Simulation:
         self._trace = trace
         self.liveness_mode = False  # former members are shut down, crashed ones restarted
         self._counter = 0
+        self._latest_read_ctx = 0
         self._names = [name for name, _ in params.weights]
         self._cum_weights: list[float] = []
         total = 0.0
@@ -414,10 +519,15 @@ class Simulation:
             pre_vote=p.pre_vote,
         )
 
+    def _storages(self, node_id: int) -> MemoryStorage | None:
+        node = self.nodes.get(node_id)
+        return node.storage if node is not None else None
+
     def _add_node(self, node_id: int, storage: MemoryStorage, app: AppState) -> SimNode:
         node = SimNode(node_id, storage, app)
         self.nodes[node_id] = node
         node.raft = RaftNode(self._config(node), node.storage)
+        _plant_core_faults(node.raft, self.faults)
         self.checker.on_restart(node_id)
         self._observe(node)
         return node
@@ -432,11 +542,18 @@ class Simulation:
 
     def _observe(self, node: SimNode) -> None:
         raft = node.core()
+        if node.inflight:
+            self.stats.calls_mid_ready += 1
         role, term = raft.role, raft.term
         if role is Role.LEADER and self.checker.leaders.get(term) is None:
             self.stats.elections += 1
             self.trace(f"node {node.id} becomes leader of term {term}")
         self.checker.observe_role(node.id, role, term)
+        if role is Role.LEADER:
+            st = raft.status()
+            self.checker.observe_leader_commit(
+                node.id, term, st.commit, st.conf_state.voters, self._storages
+            )
         if term > self.stats.max_term:
             self.stats.max_term = term
 
@@ -456,29 +573,100 @@ class Simulation:
     # -- the Ready loop: exactly what a runtime does ---------------------------------------
 
     def handle_ready(self, node: SimNode, crash_at: CrashPoint | None = None) -> None:
-        raft = node.core()
-        role, term = raft.role, raft.term
-        rd = raft.ready()
-        self._persist(node, rd, role, term)
+        """Finish the Readies already taken, then handle one more from start to end.
+
+        With `crash_at`, the node stops at that point of the new Ready (the caller crashes it).
+        """
+        self.finish_inflight(node)
+        taken = self.take(node)
+        if crash_at is None:
+            self.finish_inflight(node)
+            return
+        self.stage(node)  # persist
         if crash_at is CrashPoint.AFTER_PERSIST:
             return
-        for m in rd.messages:
-            self._send(node, m)
+        self.stage(node)  # send
         if crash_at is CrashPoint.AFTER_SEND:
             return
-        cut = self.rng.randint(0, len(rd.committed_entries)) if crash_at else -1
-        for k, entry in enumerate(rd.committed_entries):
-            if k == cut and crash_at is CrashPoint.MID_APPLY:
-                return
-            self._apply(node, entry)
-        if rd.read_states:
-            node.pending_reads.extend(rd.read_states)
-        if node.pending_reads:
-            self._release_reads(node)
-        if crash_at is not None:
+        cut = self.rng.randint(0, len(taken.rd.committed_entries))
+        if crash_at is CrashPoint.MID_APPLY:
+            self._apply_some(node, taken, cut)
             return
-        raft.advance(rd)
-        self.checker.observe_commit(node.id, raft.status().commit)
+        self.stage(node)  # apply (crash before advance)
+
+    def take(self, node: SimNode) -> Taken:
+        """ready(): the node's next Ready joins the ones it has taken and not advanced."""
+        raft = node.core()
+        taken = Taken(raft.ready(), raft.role, raft.term)
+        if node.inflight:
+            self.stats.second_readies += 1
+        node.inflight.append(taken)
+        return taken
+
+    def stage(self, node: SimNode) -> None:
+        """One more stage of the oldest Ready taken: persist, send, apply, or advance.
+
+        Readies go through each stage in the order they were taken (the contract).
+        """
+        taken = node.inflight[0]
+        rd = taken.rd
+        if taken.stage is Stage.TAKEN:
+            self._persist(node, rd, taken.role, taken.term)
+            taken.stage = Stage.PERSISTED
+        elif taken.stage is Stage.PERSISTED:
+            for m in rd.messages:
+                self._send(node, m)
+            taken.stage = Stage.SENT
+        elif taken.stage is Stage.SENT:
+            self._apply_some(node, taken, len(rd.committed_entries))
+            if rd.read_states:
+                node.pending_reads.extend(rd.read_states)
+            if node.pending_reads:
+                self._release_reads(node)
+            taken.stage = Stage.APPLIED
+        else:
+            node.inflight.pop(0)
+            raft = node.core()
+            raft.advance(rd)
+            self._observe(node)
+            self.checker.observe_commit(node.id, raft.status().commit)
+
+    def _apply_some(self, node: SimNode, taken: Taken, upto: int) -> None:
+        entries = taken.rd.committed_entries
+        while taken.applied_upto < upto:
+            self._apply(node, entries[taken.applied_upto], taken.term)
+            taken.applied_upto += 1
+
+    def finish_inflight(self, node: SimNode) -> None:
+        """Persist, send, apply and advance every Ready the node has taken."""
+        while node.inflight:
+            self.stage(node)
+
+    def _pipeline_work(self, node: SimNode) -> None:
+        """Some of the runtime's work on `node`: take Readies, move the oldest on a stage or
+        to its end; a random amount, so that other steps fall between any two of them."""
+        raft = node.core()
+        while True:
+            head = node.inflight[0] if node.inflight else None
+            if (
+                head is not None
+                and head.stage is Stage.SENT
+                and head.rd.committed_entries
+                and self.rng.random() < self.params.apply_hold_prob
+            ):
+                return  # still assembling the transaction that applies them
+            can_take = len(node.inflight) < self.params.max_outstanding and raft.has_ready()
+            if node.inflight and (not can_take or self.rng.random() < 0.6):
+                if self.rng.random() < 0.3:
+                    self.finish_inflight(node)
+                else:
+                    self.stage(node)
+            elif can_take:
+                self.take(node)
+            else:
+                return
+            if self.rng.random() < 0.35:
+                return
 
     def _persist(self, node: SimNode, rd: Ready, role: Role, term: int) -> None:
         storage, checker = node.storage, self.checker
@@ -499,9 +687,9 @@ class Simulation:
             storage.set_hard_state(rd.hard_state)
         checker.after_persist(node.id, storage, role, term)
 
-    def _apply(self, node: SimNode, entry: Entry) -> None:
+    def _apply(self, node: SimNode, entry: Entry, term: int) -> None:
         raft = node.core()
-        self.checker.on_apply(node.id, raft.term, node.app.applied, entry)
+        self.checker.on_apply(node.id, term, node.app.applied, entry)
         if entry.type == EntryType.CONF_CHANGE:
             cc = ConfChange.decode(entry.data)
             cs = raft.apply_conf_change(cc)
@@ -532,8 +720,16 @@ class Simulation:
     def process_readies(self, prob: float = 1.0) -> None:
         for node in self._shuffled_up():
             raft = node.core()
-            if raft.has_ready() and (prob >= 1.0 or self.rng.random() < prob):
+            busy = node.inflight or raft.has_ready()
+            if not busy or (prob < 1.0 and self.rng.random() >= prob):
+                continue
+            if self.params.pipeline:
+                self._pipeline_work(node)
+            else:
                 self.handle_ready(node)
+            if node.raft is not None and not node.inflight and not node.raft.has_ready():
+                self.checker.check_core_config(node.id, node.app.applied,
+                                               node.raft.status().conf_state, node.app.conf_state)
 
     # -- the network -------------------------------------------------------------------------
 
@@ -563,7 +759,8 @@ class Simulation:
     def deliver(self, pkt: Packet) -> None:
         m = pkt.msg
         target = self.nodes.get(m.to)
-        if target is None or target.raft is None or not self.net.connected(m.from_, m.to):
+        cut = not pkt.in_transit and not self.net.connected(m.from_, m.to)
+        if target is None or target.raft is None or cut:
             self._lost(m, pkt.sender_incarnation)
             return
         self.stats.delivered += 1
@@ -609,7 +806,10 @@ class Simulation:
         for _ in range(max_rounds):
             busy = False
             for node in sorted(self.up_nodes(), key=lambda n: n.id):
-                if node.core().has_ready():
+                if node.inflight:
+                    self.finish_inflight(node)
+                    busy = True
+                if node.raft is not None and node.raft.has_ready():
                     self.handle_ready(node)
                     busy = True
             if self.net.packets:
@@ -631,13 +831,18 @@ class Simulation:
         self.trace("heal all links")
 
     def crash(self, node: SimNode, at: CrashPoint | None = None) -> None:
-        if at is not None:
+        if node.inflight:
+            stages = [t.stage.name for t in node.inflight]
+            self.trace(f"node {node.id} crashes with Readies taken and not advanced: {stages}")
+            self.stats.mid_ready_crashes += 1
+        elif at is not None:
             self.trace(f"node {node.id} crashes {at.value}")
             self.handle_ready(node, crash_at=at)
             self.stats.mid_ready_crashes += 1
         else:
             self.trace(f"node {node.id} crashes")
         node.raft = None
+        node.inflight = []
         node.pending_reads = []
         self.stats.crashes += 1
         if self.faults.lose_unapplied_tail_on_crash:
@@ -651,6 +856,7 @@ class Simulation:
             node.storage.set_hard_state(HardState(hs.term, 0, hs.commit))
         self.checker.on_restart(node.id)
         node.raft = RaftNode(self._config(node), node.storage)
+        _plant_core_faults(node.raft, self.faults)
         self.stats.restarts += 1
         self.trace(f"node {node.id} restarts (applied {node.app.applied})")
         self._observe(node)
@@ -820,7 +1026,42 @@ class Simulation:
             self.stabilize()
             self.wait_applied_everywhere(self._next_payload("live-"))
             if self._retire_non_members() == members:
-                return
+                break
+        self.wait_reads_everywhere()
+
+    def wait_reads_everywhere(self, max_ticks: int | None = None) -> None:
+        """Every member of the leader's configuration reads, all with the same context; on a
+        fault-free network each must get its read state (none may be dropped)."""
+        bound = max_ticks if max_ticks is not None else self.liveness_bound()
+        asked: dict[int, bytes] = {}
+        asked_of: tuple[int, int] | None = None
+        for _ in range(bound + 1):
+            self.flush()
+            leader = self.stable_leader()
+            if leader is not None:
+                key = (leader.id, leader.core().term)
+                if key != asked_of or not asked:  # a new leader may have lost them: ask again
+                    asked_of, asked = key, {}
+                    cs = leader.core().status().conf_state
+                    members = [self.nodes[i] for i in sorted(cs.voters | cs.learners)]
+                    ctx = 1 + max(n.read_ctx for n in self.nodes.values())
+                    for node in members:
+                        if node.raft is not None:
+                            node.read_ctx = ctx
+                            if self.read_index(node, ctx):
+                                asked[node.id] = ctx.to_bytes(8, "big")
+                    continue
+                released = self.checker.released_contexts
+                if asked and all((i, c) in released for i, c in asked.items()):
+                    return
+            self.tick_all()
+            self.stats.liveness_ticks += 1
+        released = self.checker.released_contexts
+        missing = sorted(i for i, c in asked.items() if (i, c) not in released)
+        raise Violation(
+            Kind.LIVENESS,
+            f"reads at members {missing} never answered within {bound} ticks{self._summary()}",
+        )
 
     def _retire_non_members(self) -> frozenset[int]:
         """Members of the most advanced applied configuration run; former members stop.
@@ -844,6 +1085,7 @@ class Simulation:
                 if node.raft is not None:
                     self.trace(f"node {node.id} is not a member: shut down")
                     node.raft = None
+                    node.inflight = []
                     node.pending_reads = []
         return members
 
@@ -887,7 +1129,9 @@ class Simulation:
     def _act_delay(self) -> None:
         if self.net.packets:
             pkt = self.rng.choice(self.net.packets)
-            pkt.not_before = self.step_no + self.rng.randint(5, 60)
+            longest = 60 if self.rng.random() < 0.7 else 250
+            pkt.not_before = self.step_no + self.rng.randint(5, longest)
+            pkt.in_transit = self.rng.random() < 0.5
             self.trace(f"delay {_fmt_msg(pkt.msg)} until step {pkt.not_before}")
 
     def _act_propose(self) -> None:
@@ -909,18 +1153,38 @@ class Simulation:
             self.propose(node, self._next_payload("w"))
 
     def _act_read_index(self) -> None:
-        node = self._random_up()
+        leaders = [n for n in self.up_nodes() if n.core().role is Role.LEADER]
+        if leaders and self.rng.random() < 0.3:
+            # A client that still talks to the leader it knows: the oldest one, if several.
+            node: SimNode | None = min(leaders, key=lambda n: (n.core().term, n.id))
+        else:
+            node = self._random_up()
         if node is None:
             return
-        ctx = self._next_payload("r")
+        # Each member counts its own contexts (never reusing one); half the time it jumps to
+        # the latest context any member used, so that members often ask with the same one.
+        latest = self._latest_read_ctx
+        if latest > node.read_ctx and self.rng.random() < 0.5:
+            node.read_ctx = latest
+        else:
+            node.read_ctx += 1
+        self.read_index(node, node.read_ctx)
+
+    def read_index(self, node: SimNode, ctx_number: int) -> bool:
+        """Ask `node` for a read index with context `ctx_number`; False if refused at once."""
+        ctx = ctx_number.to_bytes(8, "big")
+        self._latest_read_ctx = ctx_number
         self.checker.on_read_requested(node.id, ctx)
         self.stats.reads_requested += 1
         try:
             node.core().read_index(ctx)
-            self.trace(f"node {node.id} read_index {ctx!r} (floor {self.checker.max_applied})")
+            self.trace(f"node {node.id} read_index {ctx_number} (floor {self.checker.max_applied})")
+            return True
         except ProposalDropped as e:
-            self.trace(f"node {node.id} drops read {ctx!r}: {e.reason.name}")
-        self._observe(node)
+            self.trace(f"node {node.id} drops read {ctx_number}: {e.reason.name}")
+            return False
+        finally:
+            self._observe(node)
 
     def _act_partition(self) -> None:
         ids = sorted(self.nodes)
@@ -956,7 +1220,7 @@ class Simulation:
             self.trace(f"heal link {link[0]} <-> {link[1]}")
 
     def _act_crash(self) -> None:
-        busy = [n for n in self.up_nodes() if n.core().has_ready()]
+        busy = [n for n in self.up_nodes() if n.inflight or n.core().has_ready()]
         at: CrashPoint | None = None
         if busy and self.rng.random() < self.params.mid_ready_crash_prob:
             node: SimNode | None = self.rng.choice(busy)  # strike inside its pending Ready
@@ -1129,12 +1393,13 @@ def run_schedule(
     trace: TraceFn | None = None,
     bootstrap: str | None = None,
     chaos: bool = False,
+    pipeline: bool = True,
 ) -> ScheduleResult:
     """Run one random schedule plus the liveness phase; never raises for a found bug."""
-    params = ScheduleParams.from_seed(seed, steps, chaos=chaos)
+    params = ScheduleParams.from_seed(seed, steps, chaos=chaos, pipeline=pipeline)
     if bootstrap is not None:
         params = replace(params, bootstrap=bootstrap)
-    replay = replay_command(seed, steps, faults, options, bootstrap, chaos)
+    replay = replay_command(seed, steps, faults, options, bootstrap, chaos, pipeline)
     sim: Simulation | None = None
     try:
         sim = Simulation(params, faults=faults, options=options, trace=trace)

@@ -18,7 +18,13 @@ from concurrent.futures import ProcessPoolExecutor
 from .checker import CheckerOptions
 from .simulator import DEFAULT_STEPS, Faults, ScheduleResult, Stats, run_schedule
 
-_FAULTS = {"forget-vote": "forget_vote_on_restart", "lose-tail": "lose_unapplied_tail_on_crash"}
+_FAULTS = {
+    "forget-vote": "forget_vote_on_restart",
+    "lose-tail": "lose_unapplied_tail_on_crash",
+    "figure-8": "commit_earlier_terms",
+    "vote-off-by-one": "vote_off_by_one",
+    "quorum-off-by-one": "quorum_off_by_one",
+}
 
 
 def _faults(names: Iterable[str]) -> Faults:
@@ -32,9 +38,18 @@ def _run_chunk(
     options: CheckerOptions,
     bootstrap: str | None,
     chaos: bool,
+    pipeline: bool = True,
 ) -> list[ScheduleResult]:
     return [
-        run_schedule(s, steps, faults=faults, options=options, bootstrap=bootstrap, chaos=chaos)
+        run_schedule(
+            s,
+            steps,
+            faults=faults,
+            options=options,
+            bootstrap=bootstrap,
+            chaos=chaos,
+            pipeline=pipeline,
+        )
         for s in seeds
     ]
 
@@ -49,6 +64,7 @@ def run_many(
     stop_after_failures: int = 0,
     bootstrap: str | None = None,
     chaos: bool = False,
+    pipeline: bool = True,
 ) -> tuple[list[ScheduleResult], Stats, int]:
     """Run `seeds` (in parallel when workers > 1): the failures, summed stats, schedules run."""
     faults = faults or Faults()
@@ -78,12 +94,13 @@ def run_many(
 
     if workers <= 1:
         for c in chunks:
-            if consume(_run_chunk(c, steps, faults, options, bootstrap, chaos)):
+            if consume(_run_chunk(c, steps, faults, options, bootstrap, chaos, pipeline)):
                 break
     else:
         with ProcessPoolExecutor(max_workers=workers) as pool:
             futures = [
-                pool.submit(_run_chunk, c, steps, faults, options, bootstrap, chaos) for c in chunks
+                pool.submit(_run_chunk, c, steps, faults, options, bootstrap, chaos, pipeline)
+                for c in chunks
             ]
             for fut in futures:
                 if consume(fut.result()):
@@ -105,6 +122,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--no-hard-state-checks", action="store_true")
     ap.add_argument("--no-config-checks", action="store_true")
     ap.add_argument("--chaos", action="store_true", help="crash- and partition-heavy schedules")
+    ap.add_argument(
+        "--atomic",
+        action="store_true",
+        help="handle each Ready atomically (the simulator before issue 14; default: pipelined)",
+    )
     ap.add_argument(
         "--bootstrap",
         choices=("conf-state", "snapshot"),
@@ -128,6 +150,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             trace=trace,
             bootstrap=args.bootstrap,
             chaos=args.chaos,
+            pipeline=not args.atomic,
         )
         s = r.stats
         print(
@@ -152,6 +175,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         stop_after_failures=args.max_failures,
         bootstrap=args.bootstrap,
         chaos=args.chaos,
+        pipeline=not args.atomic,
     )
     elapsed = time.monotonic() - started
     print(

@@ -71,6 +71,8 @@ def test_schedules_exercise_every_feature() -> None:
         "elections",
         "crashes",
         "mid_ready_crashes",
+        "calls_mid_ready",
+        "second_readies",
         "restarts",
         "snapshots_installed",
         "conf_changes_applied",
@@ -82,6 +84,14 @@ def test_schedules_exercise_every_feature() -> None:
     ):
         assert getattr(total, name) > 0, f"no schedule exercised {name}: {total}"
     assert total.committed > 80 * 10, total
+
+
+def test_atomic_readies_still_run() -> None:
+    """The simulator before issue 14 (each Ready handled atomically) stays available."""
+    for seed in range(20):
+        result = run_schedule(seed, STEPS, pipeline=False)
+        assert result.ok, result.describe()
+        assert result.stats.second_readies == 0
 
 
 def test_a_seed_replays_identically() -> None:
@@ -262,6 +272,45 @@ def test_deposed_leader_serves_no_stale_read() -> None:
     sim.wait_applied_everywhere(b"after-heal")
 
 
+def test_deposed_leader_with_a_reused_context_serves_no_stale_read() -> None:
+    """Issue 14, item 2, in the simulator: a follower's read with context 1 is confirmed while
+    one heartbeat answer is held up on the way; the leader is cut off and deposed, then asked
+    again with context 1 (its own first context), and the held-up answer of the first round
+    arrives. Before the fix the checker reported a stale read here."""
+    sim = _sim(3, seed=12, check_quorum=False, pipeline=False)
+    old = sim.stabilize()
+    asker, other = (n for n in sorted(sim.nodes.values(), key=lambda n: n.id) if n is not old)
+    assert sim.read_index(asker, 1)
+    sim.handle_ready(asker)
+    sim.deliver_all()  # READ_INDEX reaches the leader
+    sim.handle_ready(old)
+    sim.deliver_all()  # its round of heartbeats
+    sim.handle_ready(asker)
+    sim.handle_ready(other)
+    held = [p for p in sim.net.packets if p.msg.from_ == other.id]
+    assert [p.msg.type for p in held] == [MessageType.HEARTBEAT_RESP]
+    sim.net.packets = [p for p in sim.net.packets if p not in held]
+    sim.flush()
+    assert (asker.id, (1).to_bytes(8, "big")) in sim.checker.released_contexts
+    sim.isolate(old.id)
+    others = (asker, other)
+    sim.run_until(
+        lambda: any(n.core().role is Role.LEADER for n in others), 10 * sim.params.election_tick
+    )
+    new = next(n for n in others if n.core().role is Role.LEADER)
+    assert sim.propose(new, b"fresh-write")
+    sim.run_until(lambda: b"fresh-write" in sim.checker.payload_index, 10)
+    assert old.core().role is Role.LEADER  # it does not know yet
+    old.read_ctx = 1
+    assert sim.read_index(old, 1)
+    sim.handle_ready(old)  # its heartbeats are lost (cut off)
+    for pkt in held:  # the first round's answer was already on its way
+        pkt.in_transit = True
+        sim.deliver(pkt)
+    sim.flush()  # the checker raises if a stale read state is released
+    assert (old.id, (1).to_bytes(8, "big")) not in sim.checker.released_contexts
+
+
 # -- self-tests: the checker catches planted bugs ------------------------------------------
 
 
@@ -314,6 +363,22 @@ def _first_caught(faults: Faults, options: CheckerOptions, seeds: range) -> str:
 def test_random_schedules_catch_a_forgotten_vote() -> None:
     kind = _first_caught(Faults(forget_vote_on_restart=True), CheckerOptions(), range(100))
     assert kind, "no schedule caught a node that forgets its vote on restart"
+
+
+@pytest.mark.parametrize(
+    ("fault", "kind", "seeds"),
+    [
+        (Faults(commit_earlier_terms=True), Kind.LEADER_COMMIT_TERM, 100),
+        (Faults(vote_off_by_one=True), Kind.VOTE_NOT_UP_TO_DATE, 100),
+        (Faults(quorum_off_by_one=True), Kind.COMMIT_WITHOUT_MAJORITY, 20),
+    ],
+    ids=["figure-8", "vote-off-by-one", "quorum-off-by-one"],
+)
+def test_random_schedules_catch_a_planted_core_bug(fault: Faults, kind: str, seeds: int) -> None:
+    """Each direct check of a classic rule fails on its planted bug: a leader committing an
+    earlier term's entry by counting replicas (Figure 8), a vote granted to a log one entry
+    shorter, a commit counted with one voter fewer than a majority."""
+    assert _first_caught(fault, CheckerOptions(), range(seeds)) == kind
 
 
 def test_random_schedules_catch_lost_persisted_entries() -> None:
