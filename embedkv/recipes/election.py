@@ -1,0 +1,190 @@
+"""Leader election — etcd's concurrency.Election: the campaigner with the oldest key leads.
+
+Campaigners queue as lock waiters do (each watching only its predecessor); the leader's key
+holds the proclaimed value. Leadership lasts while its lease does: ``is_leader`` turns false
+from the first instant the store could have expired the lease, measured on the leader's own
+clock from when its last refresh was sent (see Session), which is before the store lets the
+next campaigner win. ``on_lost`` callbacks run at that instant or as soon as the session's
+thread runs after it: code that must not act as leader after losing should check
+``is_leader`` (or, stronger, guard its writes with ``store.txn(compare=[election.held()])``).
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+from collections.abc import Callable, Iterator
+from typing import Any
+
+from embedkv import (
+    Compare,
+    CreateRevision,
+    Event,
+    EventType,
+    Get,
+    Put,
+    SortOrder,
+    SortTarget,
+    Store,
+    Watch,
+)
+
+from ._base import Session, SessionLost, check_timeout, check_ttl, deadline_of, prefix, ranged
+from .lock import enqueue, wait_turn
+
+_NOBODY = object()
+
+
+class Election:
+    """``store.election(name, ttl=10)``: campaign, leader, observe, proclaim, resign."""
+
+    def __init__(self, store: Store, name: str, *, ttl: int = 10) -> None:
+        self._store = store
+        self.name = name
+        self.ttl = check_ttl(ttl)
+        self._prefix = prefix("election", name)
+        self._session: Session | None = None
+        self._key = ""
+        self._rev = 0
+        self._mu = threading.Lock()
+        self._on_lost: list[Callable[[], object]] = []
+
+    def __repr__(self) -> str:
+        return f"<embedkv.recipes.Election {self.name!r} leader={self.is_leader}>"
+
+    def campaign(self, value: Any, timeout: float | None = None) -> bool:
+        """Block until we lead (True) or `timeout` passes (False, and we leave the queue)."""
+        timeout = check_timeout(timeout)
+        with self._mu:
+            if self._session is not None:
+                raise RuntimeError(f"{self!r} is already campaigning or leading")
+            session = Session(self._store, self.ttl)
+            try:
+                key, rev = enqueue(self._store, self._prefix, session, value)
+                ok = wait_turn(self._store, self._prefix, rev, deadline_of(timeout), session)
+            except BaseException:
+                session.close()
+                raise
+            if not ok:
+                session.close()
+                return False
+            self._session, self._key, self._rev = session, key, rev
+            for cb in self._on_lost:
+                session.on_lost(cb)
+            return True
+
+    @property
+    def is_leader(self) -> bool:
+        s = self._session
+        return s is not None and s.alive
+
+    @property
+    def session(self) -> Session:
+        if self._session is None:
+            raise RuntimeError(f"{self!r} is not leading")
+        return self._session
+
+    def held(self) -> Compare:
+        """A transaction comparison true only while our leadership's key exists."""
+        if self._session is None:
+            raise RuntimeError(f"{self!r} is not leading")
+        return CreateRevision(self._key) == self._rev
+
+    def on_lost(self, callback: Callable[[], object]) -> None:
+        """Call `callback()` when leadership is lost through the lease (not on resign)."""
+        self._on_lost.append(callback)
+        if self._session is not None:
+            self._session.on_lost(callback)
+
+    def proclaim(self, value: Any) -> None:
+        """Change the leader's value without an election; SessionLost if we no longer lead."""
+        if not self.is_leader:
+            raise SessionLost(f"{self!r}: not the leader")
+        assert self._session is not None
+        r = self._store.txn(
+            compare=[self.held()], success=[Put(self._key, value, lease=self._session.id)]
+        )
+        if not r.succeeded:
+            self._session.lost()
+            raise SessionLost(f"{self!r}: leadership was lost")
+
+    def resign(self) -> None:
+        """Give leadership up (the next campaigner wins); does nothing if not leading."""
+        with self._mu:
+            session, self._session = self._session, None
+        if session is not None:
+            session.close()
+
+    def leader(self) -> Any:
+        """The current leader's value, or None if nobody leads."""
+        r = self._store.txn(success=[self._first()])
+        got = ranged(r, 0)
+        return got.kvs[0].value if got.kvs else None
+
+    def _first(self) -> Get:
+        return Get(self._prefix, prefix=True, sort_order=SortOrder.ASCEND,
+                   sort_target=SortTarget.CREATE)
+
+    def observe(self, callback: Callable[[Any], object] | None = None) -> Observation:
+        """Follow leadership: each change of leader or of its value is reported once, as the
+        value (None: nobody leads). With `callback`, calls it on the watch dispatcher; without,
+        iterate the returned Observation. ``.cancel()`` ends it."""
+        return Observation(self._store, self._prefix, self._first(), callback)
+
+
+class Observation:
+    """Leadership changes, computed from one read and the watch events after it, so no
+    change is missed or reported out of order."""
+
+    def __init__(
+        self, store: Store, pfx: str, first: Get, callback: Callable[[Any], object] | None
+    ) -> None:
+        r = store.txn(success=[first])
+        got = ranged(r, 0)
+        self._members: dict[Any, tuple[int, Any]] = {
+            kv.key: (kv.create_revision, kv.value) for kv in got.kvs
+        }
+        self._last: object = _NOBODY
+        self._callback = callback
+        self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        self._emit()
+        self._watch: Watch = store.watch(pfx, self._on_event, prefix=True,
+                                         start_revision=r.revision + 1)
+
+    def _on_event(self, event: Event) -> None:
+        if event.type is EventType.DELETE:
+            self._members.pop(event.key, None)
+        else:
+            self._members[event.key] = (event.kv.create_revision, event.value)
+        self._emit()
+
+    def _emit(self) -> None:
+        value = min(self._members.values(), key=lambda cv: cv[0])[1] if self._members else None
+        if self._last is not _NOBODY and value == self._last:
+            return
+        self._last = value
+        if self._callback is not None:
+            self._callback(value)
+        else:
+            self._queue.put(value)
+
+    def __iter__(self) -> Iterator[Any]:
+        return self
+
+    def __next__(self) -> Any:
+        while True:
+            if self._watch.cancelled and self._queue.empty():
+                raise StopIteration
+            try:
+                return self._queue.get(timeout=0.1)
+            except queue.Empty:
+                continue
+
+    def cancel(self) -> None:
+        self._watch.cancel()
+
+    def __enter__(self) -> Observation:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.cancel()
