@@ -117,7 +117,7 @@ class Session:
         self._valid_until = sent + ttl
         self._lost = False
         self._stopped = threading.Event()
-        self._orphaned = False
+        self._stalled = False
         self._callbacks: list[Callable[[], object]] = []
         self._lock = threading.Lock()
         self._thread = threading.Thread(
@@ -147,7 +147,7 @@ class Session:
             if time.monotonic() >= self._valid_until:
                 self._mark_lost()
                 return
-            if self._orphaned:
+            if self._stalled:
                 continue
             sent = time.monotonic()
             try:
@@ -177,10 +177,16 @@ class Session:
         self._mark_lost()
 
     def orphan(self) -> None:
-        """Stop refreshing without revoking: the lease (and every key on it) ends after its
-        TTL, as when the process holding it dies or its keep-alives stop getting through.
-        ``alive`` turns false and ``on_lost`` callbacks run when the lease may have expired."""
-        self._orphaned = True
+        """Stop refreshing without revoking, and without callbacks: the lease (and every key
+        on it) ends after its TTL, as when the process holding it is killed."""
+        self._stalled = True
+        self._stopped.set()
+
+    def stall(self) -> None:
+        """Stop refreshing but keep the process's view: as when keep-alives stop getting
+        through. ``alive`` turns false and ``on_lost`` callbacks run when the lease may have
+        expired, before the store can expire it."""
+        self._stalled = True
 
     def close(self) -> None:
         """Revoke the lease now: every key on it is deleted. Idempotent."""
