@@ -31,7 +31,8 @@ def test_exclusion_and_strictly_increasing_tokens_with_8_threads(store: embedkv.
                         assert inside == 1, "two holders at once"
                         holdings.append(lock.token)
                     # the lock's guard lets this write through while we hold it
-                    assert store.txn(compare=[lock.held()], success=[Put("x", lock.token)]).succeeded
+                    write = store.txn(compare=[lock.held()], success=[Put("x", lock.token)])
+                    assert write.succeeded
                     with guard:
                         inside -= 1
         except BaseException as e:  # pragma: no cover - reported below
@@ -183,7 +184,12 @@ def test_rwlock_readers_share_writer_excludes_and_waits_in_order(store: embedkv.
     r3.release()
 
 
-@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+MODEL = settings(
+    max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+
+
+@MODEL
 @given(st.lists(st.tuples(st.sampled_from(["acquire", "release"]), st.integers(0, 2)), max_size=20))
 def test_lock_matches_a_model(store: embedkv.Store, ops: list[tuple[str, int]]) -> None:
     """Non-blocking acquire/release by three clients against: one holder, first come."""

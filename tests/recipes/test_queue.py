@@ -106,7 +106,12 @@ def test_a_blocked_get_wakes_on_put(store: embedkv.Store) -> None:
     assert got == ["hello"]
 
 
-@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+MODEL = settings(
+    max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+
+
+@MODEL
 @given(st.lists(st.one_of(
     st.tuples(st.just("put"), st.integers(-2, 2)),
     st.tuples(st.just("get"), st.just(0)),
