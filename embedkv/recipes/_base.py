@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import contextlib
+import heapq
+import itertools
 import logging
 import threading
 import time
@@ -96,6 +98,62 @@ class SessionLost(Error):
     (a lock, leadership, a claim) is gone."""
 
 
+def _run_callbacks(callbacks: list[Callable[[], object]]) -> None:
+    for cb in callbacks:
+        try:
+            cb()
+        except Exception:
+            _log.exception("session-lost callback raised")
+
+
+class _Keeper:
+    """One thread refreshes every Session of the process, each when it is due: starting a
+    thread per lock holding would cost more than the lock itself."""
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition()
+        self._heap: list[tuple[float, int, Session]] = []
+        self._seq = itertools.count()
+        self._thread: threading.Thread | None = None
+
+    def add(self, session: Session, due: float) -> None:
+        with self._cond:
+            heapq.heappush(self._heap, (due, next(self._seq), session))
+            if self._thread is None:
+                self._thread = threading.Thread(
+                    target=self._run, name="embedkv-recipe-keepalive", daemon=True
+                )
+                self._thread.start()
+            self._cond.notify()
+
+    def _run(self) -> None:
+        while True:
+            with self._cond:
+                while True:
+                    if not self._heap:
+                        self._cond.wait(5.0)
+                        if not self._heap:  # idle: end; the next add starts a new thread
+                            self._thread = None
+                            return
+                        continue
+                    due, _, session = self._heap[0]
+                    wait = due - time.monotonic()
+                    if wait <= 0:
+                        heapq.heappop(self._heap)
+                        break
+                    self._cond.wait(wait)
+            try:
+                nxt = session._tick()
+            except Exception:  # pragma: no cover - _tick handles what it expects
+                _log.exception("recipe keep-alive failed")
+                nxt = None
+            if nxt is not None:
+                self.add(session, nxt)
+
+
+_keeper = _Keeper()
+
+
 class Session:
     """A lease that the recipe keeps alive itself, so that it knows when the lease may have
     ended — etcd's ``concurrency.Session``.
@@ -105,8 +163,8 @@ class Session:
     lease's expiry. ``alive`` is computed from the clock at each read against that bound, so
     it turns false no later than the instant the store could expire the lease (on one
     machine; across machines it also assumes the clocks run at the same rate). The
-    ``on_lost`` callbacks run on the session's thread at that instant or as soon as the
-    thread is scheduled after it."""
+    ``on_lost`` callbacks run (on a thread of their own) once the process's keep-alive
+    thread sees that instant pass — at it, or as soon as that thread is scheduled after it."""
 
     def __init__(self, store: Store, ttl: int) -> None:
         self.store = store
@@ -116,14 +174,11 @@ class Session:
         self.id = self.lease.id
         self._valid_until = sent + ttl
         self._lost = False
-        self._stopped = threading.Event()
+        self._stopped = False
         self._stalled = False
         self._callbacks: list[Callable[[], object]] = []
         self._lock = threading.Lock()
-        self._thread = threading.Thread(
-            target=self._run, name=f"embedkv-session-{self.id:x}", daemon=True
-        )
-        self._thread.start()
+        _keeper.add(self, sent + ttl / 3)
 
     def __repr__(self) -> str:
         return f"<embedkv.recipes.Session lease={self.id:#x} ttl={self.ttl} alive={self.alive}>"
@@ -141,36 +196,37 @@ class Session:
                 return
         callback()
 
-    def _run(self) -> None:
-        period = self.ttl / 3
-        while not self._stopped.wait(min(period, max(0.0, self._valid_until - time.monotonic()))):
-            if time.monotonic() >= self._valid_until:
-                self._mark_lost()
-                return
-            if self._stalled:
-                continue
-            sent = time.monotonic()
-            try:
-                self.lease.refresh()
-            except (LeaseNotFound, Closed):
-                self._mark_lost()
-                return
-            except Exception:  # Unavailable and the like: try again until the bound passes.
-                _log.warning("lease %x: keep-alive failed; retrying", self.id, exc_info=True)
-                continue
-            self._valid_until = sent + self.ttl
+    def _tick(self) -> float | None:
+        """Refresh if due; the time of the next tick, or None when the session is over."""
+        if self._stopped or self._lost:
+            return None
+        now = time.monotonic()
+        if now >= self._valid_until:
+            self._mark_lost()
+            return None
+        if self._stalled:
+            return self._valid_until
+        try:
+            self.lease.refresh()
+        except (LeaseNotFound, Closed):
+            self._mark_lost()
+            return None
+        except Exception:  # Unavailable and the like: try again until the bound passes.
+            _log.warning("lease %x: keep-alive failed; retrying", self.id, exc_info=True)
+            return min(time.monotonic() + 0.1, self._valid_until)
+        self._valid_until = now + self.ttl
+        return min(time.monotonic() + self.ttl / 3, self._valid_until)
 
     def _mark_lost(self) -> None:
         with self._lock:
-            if self._lost or self._stopped.is_set():
+            if self._lost or self._stopped:
                 return
             self._lost = True
             callbacks, self._callbacks = self._callbacks, []
-        for cb in callbacks:
-            try:
-                cb()
-            except Exception:
-                _log.exception("session-lost callback raised")
+        if callbacks:
+            threading.Thread(
+                target=_run_callbacks, args=(callbacks,), name="embedkv-session-lost", daemon=True
+            ).start()
 
     def lost(self) -> None:
         """Declare the lease lost now (a watch saw its key deleted under us)."""
@@ -180,7 +236,7 @@ class Session:
         """Stop refreshing without revoking, and without callbacks: the lease (and every key
         on it) ends after its TTL, as when the process holding it is killed."""
         self._stalled = True
-        self._stopped.set()
+        self._stopped = True
 
     def stall(self) -> None:
         """Stop refreshing but keep the process's view: as when keep-alives stop getting
@@ -190,7 +246,7 @@ class Session:
 
     def close(self) -> None:
         """Revoke the lease now: every key on it is deleted. Idempotent."""
-        self._stopped.set()
+        self._stopped = True
         with self._lock:
             self._lost = True
             self._callbacks = []

@@ -60,8 +60,9 @@ class Election:
                 raise RuntimeError(f"{self!r} is already campaigning or leading")
             session = Session(self._store, self.ttl)
             try:
-                key, rev = enqueue(self._store, self._prefix, session, value)
-                ok = wait_turn(self._store, self._prefix, rev, deadline_of(timeout), session)
+                key, rev, first = enqueue(self._store, self._prefix, session, value)
+                ok = wait_turn(self._store, self._prefix, rev, deadline_of(timeout), session,
+                               listing=first)
             except BaseException:
                 session.close()
                 raise

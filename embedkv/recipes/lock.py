@@ -45,20 +45,30 @@ def _kv_key(kv: KeyValue) -> str:
     return k if isinstance(k, str) else k.decode()
 
 
+Listing = tuple[tuple[KeyValue, ...], int]
+"""The keys of a queue in creation order (values left out), and the revision they were read at."""
+
+
+def _listing(pfx: str) -> Get:
+    return Get(pfx, prefix=True, keys_only=True, sort_order=SortOrder.ASCEND,
+               sort_target=SortTarget.CREATE)
+
+
 def enqueue(
     store: Store, pfx: str, session: Session, value: object, tag: str = ""
-) -> tuple[str, int]:
-    """Put our key (once per session) on the session's lease; (key, its create revision)."""
+) -> tuple[str, int, Listing]:
+    """Put our key (once per session) on the session's lease, listing the queue in the same
+    transaction (as etcd's Mutex does): (key, its create revision, the listing)."""
     key = f"{pfx}{tag}{session.id:016x}"
     r = store.txn(
         compare=[Version(key) == 0],
-        success=[Put(key, value, lease=session.id)],
-        failure=[Get(key)],
+        success=[Put(key, value, lease=session.id), _listing(pfx)],
+        failure=[Get(key), _listing(pfx)],
     )
+    listing = (ranged(r, 1).kvs, r.revision)
     if r.succeeded:
-        return key, r.revision
-    got = ranged(r, 0)
-    return key, got.kvs[0].create_revision
+        return key, r.revision, listing
+    return key, ranged(r, 0).kvs[0].create_revision, listing
 
 
 def wait_turn(
@@ -69,20 +79,21 @@ def wait_turn(
     session: Session,
     blocks: Callable[[str], bool] = lambda key: True,
     slots: int = 1,
+    listing: Listing | None = None,
 ) -> bool:
     """Wait until fewer than `slots` keys under `pfx` created before `my_rev` that `blocks`
     us are left, watching one predecessor at a time (the whole prefix when `slots` > 1);
-    False on timeout. SessionLost if our lease ends."""
+    False on timeout. SessionLost if our lease ends. `listing`: a first look already taken."""
     while True:
         if not session.alive:
             raise SessionLost("the lease ended while waiting")
-        r = store.txn(
-            success=[Get(pfx, prefix=True, keys_only=True, sort_order=SortOrder.ASCEND,
-                         sort_target=SortTarget.CREATE)]
-        )
-        got = ranged(r, 0)
-        before = [kv for kv in got.kvs if kv.create_revision < my_rev and blocks(_kv_key(kv))]
-        if not any(kv.create_revision == my_rev for kv in got.kvs):
+        if listing is None:
+            r = store.txn(success=[_listing(pfx)])
+            listing = (ranged(r, 0).kvs, r.revision)
+        kvs, revision = listing
+        listing = None
+        before = [kv for kv in kvs if kv.create_revision < my_rev and blocks(_kv_key(kv))]
+        if not any(kv.create_revision == my_rev for kv in kvs):
             raise SessionLost("our key is gone: the lease ended or someone deleted it")
         if len(before) < slots:
             return True
@@ -93,7 +104,7 @@ def wait_turn(
         gone = threading.Event()
         watched = (pred, False) if slots == 1 else (pfx, True)
         with store.watch(watched[0], _setter(gone), prefix=watched[1],
-                         start_revision=r.revision + 1):
+                         start_revision=revision + 1):
             # Any event on the predecessor's key (its delete) means: look again. Wake every
             # half second meanwhile to notice our own lease ending or the deadline passing.
             while not gone.wait(_nap(deadline)):
@@ -151,10 +162,10 @@ class Lock:
                 raise RuntimeError(f"{self!r} is already held by this object (not reentrant)")
             session = Session(self._store, self.ttl)
             try:
-                key, rev = enqueue(self._store, self._prefix, session, "", self._tag)
+                key, rev, first = enqueue(self._store, self._prefix, session, "", self._tag)
                 ok = wait_turn(
                     self._store, self._prefix, rev, deadline_of(0 if not blocking else timeout),
-                    session, self._blocks,
+                    session, self._blocks, listing=first,
                 )
             except BaseException:
                 session.close()

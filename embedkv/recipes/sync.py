@@ -145,10 +145,10 @@ class Semaphore(Lock):
                 raise RuntimeError(f"{self!r} is already held by this object")
             session = Session(self._store, self.ttl)
             try:
-                key, rev = enqueue(self._store, self._prefix, session, "")
+                key, rev, first = enqueue(self._store, self._prefix, session, "")
                 ok = wait_turn(self._store, self._prefix, rev,
                                deadline_of(0 if not blocking else timeout), session,
-                               slots=self.n)
+                               slots=self.n, listing=first)
             except BaseException:
                 session.close()
                 raise
@@ -223,7 +223,7 @@ class Party:
     def _join(self) -> str:
         session = Session(self._store, self.ttl)
         self._session = session
-        key, _ = enqueue(self._store, self._prefix, session, self._value)
+        key, _, _ = enqueue(self._store, self._prefix, session, self._value)
         self.id = key[len(self._prefix):]
         session.on_lost(lambda: self._on_lost(session))
         return self.id
