@@ -67,8 +67,7 @@ class AsyncLock:
         return self
 
     async def __aexit__(self, *exc: object) -> None:
-        if self.sync.is_held or self.sync._session is not None:
-            await self.release()
+        await _run(self.sync.__exit__, None, None, None)
 
 
 class AsyncRWLock:

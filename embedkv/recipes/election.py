@@ -12,13 +12,10 @@ thread runs after it: code that must not act as leader after losing should check
 from __future__ import annotations
 
 import queue
-import threading
 from collections.abc import Callable, Iterator
 from typing import Any
 
 from embedkv import (
-    Compare,
-    CreateRevision,
     Event,
     EventType,
     Get,
@@ -29,13 +26,13 @@ from embedkv import (
     Watch,
 )
 
-from ._base import Session, SessionLost, check_timeout, check_ttl, deadline_of, prefix, ranged
-from .lock import enqueue, wait_turn
+from ._base import SessionLost, check_timeout, check_ttl, deadline_of, prefix, ranged
+from .lock import Holding, queue_up
 
 _NOBODY = object()
 
 
-class Election:
+class Election(Holding):
     """``store.election(name, ttl=10)``: campaign, leader, observe, proclaim, resign."""
 
     def __init__(self, store: Store, name: str, *, ttl: int = 10) -> None:
@@ -43,11 +40,9 @@ class Election:
         self.name = name
         self.ttl = check_ttl(ttl)
         self._prefix = prefix("election", name)
-        self._session: Session | None = None
-        self._key = ""
-        self._rev = 0
-        self._mu = threading.Lock()
-        self._on_lost: list[Callable[[], object]] = []
+        super().__init__()
+
+    _not_held = "is not leading"
 
     def __repr__(self) -> str:
         return f"<embedkv.recipes.Election {self.name!r} leader={self.is_leader}>"
@@ -58,44 +53,13 @@ class Election:
         with self._mu:
             if self._session is not None:
                 raise RuntimeError(f"{self!r} is already campaigning or leading")
-            session = Session(self._store, self.ttl)
-            try:
-                key, rev, first = enqueue(self._store, self._prefix, session, value)
-                ok = wait_turn(self._store, self._prefix, rev, deadline_of(timeout), session,
-                               listing=first)
-            except BaseException:
-                session.close()
-                raise
-            if not ok:
-                session.close()
-                return False
-            self._session, self._key, self._rev = session, key, rev
-            for cb in self._on_lost:
-                session.on_lost(cb)
-            return True
+            got = queue_up(self._store, self._prefix, self.ttl, value, "", deadline_of(timeout))
+            return self._take(got)
 
     @property
     def is_leader(self) -> bool:
-        s = self._session
-        return s is not None and s.alive
-
-    @property
-    def session(self) -> Session:
-        if self._session is None:
-            raise RuntimeError(f"{self!r} is not leading")
-        return self._session
-
-    def held(self) -> Compare:
-        """A transaction comparison true only while our leadership's key exists."""
-        if self._session is None:
-            raise RuntimeError(f"{self!r} is not leading")
-        return CreateRevision(self._key) == self._rev
-
-    def on_lost(self, callback: Callable[[], object]) -> None:
-        """Call `callback()` when leadership is lost through the lease (not on resign)."""
-        self._on_lost.append(callback)
-        if self._session is not None:
-            self._session.on_lost(callback)
+        """True while we lead and our lease cannot have expired (see Session)."""
+        return self._live
 
     def proclaim(self, value: Any) -> None:
         """Change the leader's value without an election; SessionLost if we no longer lead."""
@@ -111,8 +75,7 @@ class Election:
 
     def resign(self) -> None:
         """Give leadership up (the next campaigner wins); does nothing if not leading."""
-        with self._mu:
-            session, self._session = self._session, None
+        session = self._drop()
         if session is not None:
             session.close()
 

@@ -116,6 +116,31 @@ def wait_turn(
                     return False
 
 
+def queue_up(
+    store: Store,
+    pfx: str,
+    ttl: int,
+    value: object,
+    tag: str,
+    deadline: float | None,
+    blocks: Callable[[str], bool] = lambda key: True,
+    slots: int = 1,
+) -> tuple[Session, str, int] | None:
+    """Join the queue under `pfx` on a new lease and wait for our turn: (session, key, create
+    revision), or None at the deadline — having left the queue (the lease is revoked)."""
+    session = Session(store, ttl)
+    try:
+        key, rev, first = enqueue(store, pfx, session, value, tag)
+        ok = wait_turn(store, pfx, rev, deadline, session, blocks, slots, first)
+    except BaseException:
+        session.close()
+        raise
+    if not ok:
+        session.close()
+        return None
+    return session, key, rev
+
+
 def _setter(flag: threading.Event) -> Callable[[Event], None]:
     return lambda event: flag.set()
 
@@ -125,7 +150,59 @@ def _nap(deadline: float | None) -> float:
     return 0.5 if left is None else min(0.5, left)
 
 
-class Lock:
+class Holding:
+    """What a lock holding and a leadership share: our key on a lease of our own, its create
+    revision (the fencing token), and the callbacks for losing the lease."""
+
+    _not_held = "is not held"
+
+    def __init__(self) -> None:
+        self._session: Session | None = None
+        self._key = ""
+        self._rev = 0
+        self._mu = threading.Lock()
+        self._on_lost: list[Callable[[], object]] = []
+
+    def _take(self, got: tuple[Session, str, int] | None) -> bool:
+        if got is None:
+            return False
+        self._session, self._key, self._rev = got
+        for cb in self._on_lost:
+            self._session.on_lost(cb)
+        return True
+
+    def _drop(self) -> Session | None:
+        with self._mu:
+            session, self._session = self._session, None
+        return session
+
+    @property
+    def _live(self) -> bool:
+        s = self._session
+        return s is not None and s.alive
+
+    @property
+    def session(self) -> Session:
+        """The current holding's lease session (``.session.orphan()`` simulates death)."""
+        if self._session is None:
+            raise RuntimeError(f"{self!r} {self._not_held}")
+        return self._session
+
+    def held(self) -> Compare:
+        """A transaction comparison true only while this holding's key still exists: guard
+        writes with ``store.txn(compare=[x.held(), ...])`` and the store refuses them once
+        the holding is lost."""
+        self.session  # noqa: B018 - raises when not holding
+        return CreateRevision(self._key) == self._rev
+
+    def on_lost(self, callback: Callable[[], object]) -> None:
+        """Call `callback()` if a holding's lease is lost (not on release/resign)."""
+        self._on_lost.append(callback)
+        if self._session is not None:
+            self._session.on_lost(callback)
+
+
+class Lock(Holding):
     """``store.lock(name, ttl=10)``: a fair, lease-backed, fencing lock.
 
     ``with lock:`` acquires and releases; ``acquire(timeout=None, blocking=True)`` returns
@@ -141,17 +218,16 @@ class Lock:
         self.name = name
         self.ttl = check_ttl(ttl)
         self._prefix = prefix(_kind, name)
-        self._session: Session | None = None
-        self._key: str | None = None
-        self._rev = 0
-        self._mu = threading.Lock()
-        self._on_lost: list[Callable[[], object]] = []
+        super().__init__()
 
     def __repr__(self) -> str:
         return f"<embedkv.recipes.{type(self).__name__} {self.name!r} held={self.is_held}>"
 
     def _blocks(self, key: str) -> bool:
         return True
+
+    _slots = 1
+    """How many may hold at once (a Semaphore has more)."""
 
     def acquire(self, blocking: bool = True, timeout: float | None = None) -> bool:
         """Wait for the lock (in arrival order); False if not acquired within `timeout`, or at
@@ -160,69 +236,33 @@ class Lock:
         with self._mu:
             if self._session is not None:
                 raise RuntimeError(f"{self!r} is already held by this object (not reentrant)")
-            session = Session(self._store, self.ttl)
-            try:
-                key, rev, first = enqueue(self._store, self._prefix, session, "", self._tag)
-                ok = wait_turn(
-                    self._store, self._prefix, rev, deadline_of(0 if not blocking else timeout),
-                    session, self._blocks, listing=first,
-                )
-            except BaseException:
-                session.close()
-                raise
-            if not ok:
-                session.close()
-                return False
-            self._session, self._key, self._rev = session, key, rev
-            for cb in self._on_lost:
-                session.on_lost(cb)
-            return True
+            got = queue_up(self._store, self._prefix, self.ttl, "", self._tag,
+                           deadline_of(0 if not blocking else timeout), self._blocks, self._slots)
+            return self._take(got)
 
     def release(self) -> None:
         """Give the lock up (revoking its lease deletes our key and wakes the next waiter)."""
-        with self._mu:
-            session = self._session
-            if session is None:
-                raise RuntimeError(f"{self!r} is not held")
-            self._session, self._key = None, None
-            session.close()
+        session = self._drop()
+        if session is None:
+            raise RuntimeError(f"{self!r} is not held")
+        session.close()
 
     @property
     def is_held(self) -> bool:
         """True while we hold the lock and its lease cannot have expired (see Session)."""
-        s = self._session
-        return s is not None and s.alive
+        return self._live
 
     @property
     def token(self) -> int:
         """The fencing token of the current holding: our key's create revision."""
-        if self._session is None:
-            raise RuntimeError(f"{self!r} is not held")
+        self.session  # noqa: B018 - raises when not holding
         return self._rev
 
     @property
-    def session(self) -> Session:
-        """The current holding's lease session (``lock.session.orphan()`` simulates death)."""
-        if self._session is None:
-            raise RuntimeError(f"{self!r} is not held")
-        return self._session
-
-    @property
     def key(self) -> str:
-        """Our key in the store while held (useful for guards of your own)."""
-        if self._key is None:
-            raise RuntimeError(f"{self!r} is not held")
+        """Our key in the store while held (for guards of your own)."""
+        self.session  # noqa: B018 - raises when not holding
         return self._key
-
-    def held(self) -> Compare:
-        """A transaction comparison true only while this holding's key still exists."""
-        return CreateRevision(self.key) == self._rev
-
-    def on_lost(self, callback: Callable[[], object]) -> None:
-        """Call `callback()` if a holding's lease is lost (not on release)."""
-        self._on_lost.append(callback)
-        if self._session is not None:
-            self._session.on_lost(callback)
 
     def __enter__(self) -> Lock:
         self.acquire()

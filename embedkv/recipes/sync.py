@@ -31,7 +31,7 @@ from ._base import (
     ranged,
     wait_set,
 )
-from .lock import Lock, enqueue, wait_turn
+from .lock import Lock, enqueue
 
 
 def _text(kv: KeyValue | Event) -> str:
@@ -135,28 +135,8 @@ class Semaphore(Lock):
     each on its own lease (a dead holder's slot frees itself after the TTL)."""
 
     def __init__(self, store: Store, name: str, n: int, *, ttl: int = 10) -> None:
+        self.n = self._slots = check_count("n", n)
         super().__init__(store, name, ttl=ttl, _kind="semaphore")
-        self.n = check_count("n", n)
-
-    def acquire(self, blocking: bool = True, timeout: float | None = None) -> bool:
-        timeout = check_timeout(timeout)
-        with self._mu:
-            if self._session is not None:
-                raise RuntimeError(f"{self!r} is already held by this object")
-            session = Session(self._store, self.ttl)
-            try:
-                key, rev, first = enqueue(self._store, self._prefix, session, "")
-                ok = wait_turn(self._store, self._prefix, rev,
-                               deadline_of(0 if not blocking else timeout), session,
-                               slots=self.n, listing=first)
-            except BaseException:
-                session.close()
-                raise
-            if not ok:
-                session.close()
-                return False
-            self._session, self._key, self._rev = session, key, rev
-            return True
 
     def holders(self) -> int:
         """How many hold a slot now."""
