@@ -41,15 +41,14 @@ class ConfigView(Mapping[str, Any]):
     def _on_event(self, event: Event) -> None:
         if event.revision <= self._revision:
             return  # already in the view: it was re-read at this revision or later
-        try:
-            r = self._store.txn(success=[Get(self._prefix, prefix=True,
-                                             revision=event.revision)])
+        try:  # a plain read at the event's revision: the prefix after all of that revision
             rev = event.revision
+            kvs = self._store.range(prefix=self._prefix, revision=rev)
         except Compacted:
             r = self._store.txn(success=[Get(self._prefix, prefix=True)])
-            rev = r.revision
+            kvs, rev = list(ranged(r, 0).kvs), r.revision
         with self._mu:
-            self._data, self._revision = self._strip(ranged(r, 0).kvs), rev
+            self._data, self._revision = self._strip(kvs), rev
         for cb in list(self._callbacks):
             cb(self)
 

@@ -22,8 +22,6 @@ from embedkv import (
     Get,
     KeyValue,
     Put,
-    SortOrder,
-    SortTarget,
     Store,
     Version,
 )
@@ -115,16 +113,13 @@ class Queue:
     def _candidates(self, claimed: set[str]) -> Iterator[KeyValue]:
         """Unclaimed items in delivery order, one priority group at a time."""
         start, end = self._items, self._prefix + "i0"
-        while True:
-            r = self._store.txn(success=[Get(start, end=end, limit=1, keys_only=True)])
-            first = ranged(r, 0).kvs
+        while True:  # plain reads: only the claims' read needs a revision (see get)
+            first = self._store.range(start=start, end=end, limit=1, keys_only=True)
             if not first:
                 return
             group = _text(first[0])[: len(self._items) + 20]  # "<items><prio>/"
-            r = self._store.txn(success=[Get(group, prefix=True, limit=len(claimed) + 16,
-                                             sort_order=SortOrder.ASCEND,
-                                             sort_target=SortTarget.CREATE, keys_only=True)])
-            for kv in ranged(r, 0).kvs:
+            for kv in self._store.range(prefix=group, sort="create", limit=len(claimed) + 16,
+                                        keys_only=True):
                 if _text(kv)[len(self._items):] not in claimed:
                     yield kv
             start = group[:-1] + "0"  # just past every key of this group
