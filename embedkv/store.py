@@ -32,7 +32,7 @@ from collections.abc import (
 )
 from dataclasses import dataclass
 from types import TracebackType
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from .errors import Closed, LeaseNotFound, Unavailable
 from .member import Member, new_identity
@@ -61,6 +61,15 @@ from .storage.requests import (
     key_bytes,
 )
 from .storage.verify import VerifyReport
+
+if TYPE_CHECKING:  # the recipes import this module; the methods below import them lazily
+    from .recipes import aio as _aio
+    from .recipes.config import ConfigView
+    from .recipes.election import Election
+    from .recipes.lock import Lock, RWLock
+    from .recipes.queue import Queue
+    from .recipes.services import Services
+    from .recipes.sync import Barrier, Counter, DoubleBarrier, Party, Semaphore
 
 __all__ = [
     "AsyncLease",
@@ -925,6 +934,75 @@ class Store(MutableMapping[Key, Any]):
         self._check()
         return self._m.grant_lease(ttl)
 
+    # --- coordination recipes (embedkv.recipes, on the public API above) ----------------------
+
+    def lock(self, name: str, *, ttl: int = 10) -> Lock:
+        """A fair, lease-backed lock with a fencing token (embedkv.recipes.Lock)."""
+        from .recipes.lock import Lock
+
+        return Lock(self, name, ttl=ttl)
+
+    def rwlock(self, name: str, *, ttl: int = 10) -> RWLock:
+        """A read-write lock: ``.read()`` and ``.write()`` locks over one fair queue."""
+        from .recipes.lock import RWLock
+
+        return RWLock(self, name, ttl=ttl)
+
+    def election(self, name: str, *, ttl: int = 10) -> Election:
+        """Leader election: campaign, leader, observe, proclaim, resign."""
+        from .recipes.election import Election
+
+        return Election(self, name, ttl=ttl)
+
+    def queue(self, name: str, *, ttl: int = 10) -> Queue:
+        """A work queue with lease-backed claims (redelivered if a consumer dies)."""
+        from .recipes.queue import Queue
+
+        return Queue(self, name, ttl=ttl)
+
+    def barrier(self, name: str, n: int, *, ttl: int = 10) -> Barrier:
+        """Releases all `n` participants together."""
+        from .recipes.sync import Barrier
+
+        return Barrier(self, name, n, ttl=ttl)
+
+    def double_barrier(self, name: str, n: int, *, ttl: int = 10) -> DoubleBarrier:
+        """``enter()`` until `n` have entered, ``leave()`` until all have left."""
+        from .recipes.sync import DoubleBarrier
+
+        return DoubleBarrier(self, name, n, ttl=ttl)
+
+    def semaphore(self, name: str, n: int, *, ttl: int = 10) -> Semaphore:
+        """At most `n` lease-backed holders at once."""
+        from .recipes.sync import Semaphore
+
+        return Semaphore(self, name, n, ttl=ttl)
+
+    def counter(self, name: str) -> Counter:
+        """An integer changed atomically (compare-and-set retries)."""
+        from .recipes.sync import Counter
+
+        return Counter(self, name)
+
+    def party(self, name: str, *, ttl: int = 10) -> Party:
+        """Who is present, each member on its own lease."""
+        from .recipes.sync import Party
+
+        return Party(self, name, ttl=ttl)
+
+    def services(self, name: str) -> Services:
+        """A service registry: register, endpoints, watch, pick."""
+        from .recipes.services import Services
+
+        return Services(self, name)
+
+    def config(self, prefix: str) -> ConfigView:
+        """A read-only mapping of the keys under `prefix`, kept current by a watch."""
+        from .recipes.config import ConfigView
+
+        return ConfigView(self, prefix)
+
+
 
 def _check_ttl(ttl: int) -> None:
     if isinstance(ttl, bool) or not isinstance(ttl, int):
@@ -1407,6 +1485,62 @@ class AsyncStore:
         if keepalive:
             self.store._m.set_auto_keepalive(grant.id, True)
         return AsyncLease(Lease(self.store, grant.id, grant.ttl, keepalive))
+
+    # --- coordination recipes: the sync recipes' logic, run in worker threads ---------------
+
+    def lock(self, name: str, *, ttl: int = 10) -> _aio.AsyncLock:
+        from .recipes import aio
+
+        return aio.AsyncLock(self.store.lock(name, ttl=ttl))
+
+    def rwlock(self, name: str, *, ttl: int = 10) -> _aio.AsyncRWLock:
+        from .recipes import aio
+
+        return aio.AsyncRWLock(self.store.rwlock(name, ttl=ttl))
+
+    def election(self, name: str, *, ttl: int = 10) -> _aio.AsyncElection:
+        from .recipes import aio
+
+        return aio.AsyncElection(self.store.election(name, ttl=ttl))
+
+    def queue(self, name: str, *, ttl: int = 10) -> _aio.AsyncQueue:
+        from .recipes import aio
+
+        return aio.AsyncQueue(self.store.queue(name, ttl=ttl))
+
+    def barrier(self, name: str, n: int, *, ttl: int = 10) -> _aio.AsyncBarrier:
+        from .recipes import aio
+
+        return aio.AsyncBarrier(self.store.barrier(name, n, ttl=ttl))
+
+    def double_barrier(self, name: str, n: int, *, ttl: int = 10) -> _aio.AsyncDoubleBarrier:
+        from .recipes import aio
+
+        return aio.AsyncDoubleBarrier(self.store.double_barrier(name, n, ttl=ttl))
+
+    def semaphore(self, name: str, n: int, *, ttl: int = 10) -> _aio.AsyncLock:
+        from .recipes import aio
+
+        return aio.AsyncLock(self.store.semaphore(name, n, ttl=ttl))
+
+    def counter(self, name: str) -> _aio.AsyncCounter:
+        from .recipes import aio
+
+        return aio.AsyncCounter(self.store.counter(name))
+
+    def party(self, name: str, *, ttl: int = 10) -> _aio.AsyncParty:
+        from .recipes import aio
+
+        return aio.AsyncParty(self.store.party(name, ttl=ttl))
+
+    def services(self, name: str) -> _aio.AsyncServices:
+        from .recipes import aio
+
+        return aio.AsyncServices(self.store.services(name))
+
+    async def config(self, prefix: str) -> ConfigView:
+        """The live view (its initial read runs in a worker thread); reading it is sync."""
+        return await asyncio.to_thread(self.store.config, prefix)
 
 
 class AsyncWatch(_WatchBase, AsyncIterator[Event]):

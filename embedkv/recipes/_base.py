@@ -1,0 +1,254 @@
+"""What every recipe shares: the key layout, argument checks and the lease session."""
+
+from __future__ import annotations
+
+import contextlib
+import heapq
+import itertools
+import logging
+import threading
+import time
+from collections.abc import Callable
+
+from embedkv import Closed, Error, LeaseNotFound, RangeResult, Store, TxnResult
+
+ROOT = "_embedkv/"
+"""Every recipe keeps its keys under this prefix: ``_embedkv/<kind>/<name>/...``."""
+SEP = "/"
+"""The recipes' reserved separator: a recipe name must not contain it."""
+
+_log = logging.getLogger("embedkv")
+
+
+def ranged(result: TxnResult, i: int) -> RangeResult:
+    """The `i`-th response of a transaction, which the recipe knows is a Get's."""
+    got = result.responses[i]
+    assert isinstance(got, RangeResult)
+    return got
+
+
+def check_name(kind: str, name: object) -> str:
+    """A recipe name is a non-empty str without the reserved separator (it would let one
+    recipe's prefix hold another's keys)."""
+    if not isinstance(name, str):
+        raise TypeError(f"{kind} name must be a str, not {type(name).__name__}")
+    if not name:
+        raise ValueError(f"{kind} name must not be empty")
+    if SEP in name or "\x00" in name:
+        raise ValueError(f"{kind} name {name!r} must not contain {SEP!r} (the recipes' separator)")
+    if len(name.encode()) > 300:
+        raise ValueError(f"{kind} name is longer than 300 bytes")
+    return name
+
+
+def prefix(kind: str, name: str) -> str:
+    return f"{ROOT}{kind}{SEP}{check_name(kind, name)}{SEP}"
+
+
+def check_ttl(ttl: object) -> int:
+    if isinstance(ttl, bool) or not isinstance(ttl, int):
+        raise TypeError(f"ttl must be an int number of seconds, not {type(ttl).__name__}")
+    if ttl < 1:
+        raise ValueError(f"ttl must be at least 1 second, not {ttl}")
+    return ttl
+
+
+def check_count(what: str, n: object) -> int:
+    if isinstance(n, bool) or not isinstance(n, int):
+        raise TypeError(f"{what} must be an int, not {type(n).__name__}")
+    if n < 1:
+        raise ValueError(f"{what} must be at least 1, not {n}")
+    return n
+
+
+def check_timeout(timeout: object) -> float | None:
+    if timeout is None:
+        return None
+    if isinstance(timeout, bool) or not isinstance(timeout, int | float):
+        raise TypeError(f"timeout must be a number or None, not {type(timeout).__name__}")
+    if not timeout >= 0:
+        raise ValueError(f"timeout must be >= 0 seconds or None, not {timeout!r}")
+    return float(timeout)
+
+
+def deadline_of(timeout: float | None) -> float | None:
+    return None if timeout is None else time.monotonic() + timeout
+
+
+def remaining(deadline: float | None) -> float | None:
+    """Seconds left until `deadline` (None: no limit), never negative."""
+    return None if deadline is None else max(0.0, deadline - time.monotonic())
+
+
+def wait_set(store: Store, event: threading.Event, deadline: float | None) -> bool:
+    """Wait for `event` until `deadline`; Closed if the store closes meanwhile (its watches
+    then end without an event, and a waiter must not hang)."""
+    while True:
+        left = remaining(deadline)
+        if event.wait(0.5 if left is None else min(0.5, left)):
+            return True
+        if store.closed:
+            raise Closed("the store is closed")
+        if remaining(deadline) == 0.0:
+            return False
+
+
+class SessionLost(Error):
+    """The recipe's lease ended (expired, revoked, or its keep-alive failed): what it held
+    (a lock, leadership, a claim) is gone."""
+
+
+def _run_callbacks(callbacks: list[Callable[[], object]]) -> None:
+    for cb in callbacks:
+        try:
+            cb()
+        except Exception:
+            _log.exception("session-lost callback raised")
+
+
+class _Keeper:
+    """One thread refreshes every Session of the process, each when it is due: starting a
+    thread per lock holding would cost more than the lock itself."""
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition()
+        self._heap: list[tuple[float, int, Session]] = []
+        self._seq = itertools.count()
+        self._thread: threading.Thread | None = None
+
+    def add(self, session: Session, due: float) -> None:
+        with self._cond:
+            heapq.heappush(self._heap, (due, next(self._seq), session))
+            if self._thread is None:
+                self._thread = threading.Thread(
+                    target=self._run, name="embedkv-recipe-keepalive", daemon=True
+                )
+                self._thread.start()
+            self._cond.notify()
+
+    def _run(self) -> None:
+        while True:
+            with self._cond:
+                while True:
+                    if not self._heap:
+                        self._cond.wait(5.0)
+                        if not self._heap:  # idle: end; the next add starts a new thread
+                            self._thread = None
+                            return
+                        continue
+                    due, _, session = self._heap[0]
+                    wait = due - time.monotonic()
+                    if wait <= 0:
+                        heapq.heappop(self._heap)
+                        break
+                    self._cond.wait(wait)
+            try:
+                nxt = session._tick()
+            except Exception:  # pragma: no cover - _tick handles what it expects
+                _log.exception("recipe keep-alive failed")
+                nxt = None
+            if nxt is not None:
+                self.add(session, nxt)
+
+
+_keeper = _Keeper()
+
+
+class Session:
+    """A lease that the recipe keeps alive itself, so that it knows when the lease may have
+    ended — etcd's ``concurrency.Session``.
+
+    Every refresh is timed from the moment it was *sent*: the store restarts the countdown
+    when it applies the refresh, which is later, so ``sent + ttl`` is a lower bound of the
+    lease's expiry. ``alive`` is computed from the clock at each read against that bound, so
+    it turns false no later than the instant the store could expire the lease (on one
+    machine; across machines it also assumes the clocks run at the same rate). The
+    ``on_lost`` callbacks run (on a thread of their own) once the process's keep-alive
+    thread sees that instant pass — at it, or as soon as that thread is scheduled after it."""
+
+    def __init__(self, store: Store, ttl: int) -> None:
+        self.store = store
+        self.ttl = check_ttl(ttl)
+        sent = time.monotonic()
+        self.lease = store.lease(ttl, keepalive=False)
+        self.id = self.lease.id
+        self._valid_until = sent + ttl
+        self._lost = False
+        self._stopped = False
+        self._stalled = False
+        self._callbacks: list[Callable[[], object]] = []
+        self._lock = threading.Lock()
+        _keeper.add(self, sent + ttl / 3)
+
+    def __repr__(self) -> str:
+        return f"<embedkv.recipes.Session lease={self.id:#x} ttl={self.ttl} alive={self.alive}>"
+
+    @property
+    def alive(self) -> bool:
+        """False from the first instant the store could have expired the lease."""
+        return not self._lost and time.monotonic() < self._valid_until
+
+    def on_lost(self, callback: Callable[[], object]) -> None:
+        """Call `callback()` once when the lease is lost (not when it is closed on purpose)."""
+        with self._lock:
+            if not self._lost:
+                self._callbacks.append(callback)
+                return
+        callback()
+
+    def _tick(self) -> float | None:
+        """Refresh if due; the time of the next tick, or None when the session is over."""
+        if self._stopped or self._lost:
+            return None
+        now = time.monotonic()
+        if now >= self._valid_until:
+            self._mark_lost()
+            return None
+        if self._stalled:
+            return self._valid_until
+        try:
+            self.lease.refresh()
+        except (LeaseNotFound, Closed):
+            self._mark_lost()
+            return None
+        except Exception:  # Unavailable and the like: try again until the bound passes.
+            _log.warning("lease %x: keep-alive failed; retrying", self.id, exc_info=True)
+            return min(time.monotonic() + 0.1, self._valid_until)
+        self._valid_until = now + self.ttl
+        return min(time.monotonic() + self.ttl / 3, self._valid_until)
+
+    def _mark_lost(self) -> None:
+        with self._lock:
+            if self._lost or self._stopped:
+                return
+            self._lost = True
+            callbacks, self._callbacks = self._callbacks, []
+        if callbacks:
+            threading.Thread(
+                target=_run_callbacks, args=(callbacks,), name="embedkv-session-lost", daemon=True
+            ).start()
+
+    def lost(self) -> None:
+        """Declare the lease lost now (a watch saw its key deleted under us)."""
+        self._mark_lost()
+
+    def orphan(self) -> None:
+        """Stop refreshing without revoking, and without callbacks: the lease (and every key
+        on it) ends after its TTL, as when the process holding it is killed."""
+        self._stalled = True
+        self._stopped = True
+
+    def stall(self) -> None:
+        """Stop refreshing but keep the process's view: as when keep-alives stop getting
+        through. ``alive`` turns false and ``on_lost`` callbacks run when the lease may have
+        expired, before the store can expire it."""
+        self._stalled = True
+
+    def close(self) -> None:
+        """Revoke the lease now: every key on it is deleted. Idempotent."""
+        self._stopped = True
+        with self._lock:
+            self._lost = True
+            self._callbacks = []
+        with contextlib.suppress(LeaseNotFound, Closed):
+            self.lease.revoke()

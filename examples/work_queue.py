@@ -1,0 +1,45 @@
+"""A work queue: two consumers, one dies mid-item, its item is redelivered to the other.
+
+    python examples/work_queue.py [DATA_DIR] [--short]
+"""
+
+from __future__ import annotations
+
+from _common import args, store
+
+from embedkv.recipes import SessionLost
+
+
+def main() -> None:
+    a = args(__doc__)
+    n = 3 if a.short else 10
+    with store(a.data_dir) as s:
+        producer = s.queue("resize")
+        for i in range(n):
+            producer.put(f"image-{i}.png")
+        producer.put("thumbnail-first.png", priority=-1)
+        print(f"producer queued {n + 1} jobs ({producer.qsize()} waiting)")
+
+        doomed = s.queue("resize", ttl=1)
+        job = doomed.get(timeout=5)
+        print(f"consumer-A took {job.value} ... and crashes before finishing it")
+        doomed.session.orphan()
+
+        worker = s.queue("resize", ttl=5)
+        done: list[object] = []
+        while len(done) < n + 1:
+            item = worker.get(timeout=30)
+            item.ack()
+            done.append(item.value)
+            print(f"consumer-B finished {item.value}")
+        try:
+            job.ack()
+        except SessionLost:
+            print("consumer-A's late ack is refused: the job was redelivered, done once")
+        print(f"every job done exactly once: {len(done) == len(set(done))}, "
+              f"{producer.qsize()} left")
+        worker.close()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,151 @@
+"""Queue: exactly-once consumption with many producers/consumers, redelivery, priority."""
+
+from __future__ import annotations
+
+import collections
+import threading
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+import embedkv
+from embedkv.recipes import SessionLost
+from tests.waiting import wait_for
+
+
+def test_every_item_consumed_exactly_once_4_producers_4_consumers(store: embedkv.Store) -> None:
+    per, producers = 40, 4
+    total = per * producers
+    consumed: list[object] = []
+    guard = threading.Lock()
+    errors: list[BaseException] = []
+
+    def produce(p: int) -> None:
+        q = store.queue("jobs")
+        for i in range(per):
+            q.put(f"{p}-{i}")
+
+    def consume() -> None:
+        q = store.queue("jobs", ttl=5)
+        try:
+            while True:
+                with guard:
+                    if len(consumed) >= total:
+                        return
+                try:
+                    item = q.get(timeout=0.2)
+                except TimeoutError:
+                    continue
+                item.ack()
+                with guard:
+                    consumed.append(item.value)
+        except BaseException as e:  # pragma: no cover
+            errors.append(e)
+        finally:
+            q.close()
+
+    threads = [threading.Thread(target=produce, args=(p,)) for p in range(producers)]
+    threads += [threading.Thread(target=consume) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(120)
+    assert not errors, errors
+    counts = collections.Counter(consumed)
+    assert len(consumed) == total and all(c == 1 for c in counts.values())
+    assert store.queue("jobs").qsize() == 0 and store.count("_embedkv/queue/jobs/") == 0
+
+
+def test_an_item_is_redelivered_when_its_consumer_dies_before_ack(store: embedkv.Store) -> None:
+    producer = store.queue("w")
+    producer.put("job-1")
+    producer.put("job-2")
+    dying, other = store.queue("w", ttl=1), store.queue("w", ttl=1)
+    item = dying.get(timeout=5)
+    assert item.value == "job-1"
+    assert other.get(timeout=5).value == "job-2"  # job-1 is claimed: not delivered twice
+    dying.session.orphan()  # the consumer dies mid-item
+    again = other.get(timeout=10)
+    assert again.value == "job-1"
+    with pytest.raises(SessionLost):
+        item.ack()  # the dead consumer's late ack is refused
+    again.ack()
+    assert producer.qsize() == 0  # job-2 is claimed, not waiting
+    other.close()  # hands job-2 back at once
+    assert producer.qsize() == 1
+    assert producer.get(timeout=5).value == "job-2"
+
+
+def test_priority_then_fifo(store: embedkv.Store) -> None:
+    q = store.queue("p")
+    for v, prio in [("a", 5), ("b", 1), ("c", 5), ("d", -3), ("e", 1)]:
+        q.put(v, priority=prio)
+    out = []
+    for _ in range(5):
+        item = q.get(timeout=5)
+        out.append(item.value)
+        item.ack()
+    assert out == ["d", "b", "e", "a", "c"]
+    with pytest.raises(TimeoutError):
+        q.get(timeout=0)
+    with pytest.raises(TypeError):
+        q.put(1, priority=1.5)  # type: ignore[arg-type]
+    with pytest.raises(ValueError):
+        q.put(1, priority=1 << 70)
+
+
+def test_a_blocked_get_wakes_on_put(store: embedkv.Store) -> None:
+    q = store.queue("b")
+    got: list[object] = []
+    t = threading.Thread(target=lambda: got.append(q.get(timeout=30).value))
+    t.start()
+    wait_for(lambda: t.is_alive(), what="consumer started")
+    store.queue("b").put("hello")
+    t.join(30)
+    assert got == ["hello"]
+
+
+MODEL = settings(
+    max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+
+
+@MODEL
+@given(st.lists(st.one_of(
+    st.tuples(st.just("put"), st.integers(-2, 2)),
+    st.tuples(st.just("get"), st.just(0)),
+    st.tuples(st.just("ack"), st.just(0)),
+    st.tuples(st.just("release"), st.just(0)),
+), max_size=25))
+def test_queue_matches_a_model(store: embedkv.Store, ops: list[tuple[str, int]]) -> None:
+    """One consumer against a model: a list of (priority, seq) and a list of claimed items."""
+    q = store.queue(f"m{store.revision}")
+    waiting: list[tuple[int, int]] = []
+    claimed: list[tuple[object, tuple[int, int]]] = []
+    seq = 0
+    for op, prio in ops:
+        if op == "put":
+            q.put(seq, priority=prio)
+            waiting.append((prio, seq))
+            seq += 1
+        elif op == "get":
+            if not waiting:
+                with pytest.raises(TimeoutError):
+                    q.get(timeout=0)
+                continue
+            # released items go back in their original place (priority, then put order)
+            expect = min(waiting)
+            item = q.get(timeout=0)
+            assert item.value == expect[1]
+            waiting.remove(expect)
+            claimed.append((item, expect))
+        elif claimed:
+            item, entry = claimed.pop(0)
+            if op == "ack":
+                item.ack()  # type: ignore[attr-defined]
+            else:
+                item.release()  # type: ignore[attr-defined]
+                waiting.append(entry)
+        assert q.qsize() == len(waiting)
+    q.close()
