@@ -325,7 +325,7 @@ def run(quick: bool, base: Path, keys: int) -> Numbers:
         num.store_put_median_us, num.store_put_p99_us, num.raw_fsync_txn_us = sequential_puts(
             store, base / "raw-fsync", n_seq
         )
-        # From a worker thread the waiting caller runs its own batch (docs/runtime.md, "Who
+        # From a worker thread the waiting caller runs its own batch (docs/internals/runtime.md, "Who
         # runs the batch"); the main thread never does, so both are measured.
         worker_num: list[tuple[float, float, float]] = []
         worker = threading.Thread(target=lambda: worker_num.append(

@@ -100,7 +100,7 @@ _TO_END = b"\x00"
 key (etcd's convention: the empty key is not a valid key)."""
 
 _WATCH_ALL = b""
-"""A watch with prefix=True and the empty key sees every key (docs/member-api.md)."""
+"""A watch with prefix=True and the empty key sees every key (docs/internals/member-api.md)."""
 
 _GRACE = 5.0
 """Seconds a caller waits beyond request_timeout before giving up on a future itself; the member

@@ -1,5 +1,5 @@
 """The runtime of one member: the Ready loop, proposals, apply, reads, watch fan-out, lease
-timers and bootstrap (see docs/member-api.md and docs/runtime.md)."""
+timers and bootstrap (see docs/internals/member-api.md and docs/internals/runtime.md)."""
 
 from .member import Member, new_identity
 from .watch import WatchHandle

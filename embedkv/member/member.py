@@ -4,7 +4,7 @@
 log writer thread (the Ready loop and every write transaction), the engine thread (an asyncio
 loop: Raft time, lease timers, later the transport) and the watch dispatcher thread. A
 one-member store is a Raft cluster of one: it campaigns at once, wins its own vote, and every
-write goes through the same path as in a cluster. See docs/runtime.md.
+write goes through the same path as in a cluster. See docs/internals/runtime.md.
 """
 
 from __future__ import annotations
@@ -231,7 +231,7 @@ class Member:
     def local_reads(self) -> bool:
         """True while a linearizable read needs no read barrier: this member is the leader and
         the only voter, so the latest local state is linearizable (LogWriter.local_reads,
-        docs/runtime.md "Reads"). False means: call `read_barrier` first."""
+        docs/internals/runtime.md "Reads"). False means: call `read_barrier` first."""
         return self._writer.local_reads
 
     def read_barrier(self, *, run: bool = False) -> Future[int]:

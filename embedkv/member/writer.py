@@ -263,7 +263,7 @@ class LogWriter:
         """True while a linearizable read may be served from LMDB without a read barrier:
         this member is the leader and the only voter of its applied configuration, and a
         ReadIndex answered in its current term showed that it knows every committed entry
-        (docs/runtime.md, "Reads"). Cleared *before* anything could let another member commit:
+        (docs/internals/runtime.md, "Reads"). Cleared *before* anything could let another member commit:
         when a Ready changes the term or the role, when a configuration with another voter is
         applied (inside its transaction, before any message to the new voter goes out), on a
         full disk and when the writer stops. Set again only by the next ReadIndex answer."""
@@ -334,7 +334,7 @@ class LogWriter:
         handlers there, between any two bytecodes, and one that raises (KeyboardInterrupt) in
         the middle of a batch would leave the member's memory out of step with its disk.
         Blocking signals around the batch is not enough: a signal taken by any other thread of
-        the program still runs its handler on the main thread (docs/runtime.md).
+        the program still runs its handler on the main thread (docs/internals/runtime.md).
         """
         if threading.current_thread() is threading.main_thread() or not self._drive.acquire(
             blocking=False

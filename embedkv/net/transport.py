@@ -208,7 +208,7 @@ class _Link:
 
 
 class PeerTransport:
-    """Raft message transport between cluster members (see docs/transport.md).
+    """Raft message transport between cluster members (see docs/internals/transport.md).
 
     `send` matches ``embedkv.member.engine.Transport``: hand it the messages of a durable Ready.
     Callbacks run on the loop and must not block: `on_message(msg)` for each inbound message,

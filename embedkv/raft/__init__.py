@@ -1,4 +1,4 @@
-"""A sans-I/O Raft core: messages and ticks in, a Ready of work out (see docs/raft.md)."""
+"""A sans-I/O Raft core: messages and ticks in, a Ready of work out (see docs/internals/raft.md)."""
 
 from .core import CAMPAIGN_TRANSFER, Config, ProgressStatus, RaftNode, Status
 from .memory import MemoryStorage

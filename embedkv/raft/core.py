@@ -2,7 +2,7 @@
 
 Modelled on etcd raft's raft.go and rawnode.go (synchronous storage writes). Nothing here does
 I/O: the runtime persists and sends what ``ready()`` returns and then calls ``advance()``; see
-docs/raft.md for that contract. Section references are to the Raft paper (§) and Ongaro's
+docs/internals/raft.md for that contract. Section references are to the Raft paper (§) and Ongaro's
 thesis (thesis §).
 """
 
@@ -61,7 +61,7 @@ class _Campaign(enum.Enum):
 
 @dataclass
 class Config:
-    """Parameters of one RaftNode; defaults map to etcd's (see docs/raft.md)."""
+    """Parameters of one RaftNode; defaults map to etcd's (see docs/internals/raft.md)."""
 
     id: int
     rng: Rng  # randomized election timeout in [election_tick, 2*election_tick)
@@ -385,7 +385,7 @@ class RaftNode:
         return log.has_next_committed_entries()
 
     def ready(self) -> Ready:
-        """The work the runtime must do next (see docs/raft.md); hand it back to advance()."""
+        """The work the runtime must do next (see docs/internals/raft.md); hand it back to advance()."""
         self._flush_read_round()
         log = self._log
         unstable = log.unstable

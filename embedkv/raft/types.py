@@ -263,7 +263,7 @@ class Ready:
 
 
 class Storage(Protocol):
-    """The durable state the core reads from; the runtime writes it (see docs/raft.md).
+    """The durable state the core reads from; the runtime writes it (see docs/internals/raft.md).
 
     Indices are 1-based. `first_index()` is one past the last compacted (snapshot) index;
     `term(first_index() - 1)` returns the snapshot's term.

@@ -639,7 +639,7 @@ crc32: Final = zlib.crc32
 _pack_sum: Final = SUM.pack
 SUMMED_TABLES: Final = ("kv", "history", "graves", "leases", "lease_keys", "raft_log")
 """The tables whose values carry a checksum: the state machine and the Raft log, every record
-that holds user data (docs/storage.md)."""
+that holds user data (docs/internals/storage.md)."""
 
 
 def seal(key: bytes, value: bytes) -> bytes:

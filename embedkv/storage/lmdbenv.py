@@ -48,7 +48,7 @@ joined them in format 3."""
 LOG_START: Final = b"log_start"
 """STATE_DB key of (index, term) of the last Raft entry compacted away (the snapshot point).
 In the main database since format 3: a member with nobody to replicate to moves it every
-batch (docs/storage.md)."""
+batch (docs/internals/storage.md)."""
 META_STATE: Final = b"applied"
 """STATE_DB key of (applied index, revision, compact revision)."""
 MARKER_FILE: Final = "embedkv.datadir"
@@ -230,7 +230,7 @@ class Env:
 
         The file may end before LMDB's last allocated page (pages allocated and freed in one
         transaction are never written), but only free pages may lie past its end
-        (lmdbfile.needed_size; docs/storage.md)."""
+        (lmdbfile.needed_size; docs/internals/storage.md)."""
         need, have = needed_size(data_file)
         if have < need:
             raise CorruptData(

@@ -1,6 +1,6 @@
 """The etcd v3 key space: revisions, ranges at any revision, transactions, leases, compaction.
 
-Databases (see docs/storage.md):
+Databases (see docs/internals/storage.md):
 
 * ``kv``: key bytes -> the key's current record (header + value CBOR), live keys only; the fast
   path for reads at the current revision.

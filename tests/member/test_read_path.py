@@ -1,6 +1,6 @@
 """The default read path: a linearizable read is served locally while the member is the leader
 and the only voter, and through ReadIndex as soon as its applied configuration has another
-voter (docs/runtime.md, "Reads").
+voter (docs/internals/runtime.md, "Reads").
 
 The second member is a test double: a bare Raft core on MemoryStorage, wired to the member's
 engine as its transport. It acknowledges appends, snapshots and heartbeats (so the member's

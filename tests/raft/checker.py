@@ -5,7 +5,7 @@ each Ready, what is persisted and applied, read states) plus the persisted stora
 check raises `Violation` the moment an invariant breaks, so the failing step is the one that
 broke it.
 
-What is checked (see docs/simulation.md for the reasoning behind each):
+What is checked (see docs/internals/simulation.md for the reasoning behind each):
 
 * Election Safety: at most one leader per term, over the whole history.
 * Log Matching: an (index, term) pair always names the same entry with the same predecessor

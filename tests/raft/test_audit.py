@@ -164,7 +164,7 @@ def test_two_members_reading_with_the_same_context_both_get_answers() -> None:
 
 def test_member_whose_removal_committed_does_not_become_leader() -> None:
     """Item 4: a candidate that learns from the winning vote's commit hint that its own
-    removal committed abandons its campaign (docs/raft.md, "Campaigning")."""
+    removal committed abandons its campaign (docs/internals/raft.md, "Campaigning")."""
     c = Cluster([1, 2, 3], pre_vote=False, check_quorum=False)
     c.elect(1)
     c.node(1).propose_conf_change(ConfChange(CT.REMOVE, 3))
@@ -196,7 +196,7 @@ def test_member_whose_removal_committed_does_not_become_leader() -> None:
 
 
 def test_refused_forwarded_conf_change_leaves_no_entry() -> None:
-    """docs/raft.md: a forwarded conf change the leader refuses is dropped (no entry)."""
+    """docs/internals/raft.md: a forwarded conf change the leader refuses is dropped (no entry)."""
     c = Cluster([1, 2, 3])
     leader = c.elect(1)
     leader.propose_conf_change(ConfChange(CT.ADD_LEARNER, 4))  # pending until applied

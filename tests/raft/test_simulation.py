@@ -7,7 +7,7 @@
 * Self-tests: planted runtime bugs must be caught, so the checker is not vacuous.
 
 Every failure prints `python -m tests.raft.soak --seed S --steps N --verbose`, which replays
-the schedule deterministically with a trace. See docs/simulation.md.
+the schedule deterministically with a trace. See docs/internals/simulation.md.
 """
 
 from __future__ import annotations

@@ -2,7 +2,7 @@
 
 LMDB may leave its last allocated pages unwritten (pages allocated and freed in one
 transaction), so the data file can end before its last page number; the open-time check
-allows exactly the free pages past the end (docs/storage.md, "Truncated files")."""
+allows exactly the free pages past the end (docs/internals/storage.md, "Truncated files")."""
 
 from __future__ import annotations
 
