@@ -6,10 +6,12 @@
     python bench/bench_store.py --keys 100000  # the scale section on 100k keys (default 1M;
                                                # 20k with --quick; 0 skips it)
 
-Goals (issue #4), as ratios to baselines taken on the same machine in the same run:
-- durable puts from 64 threads >= 50% of raw py-lmdb durable puts batched 100 per fsync'd txn
-  (and >= 10x etcd 3.4's ~5k puts/s with 64 clients over its HTTP gateway);
-- sequential durable put median latency <= one fsync'd raw LMDB txn + 100 us;
+Goals (issue #4, the put goals as issue #15 restated them from what was measured: not to
+regress), as ratios to baselines taken on the same machine in the same run:
+- durable puts from 64 threads >= 0.41 x raw py-lmdb driven in the same threading shape (64
+  waiting threads, group commit by one writer); issue #4's 0.5 x raw py-lmdb batched 100 per
+  fsync'd txn and 10x etcd 3.4 (~5k puts/s, 64 clients) are kept as rows without a goal;
+- sequential durable put median latency <= one fsync'd raw LMDB txn + 350 us;
 - serializable gets from one thread >= 300k/s (raw py-lmdb: one read txn per get);
 - watch callback latency after commit: p99 <= 2 ms.
 
@@ -48,6 +50,8 @@ import embedkv
 
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "RESULTS.md"
+PUT_BUDGET_US = 350
+"""The sequential put's allowance over one fsync'd raw txn (issue #15's restated goal)."""
 VALUE = "v" * 100
 RAW_VALUE = b"v" * 100
 THREADS = 64
@@ -325,8 +329,8 @@ def run(quick: bool, base: Path, keys: int) -> Numbers:
         num.store_put_median_us, num.store_put_p99_us, num.raw_fsync_txn_us = sequential_puts(
             store, base / "raw-fsync", n_seq
         )
-        # From a worker thread the waiting caller runs its own batch (docs/internals/runtime.md, "Who
-        # runs the batch"); the main thread never does, so both are measured.
+        # From a worker thread the waiting caller runs its own batch (docs/internals/runtime.md,
+        # "Who runs the batch"); the main thread never does, so both are measured.
         worker_num: list[tuple[float, float, float]] = []
         worker = threading.Thread(target=lambda: worker_num.append(
             sequential_puts(store, base / "raw-fsync-worker", n_seq, "t/")))
@@ -510,7 +514,8 @@ def report(num: Numbers, quick: bool) -> str:
     watched, unwatched, one_watch = (
         vs_none(num.puts_watched), vs_none(num.puts_unwatched), vs_none(num.puts_one_watch)
     )
-    latency_budget = num.raw_fsync_txn_us + 100
+    latency_budget = num.raw_fsync_txn_us + PUT_BUDGET_US
+    group_ratio = num.store_concurrent_puts / num.raw_group_puts
     lines = [
         "## Store",
         "",
@@ -525,25 +530,23 @@ def report(num: Numbers, quick: bool) -> str:
         "| --- | --- | --- | --- | --- | --- |",
         f"| durable puts, {THREADS} threads | {num.store_concurrent_puts:,.0f}/s | raw py-lmdb, "
         f"{RAW_BATCH} puts per fsync'd txn, interleaved: {num.raw_batched_puts:,.0f}/s | "
-        f"{put_ratio:.2f} | >= 0.50 | {ok(put_ratio >= 0.5)} |",
+        f"{put_ratio:.2f} | (restated: next row) | |",
         f"| the same vs raw py-lmdb with group commit from {THREADS} threads | "
         f"{num.store_concurrent_puts:,.0f}/s | {THREADS} threads each wait for their own put, "
         f"one writer commits what is queued per fsync'd txn: {num.raw_group_puts:,.0f}/s | "
-        f"{num.store_concurrent_puts / num.raw_group_puts:.2f} | (no goal: raw LMDB in the "
-        f"store's threading shape) | |",
+        f"{group_ratio:.2f} | >= 0.41 (not to regress) | {ok(group_ratio >= 0.41)} |",
         f"| durable puts, {THREADS} threads vs etcd 3.4 | {num.store_concurrent_puts:,.0f}/s | "
         f"etcd, 64 clients, HTTP gateway: ~{ETCD_64_CLIENTS:,.0f}/s (published) | "
-        f"{num.store_concurrent_puts / ETCD_64_CLIENTS:.1f}x | >= 10x | "
-        f"{ok(num.store_concurrent_puts >= 10 * ETCD_64_CLIENTS)} |",
+        f"{num.store_concurrent_puts / ETCD_64_CLIENTS:.1f}x | (restated) | |",
         f"| sequential durable put, median | {num.store_put_median_us:,.0f} us "
         f"(p99 {num.store_put_p99_us:,.0f} us) | one fsync'd raw txn, interleaved: "
         f"{num.raw_fsync_txn_us:,.0f} us | +{num.store_put_median_us - num.raw_fsync_txn_us:,.0f}"
-        f" us | <= +100 us | {ok(num.store_put_median_us <= latency_budget)} |",
+        f" us | <= +350 us | {ok(num.store_put_median_us <= latency_budget)} |",
         f"| the same from a worker thread (it runs its own batch) | "
         f"{num.worker_put_median_us:,.0f} us | one fsync'd raw txn, interleaved: "
         f"{num.worker_raw_fsync_txn_us:,.0f} us | "
-        f"+{num.worker_put_median_us - num.worker_raw_fsync_txn_us:,.0f} us | <= +100 us | "
-        f"{ok(num.worker_put_median_us <= num.worker_raw_fsync_txn_us + 100)} |",
+        f"+{num.worker_put_median_us - num.worker_raw_fsync_txn_us:,.0f} us | <= +350 us | "
+        f"{ok(num.worker_put_median_us <= num.worker_raw_fsync_txn_us + PUT_BUDGET_US)} |",
         f"| serializable gets, 1 thread | {num.store_serializable_gets:,.0f}/s | raw py-lmdb, "
         f"one read txn per get: {num.raw_gets:,.0f}/s | "
         f"{num.store_serializable_gets / num.raw_gets:.2f} | >= 300k/s | "

@@ -263,10 +263,11 @@ class LogWriter:
         """True while a linearizable read may be served from LMDB without a read barrier:
         this member is the leader and the only voter of its applied configuration, and a
         ReadIndex answered in its current term showed that it knows every committed entry
-        (docs/internals/runtime.md, "Reads"). Cleared *before* anything could let another member commit:
-        when a Ready changes the term or the role, when a configuration with another voter is
-        applied (inside its transaction, before any message to the new voter goes out), on a
-        full disk and when the writer stops. Set again only by the next ReadIndex answer."""
+        (docs/internals/runtime.md, "Reads"). Cleared *before* anything could let another member
+        commit: when a Ready changes the term or the role, when a configuration with another
+        voter is applied (inside its transaction, before any message to the new voter goes
+        out), on a full disk and when the writer stops. Set again only by the next ReadIndex
+        answer."""
         self._term = 0  # the term of the latest hard state this writer saw
 
         # Callers append; whoever holds _drive takes. The bell is unlocked to wake this

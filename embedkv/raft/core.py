@@ -385,7 +385,7 @@ class RaftNode:
         return log.has_next_committed_entries()
 
     def ready(self) -> Ready:
-        """The work the runtime must do next (see docs/internals/raft.md); hand it back to advance()."""
+        """The work the runtime must do next (docs/internals/raft.md); hand it back to advance()."""
         self._flush_read_round()
         log = self._log
         unstable = log.unstable

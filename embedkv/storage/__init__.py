@@ -1,6 +1,7 @@
 """Durable state of one member: the Raft log and the MVCC key-value state machine in LMDB.
 
-See docs/internals/storage-api.md for the interface the runtime uses and docs/internals/storage.md for the layout.
+See docs/internals/storage-api.md for the interface the runtime uses and
+docs/internals/storage.md for the layout.
 """
 
 from embedkv.errors import LeaseExists

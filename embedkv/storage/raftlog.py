@@ -7,8 +7,9 @@ core sees entries appended in a batch that has not committed yet, and an aborted
 old view back. Older entries are read from LMDB, where they are committed.
 
 Entries appended in a batch reach LMDB only when the batch commits (``flush``): a batch that
-also compacts the log past them (a member with nobody to replicate to, docs/internals/storage.md) never
-writes them, and the commit then leaves the ``raft_log`` B-tree untouched.
+also compacts the log past them (a member with nobody to replicate to,
+docs/internals/storage.md) never writes them, and the commit then leaves the ``raft_log``
+B-tree untouched.
 """
 
 from __future__ import annotations

@@ -1,8 +1,8 @@
 """A small hand-driven cluster for scenario tests, in the style of etcd's raft_test.go.
 
 Each member is a RaftNode over a MemoryStorage plus a toy application (the list of applied
-payloads). ``process`` handles one Ready exactly as docs/internals/raft.md requires: persist snapshot,
-entries and hard state; only then release the messages; apply committed entries in order
+payloads). ``process`` handles one Ready exactly as docs/internals/raft.md requires: persist
+snapshot, entries and hard state; only then release the messages; apply committed entries in order
 (conf changes through ``apply_conf_change``); release read states once applied; ``advance``.
 Messages go into one FIFO ``wire`` that the test delivers, filters or drops explicitly.
 """
