@@ -16,6 +16,9 @@ from pathlib import Path
 
 import pytest
 from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
 
 from embedkv.cli import main
 from embedkv.net import tls
@@ -278,3 +281,35 @@ def test_certs_commands(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> N
     assert cli("certs", "show", os.path.join(d, "n1.key"))[0] == 1
     err = capsys.readouterr().err
     assert "private key" in err and "BEGIN" not in err
+
+
+def test_peer_without_member_name_is_refused_after_the_handshake(certs: Path,
+                                                                 tmp_path: Path) -> None:
+    """A certificate the CA signed that names no member passes TLS verification, so the name
+    check after the handshake is what refuses it."""
+    ca_cert = tls.load_certificates(certs / "ca.pem")[0]
+    ca_key = serialization.load_pem_private_key((certs / "ca.key").read_bytes(), None)
+    assert isinstance(ca_key, ec.EllipticCurvePrivateKey)
+    key = ec.generate_private_key(ec.SECP256R1())
+    now = datetime.datetime.now(datetime.UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "anonymous")]))
+        .issuer_name(ca_cert.subject)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(days=1))
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .sign(ca_key, hashes.SHA256())
+    )
+    (tmp_path / "anon.pem").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    (tmp_path / "anon.key").write_bytes(key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption()))
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    ctx.check_hostname = False
+    ctx.load_verify_locations(certs / "ca.pem")
+    ctx.load_cert_chain(tmp_path / "anon.pem", tmp_path / "anon.key")
+    server, _ = handshake(tls.server_context(certs, "n1"), tls_client(ctx))
+    assert isinstance(server, CertificateError), server
+    assert "carries no embedkv member name" in str(server)
