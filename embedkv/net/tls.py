@@ -143,6 +143,14 @@ def _validity(days: int, not_before: datetime.datetime | None,
     return start, end
 
 
+def _key_usage(*, ca: bool) -> x509.KeyUsage:
+    """A CA signs certificates (and CRLs); a member signs TLS handshakes (ECDHE needs no key
+    encipherment)."""
+    return x509.KeyUsage(digital_signature=not ca, content_commitment=False,
+                         key_encipherment=False, data_encipherment=False, key_agreement=False,
+                         key_cert_sign=ca, crl_sign=ca, encipher_only=False, decipher_only=False)
+
+
 def init_ca(directory: str | os.PathLike[str], *, name: str = "embedkv cluster CA",
             days: int = CA_DAYS) -> str:
     """Make a cluster CA (ECDSA P-256) in `directory` (created if missing): ``ca.pem`` and
@@ -164,13 +172,7 @@ def init_ca(directory: str | os.PathLike[str], *, name: str = "embedkv cluster C
         .not_valid_before(start)
         .not_valid_after(end)
         .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
-        .add_extension(
-            x509.KeyUsage(digital_signature=False, content_commitment=False,
-                          key_encipherment=False, data_encipherment=False, key_agreement=False,
-                          key_cert_sign=True, crl_sign=True, encipher_only=False,
-                          decipher_only=False),
-            critical=True,
-        )
+        .add_extension(_key_usage(ca=True), critical=True)
         .add_extension(ski, critical=False)
         .sign(key, hashes.SHA256())
     )
@@ -235,13 +237,7 @@ def issue(directory: str | os.PathLike[str], name: str, *, ips: Iterable[str] = 
         .not_valid_before(start)
         .not_valid_after(end)
         .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-        .add_extension(
-            x509.KeyUsage(digital_signature=True, content_commitment=False,
-                          key_encipherment=False, data_encipherment=False, key_agreement=False,
-                          key_cert_sign=False, crl_sign=False, encipher_only=False,
-                          decipher_only=False),
-            critical=True,
-        )
+        .add_extension(_key_usage(ca=False), critical=True)
         .add_extension(
             x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH,
                                    ExtendedKeyUsageOID.CLIENT_AUTH]),
