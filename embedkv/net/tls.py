@@ -120,6 +120,18 @@ def _write_new(path: str, data: bytes, mode: int) -> None:
         raise
 
 
+def _write_pair(cert_path: str, cert: x509.Certificate, key_path: str,
+                key: ec.EllipticCurvePrivateKey) -> None:
+    """Write the key (0600) and then the certificate; if the certificate cannot be written the
+    key goes too, so that a retry does not find half a pair in its way."""
+    _write_new(key_path, _key_pem(key), 0o600)
+    try:
+        _write_new(cert_path, cert.public_bytes(serialization.Encoding.PEM), 0o644)
+    except BaseException:
+        os.unlink(key_path)
+        raise
+
+
 def _refuse_existing(*paths: str) -> None:
     for path in paths:
         if os.path.lexists(path):
@@ -177,8 +189,7 @@ def init_ca(directory: str | os.PathLike[str], *, name: str = "embedkv cluster C
         .sign(key, hashes.SHA256())
     )
     os.makedirs(d, mode=0o700, exist_ok=True)
-    _write_new(key_path, _key_pem(key), 0o600)
-    _write_new(cert_path, cert.public_bytes(serialization.Encoding.PEM), 0o644)
+    _write_pair(cert_path, cert, key_path, key)
     return cert_path
 
 
@@ -252,12 +263,7 @@ def issue(directory: str | os.PathLike[str], name: str, *, ips: Iterable[str] = 
         )
         .sign(ca_key, hashes.SHA256())
     )
-    _write_new(key_path, _key_pem(key), 0o600)
-    try:
-        _write_new(cert_path, cert.public_bytes(serialization.Encoding.PEM), 0o644)
-    except BaseException:
-        os.unlink(key_path)
-        raise
+    _write_pair(cert_path, cert, key_path, key)
     return cert_path, key_path
 
 

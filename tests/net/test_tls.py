@@ -281,6 +281,8 @@ def test_certs_commands(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> N
     assert cli("certs", "show", os.path.join(d, "n1.key"))[0] == 1
     err = capsys.readouterr().err
     assert "private key" in err and "BEGIN" not in err
+    assert cli("certs", "show", os.path.join(d, "missing.pem"))[0] == 1
+    assert "missing.pem" in capsys.readouterr().err
 
 
 def test_peer_without_member_name_is_refused_after_the_handshake(certs: Path,
