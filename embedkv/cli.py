@@ -25,6 +25,7 @@ from typing import Any, BinaryIO, Final, TextIO
 
 from . import __version__
 from .errors import Error
+from .net import tls
 from .storage import DataDir
 from .storage.backup import backup_data_dir, read_backup_info
 from .storage.lmdbenv import MARKER_FILE
@@ -433,6 +434,29 @@ def _cmd_defrag(session: _Session, args: argparse.Namespace, out: _Output) -> in
     return EXIT_OK
 
 
+def _cmd_certs_init(session: _Session, args: argparse.Namespace, out: _Output) -> int:
+    ca = tls.init_ca(args.dir)
+    key = os.path.join(args.dir, tls.CA_KEY)
+    out.result({"ca": ca, "key": key}, f"Created cluster CA {ca} (key {key}, mode 0600)")
+    return EXIT_OK
+
+
+def _cmd_certs_issue(session: _Session, args: argparse.Namespace, out: _Output) -> int:
+    cert, key = tls.issue(args.dir, args.name, ips=args.ip, dns=args.dns)
+    out.result({"name": args.name, "cert": cert, "key": key},
+               f"Issued {cert} for member {args.name} (key {key}, mode 0600)")
+    return EXIT_OK
+
+
+def _cmd_certs_show(session: _Session, args: argparse.Namespace, out: _Output) -> int:
+    if out.as_json:
+        for cert in tls.load_certificates(args.file):
+            out.json(tls.describe(cert))
+    else:
+        out.lines(tls.show(args.file))
+    return EXIT_OK
+
+
 # --- the parser -------------------------------------------------------------------------------
 
 
@@ -552,6 +576,20 @@ def _parser() -> argparse.ArgumentParser:
     status.add_argument("file")
     commands.add("defrag", _cmd_defrag,
                  "rewrite a closed data dir's file without its free pages")
+    certs = commands.group("certs", "make and inspect TLS certificates for peer links")
+    certs_init = certs.add("init", _cmd_certs_init, "make a cluster CA (ca.pem, ca.key) in DIR")
+    certs_init.add_argument("dir")
+    certs_issue = certs.add("issue", _cmd_certs_issue,
+                            "issue member NAME a certificate signed by the CA in DIR")
+    certs_issue.add_argument("dir")
+    certs_issue.add_argument("name")
+    certs_issue.add_argument("--ip", action="append", default=[],
+                             help="an IP address the member is reached at (repeatable)")
+    certs_issue.add_argument("--dns", action="append", default=[],
+                             help="a DNS name the member is reached at (repeatable)")
+    certs_show = certs.add("show", _cmd_certs_show,
+                           "print a certificate FILE's names, validity and fingerprint")
+    certs_show.add_argument("file")
     return p
 
 
