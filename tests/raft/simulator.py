@@ -453,6 +453,13 @@ class Network:
     def heal(self) -> None:
         self.blocked.clear()
 
+    def split(self, side: set[int], ids: list[int]) -> None:
+        """Cut every link between `side` and the rest of `ids`, both ways."""
+        for a in ids:
+            for b in ids:
+                if (a in side) != (b in side):
+                    self.cut(a, b)
+
 
 @dataclass(slots=True)
 class Stats:
@@ -1279,19 +1286,13 @@ class Simulation:
             self.net.heal()  # a clean split, not piled on earlier cuts
             others = [i for i in ids if i != leader.id]
             side = {leader.id, *self.rng.sample(others, max(0, (len(ids) - 1) // 2 - 1))}
-            for a in ids:
-                for b in ids:
-                    if (a in side) != (b in side):
-                        self.net.cut(a, b)
+            self.net.split(side, ids)
             self.trace(f"partition leader's side {sorted(side)} | {sorted(set(ids) - side)}")
             return
         kind = self.rng.random()
         if kind < 0.4:
             side = {i for i in ids if self.rng.random() < 0.5}
-            for a in ids:
-                for b in ids:
-                    if (a in side) != (b in side):
-                        self.net.cut(a, b)
+            self.net.split(side, ids)
             self.trace(f"partition {sorted(side)} | {sorted(set(ids) - side)}")
         elif kind < 0.75:
             leader = self.leader()
