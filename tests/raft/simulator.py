@@ -116,6 +116,29 @@ _OPTIONAL = frozenset(
     }
 )
 
+# What `stale_leader` schedules use instead of the seed's scaling: a leader cut off with a
+# minority while the majority elects another, reads asked of it (with contexts other
+# members already had answered), heartbeat answers held up in transit across the split.
+_STALE_LEADER_WEIGHTS: dict[str, float] = {
+    "tick_all": 20.0,
+    "tick_one": 2.0,
+    "deliver": 40.0,
+    "drop": 1.0,
+    "duplicate": 1.0,
+    "delay": 6.0,
+    "propose": 8.0,
+    "read_index": 10.0,
+    "partition": 1.5,
+    "heal": 0.7,
+    "crash": 0.2,
+    "restart": 1.0,
+    "bounce": 0.0,
+    "snapshot": 0.5,
+    "transfer_leader": 0.0,
+    "membership": 0.0,
+    "unreachable": 0.1,
+}
+
 # What `chaos` schedules (used to hunt planted bugs) make frequent.
 _CHAOS = frozenset({"crash", "restart", "bounce", "partition", "heal", "tick_one", "delay"})
 
@@ -155,15 +178,26 @@ class ScheduleParams:
     # How initial members start: "conf-state" = MemoryStorage(conf_state=...), the contract;
     # "snapshot" = a snapshot at index 1 (term 1) holding the initial configuration.
     bootstrap: str = "conf-state"
+    # Reads under partition (see _STALE_LEADER_WEIGHTS): partitions isolate the leader with a
+    # minority, reads go to the deposed leader, delays pick heartbeat answers.
+    stale_leader: bool = False
     weights: tuple[tuple[str, float], ...] = tuple(BASE_WEIGHTS.items())
 
     @classmethod
     def from_seed(
-        cls, seed: int, steps: int = DEFAULT_STEPS, *, chaos: bool = False, pipeline: bool = True
+        cls,
+        seed: int,
+        steps: int = DEFAULT_STEPS,
+        *,
+        chaos: bool = False,
+        pipeline: bool = True,
+        stale_leader: bool = False,
     ) -> ScheduleParams:
         """The seed's parameters; `chaos` makes crashes and partitions frequent everywhere.
 
         `pipeline=False` handles each Ready atomically (the simulator before issue 14).
+        `stale_leader` makes reads under partition at a deposed leader (CheckQuorum off) the
+        schedule's theme: the family that hunts a read confirmed by an earlier round's answer.
         """
         r = random.Random(f"embedkv-sim-params/{seed}")
         weights: list[tuple[str, float]] = []
@@ -175,7 +209,12 @@ class ScheduleParams:
             weights.append((name, base * scale))
         election_tick = r.randint(5, 12)
         sizes = (0, 3, 1) if chaos else (15, 50, 35)
-        return cls(
+        if stale_leader:
+            # Its own stream, so the seed's other parameters are those of its default schedule.
+            rs = random.Random(f"embedkv-sim-stale/{seed}")
+            weights = [(n, w * rs.uniform(0.5, 2)) for n, w in _STALE_LEADER_WEIGHTS.items()]
+            sizes = (0, 1, 1)
+        params = cls(
             seed=seed,
             steps=steps,
             cluster_size=r.choices((1, 3, 5), weights=sizes)[0],
@@ -195,6 +234,9 @@ class ScheduleParams:
             max_outstanding=r.choice((1, 2, 3)),
             apply_hold_prob=r.choice((0.0, 0.5, 0.8, 0.9)),
         )
+        if stale_leader:
+            params = replace(params, check_quorum=False, stale_leader=True)
+        return params
 
 
 @dataclass(frozen=True, slots=True)
@@ -275,10 +317,13 @@ def replay_command(
     bootstrap: str | None = None,
     chaos: bool = False,
     pipeline: bool = True,
+    stale_leader: bool = False,
 ) -> str:
     parts = ["python -m tests.raft.soak", f"--seed {seed}", f"--steps {steps}"]
     if chaos:
         parts.append("--chaos")
+    if stale_leader:
+        parts.append("--stale-leader")
     if not pipeline:
         parts.append("--atomic")
     parts += (faults or Faults()).flags()
@@ -408,6 +453,13 @@ class Network:
     def heal(self) -> None:
         self.blocked.clear()
 
+    def split(self, side: set[int], ids: list[int]) -> None:
+        """Cut every link between `side` and the rest of `ids`, both ways."""
+        for a in ids:
+            for b in ids:
+                if (a in side) != (b in side):
+                    self.cut(a, b)
+
 
 @dataclass(slots=True)
 class Stats:
@@ -475,6 +527,7 @@ class Simulation:
         self.liveness_mode = False  # former members are shut down, crashed ones restarted
         self._counter = 0
         self._latest_read_ctx = 0
+        self._answered_ctx: list[int] = []  # contexts of released reads, latest last
         self._names = [name for name, _ in params.weights]
         self._cum_weights: list[float] = []
         total = 0.0
@@ -713,6 +766,8 @@ class Simulation:
             if node.app.applied >= rs.index:
                 self.checker.on_read_released(node.id, rs, node.app.applied)
                 self.stats.reads_released += 1
+                if self.params.stale_leader:
+                    self._answered_ctx.append(int.from_bytes(rs.context, "big"))
             else:
                 waiting.append(rs)
         node.pending_reads = waiting
@@ -1127,12 +1182,30 @@ class Simulation:
             self.deliver(pkt)
 
     def _act_delay(self) -> None:
+        if self.params.stale_leader and self._delay_heartbeat_answers():
+            return
         if self.net.packets:
             pkt = self.rng.choice(self.net.packets)
             longest = 60 if self.rng.random() < 0.7 else 250
             pkt.not_before = self.step_no + self.rng.randint(5, longest)
             pkt.in_transit = self.rng.random() < 0.5
             self.trace(f"delay {_fmt_msg(pkt.msg)} until step {pkt.not_before}")
+
+    def _delay_heartbeat_answers(self) -> bool:
+        """Hold up, in transit, one member's heartbeat answers to a leader (stale_leader);
+        answers of read rounds (a non-empty context) first."""
+        acks = [p for p in self.net.packets if p.msg.type == MessageType.HEARTBEAT_RESP]
+        acks = [p for p in acks if p.msg.context] or acks
+        if not acks:
+            return False
+        sender = self.rng.choice(acks).msg.from_
+        until = self.step_no + self.rng.randint(20, 250)
+        for pkt in acks:
+            if pkt.msg.from_ == sender:
+                pkt.not_before = until
+                pkt.in_transit = True
+        self.trace(f"delay node {sender}'s heartbeat answers until step {until}")
+        return True
 
     def _act_propose(self) -> None:
         leader = self.leader()
@@ -1154,13 +1227,29 @@ class Simulation:
 
     def _act_read_index(self) -> None:
         leaders = [n for n in self.up_nodes() if n.core().role is Role.LEADER]
-        if leaders and self.rng.random() < 0.3:
+        followers = [n for n in self.up_nodes() if n.core().role is not Role.LEADER]
+        # stale_leader: clients ask followers while one leader leads (their contexts name its
+        # rounds) and keep asking the old leader once another is elected.
+        share = (0.8 if len(leaders) > 1 else 0.0) if self.params.stale_leader else 0.3
+        node: SimNode | None
+        if leaders and self.rng.random() < share:
             # A client that still talks to the leader it knows: the oldest one, if several.
-            node: SimNode | None = min(leaders, key=lambda n: (n.core().term, n.id))
+            node = min(leaders, key=lambda n: (n.core().term, n.id))
+        elif self.params.stale_leader and followers and self.rng.random() < 0.9:
+            node = self.rng.choice(followers)
         else:
             node = self._random_up()
         if node is None:
             return
+        # stale_leader: a member often asks with a context another member already had
+        # answered (one this member never used, so each (member, context) is asked once).
+        if self.params.stale_leader and self._answered_ctx and self.rng.random() < 0.7:
+            recent = self._answered_ctx[-8:]
+            for ctx in (self.rng.choice(recent), *reversed(recent)):
+                if (node.id, ctx.to_bytes(8, "big")) not in self.checker.reads:
+                    node.read_ctx = max(node.read_ctx, ctx)  # its own counter never goes back
+                    self.read_index(node, ctx)
+                    return
         # Each member counts its own contexts (never reusing one); half the time it jumps to
         # the latest context any member used, so that members often ask with the same one.
         latest = self._latest_read_ctx
@@ -1191,13 +1280,19 @@ class Simulation:
         if len(ids) < 2:
             return
         self.stats.partitions += 1
+        leader = self.leader()
+        if self.params.stale_leader and leader is not None and self.rng.random() < 0.7:
+            # The leader keeps a minority: the rest can elect another and write without it.
+            self.net.heal()  # a clean split, not piled on earlier cuts
+            others = [i for i in ids if i != leader.id]
+            side = {leader.id, *self.rng.sample(others, max(0, (len(ids) - 1) // 2 - 1))}
+            self.net.split(side, ids)
+            self.trace(f"partition leader's side {sorted(side)} | {sorted(set(ids) - side)}")
+            return
         kind = self.rng.random()
         if kind < 0.4:
             side = {i for i in ids if self.rng.random() < 0.5}
-            for a in ids:
-                for b in ids:
-                    if (a in side) != (b in side):
-                        self.net.cut(a, b)
+            self.net.split(side, ids)
             self.trace(f"partition {sorted(side)} | {sorted(set(ids) - side)}")
         elif kind < 0.75:
             leader = self.leader()
@@ -1354,6 +1449,8 @@ def _fmt_msg(m: Message) -> str:
             out += f" REJECT hint={m.reject_hint}"
         if m.snapshot is not None:
             out += f" snap={m.snapshot.meta.index}/{m.snapshot.meta.term}"
+    elif m.type in (MessageType.HEARTBEAT, MessageType.HEARTBEAT_RESP) and m.context:
+        out += f" ctx={int.from_bytes(m.context, 'big')}"  # a read's context, or a round
     elif m.type in (MessageType.VOTE_RESP, MessageType.PRE_VOTE_RESP) and m.reject:
         out += " REJECT"
     elif m.type in (MessageType.VOTE, MessageType.PRE_VOTE):
@@ -1394,12 +1491,15 @@ def run_schedule(
     bootstrap: str | None = None,
     chaos: bool = False,
     pipeline: bool = True,
+    stale_leader: bool = False,
 ) -> ScheduleResult:
     """Run one random schedule plus the liveness phase; never raises for a found bug."""
-    params = ScheduleParams.from_seed(seed, steps, chaos=chaos, pipeline=pipeline)
+    params = ScheduleParams.from_seed(
+        seed, steps, chaos=chaos, pipeline=pipeline, stale_leader=stale_leader
+    )
     if bootstrap is not None:
         params = replace(params, bootstrap=bootstrap)
-    replay = replay_command(seed, steps, faults, options, bootstrap, chaos, pipeline)
+    replay = replay_command(seed, steps, faults, options, bootstrap, chaos, pipeline, stale_leader)
     sim: Simulation | None = None
     try:
         sim = Simulation(params, faults=faults, options=options, trace=trace)

@@ -39,6 +39,7 @@ def _run_chunk(
     bootstrap: str | None,
     chaos: bool,
     pipeline: bool = True,
+    stale_leader: bool = False,
 ) -> list[ScheduleResult]:
     return [
         run_schedule(
@@ -49,6 +50,7 @@ def _run_chunk(
             bootstrap=bootstrap,
             chaos=chaos,
             pipeline=pipeline,
+            stale_leader=stale_leader,
         )
         for s in seeds
     ]
@@ -65,6 +67,7 @@ def run_many(
     bootstrap: str | None = None,
     chaos: bool = False,
     pipeline: bool = True,
+    stale_leader: bool = False,
 ) -> tuple[list[ScheduleResult], Stats, int]:
     """Run `seeds` (in parallel when workers > 1): the failures, summed stats, schedules run."""
     faults = faults or Faults()
@@ -94,12 +97,17 @@ def run_many(
 
     if workers <= 1:
         for c in chunks:
-            if consume(_run_chunk(c, steps, faults, options, bootstrap, chaos, pipeline)):
+            results = _run_chunk(
+                c, steps, faults, options, bootstrap, chaos, pipeline, stale_leader
+            )
+            if consume(results):
                 break
     else:
         with ProcessPoolExecutor(max_workers=workers) as pool:
             futures = [
-                pool.submit(_run_chunk, c, steps, faults, options, bootstrap, chaos, pipeline)
+                pool.submit(
+                    _run_chunk, c, steps, faults, options, bootstrap, chaos, pipeline, stale_leader
+                )
                 for c in chunks
             ]
             for fut in futures:
@@ -122,6 +130,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--no-hard-state-checks", action="store_true")
     ap.add_argument("--no-config-checks", action="store_true")
     ap.add_argument("--chaos", action="store_true", help="crash- and partition-heavy schedules")
+    ap.add_argument(
+        "--stale-leader",
+        action="store_true",
+        help="reads under partition: a deposed leader (CheckQuorum off) asked for reads with "
+        "contexts other members had answered, heartbeat answers held up across the split",
+    )
     ap.add_argument(
         "--atomic",
         action="store_true",
@@ -151,6 +165,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             bootstrap=args.bootstrap,
             chaos=args.chaos,
             pipeline=not args.atomic,
+            stale_leader=args.stale_leader,
         )
         s = r.stats
         print(
@@ -176,6 +191,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         bootstrap=args.bootstrap,
         chaos=args.chaos,
         pipeline=not args.atomic,
+        stale_leader=args.stale_leader,
     )
     elapsed = time.monotonic() - started
     print(

@@ -3,7 +3,7 @@
 * `test_random_schedules`: EMBEDKV_SIM_SEEDS (default 1,000) random schedules, in chunks.
 * Targeted scenarios: a partitioned leader rejoining (PreVote, CheckQuorum), rolling crashes,
   membership churn that replaces every member, snapshot catch-up, leadership transfer,
-  a read on a deposed leader.
+  a read on a deposed leader; `stale_leader` schedules (reads under partition).
 * Self-tests: planted runtime bugs must be caught, so the checker is not vacuous.
 
 Every failure prints `python -m tests.raft.soak --seed S --steps N --verbose`, which replays
@@ -309,6 +309,28 @@ def test_deposed_leader_with_a_reused_context_serves_no_stale_read() -> None:
         sim.deliver(pkt)
     sim.flush()  # the checker raises if a stale read state is released
     assert (old.id, (1).to_bytes(8, "big")) not in sim.checker.released_contexts
+
+
+# Seeds of the `stale_leader` family (`--stale-leader`) that found issue 14's item 2 (a reused
+# context confirmed by an earlier round's held-up answer: `stale-read`) on the core before the
+# fix (commit 4294213); see docs/internals/simulation.md.
+STALE_LEADER_FOUND = (4, 112, 138, 448, 514, 568, 882, 979)
+
+
+def test_stale_leader_schedules() -> None:
+    """Reads under partition: the seeds that found item 2 before the fix, and 100 more, run
+    clean, and the family does what it is for (deposed leaders asked to read)."""
+    total = Stats()
+    failures = []
+    for seed in (*STALE_LEADER_FOUND, *range(1000, 1100)):
+        result = run_schedule(seed, STEPS, stale_leader=True)
+        total.add(result.stats)
+        if not result.ok:
+            failures.append(result.describe())
+    assert not failures, "\n".join(failures[:10])
+    assert ScheduleParams.from_seed(4, stale_leader=True).check_quorum is False
+    assert total.partitions > 0 and total.reads_released > 0, total
+    assert total.elections > len(STALE_LEADER_FOUND) + 100, total  # leaders are deposed
 
 
 # -- self-tests: the checker catches planted bugs ------------------------------------------
