@@ -10,7 +10,7 @@ import threading
 import time
 from collections.abc import Callable
 
-from embedkv import Closed, Error, LeaseNotFound, RangeResult, Store, TxnResult
+from embedkv import Closed, Error, Event, KeyValue, LeaseNotFound, RangeResult, Store, TxnResult
 
 ROOT = "_embedkv/"
 """Every recipe keeps its keys under this prefix: ``_embedkv/<kind>/<name>/...``."""
@@ -25,6 +25,13 @@ def ranged(result: TxnResult, i: int) -> RangeResult:
     got = result.responses[i]
     assert isinstance(got, RangeResult)
     return got
+
+
+def key_text(kv: KeyValue | Event) -> str:
+    """The key of a record or event as str (the recipes' keys are str; the store may hand
+    them back as bytes)."""
+    k = kv.key
+    return k if isinstance(k, str) else k.decode()
 
 
 def check_name(kind: str, name: object) -> str:

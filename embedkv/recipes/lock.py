@@ -34,16 +34,11 @@ from ._base import (
     check_timeout,
     check_ttl,
     deadline_of,
+    key_text,
     prefix,
     ranged,
     remaining,
 )
-
-
-def _kv_key(kv: KeyValue) -> str:
-    k = kv.key
-    return k if isinstance(k, str) else k.decode()
-
 
 Listing = tuple[tuple[KeyValue, ...], int]
 """The keys of a queue in creation order (values left out), and the revision they were read at."""
@@ -92,12 +87,12 @@ def wait_turn(
             listing = (ranged(r, 0).kvs, r.revision)
         kvs, revision = listing
         listing = None
-        before = [kv for kv in kvs if kv.create_revision < my_rev and blocks(_kv_key(kv))]
+        before = [kv for kv in kvs if kv.create_revision < my_rev and blocks(key_text(kv))]
         if not any(kv.create_revision == my_rev for kv in kvs):
             raise SessionLost("our key is gone: the lease ended or someone deleted it")
         if len(before) < slots:
             return True
-        pred = _kv_key(before[-1])
+        pred = key_text(before[-1])
         left = remaining(deadline)
         if left == 0.0:
             return False
