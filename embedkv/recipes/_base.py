@@ -87,15 +87,20 @@ def remaining(deadline: float | None) -> float | None:
     return None if deadline is None else max(0.0, deadline - time.monotonic())
 
 
-def wait_set(store: Store, event: threading.Event, deadline: float | None) -> bool:
+def wait_set(
+    store: Store, event: threading.Event, deadline: float | None, session: Session | None = None
+) -> bool:
     """Wait for `event` until `deadline`; Closed if the store closes meanwhile (its watches
-    then end without an event, and a waiter must not hang)."""
+    then end without an event, and a waiter must not hang), SessionLost if `session` ends
+    (checked every half second at most)."""
     while True:
         left = remaining(deadline)
         if event.wait(0.5 if left is None else min(0.5, left)):
             return True
         if store.closed:
             raise Closed("the store is closed")
+        if session is not None and not session.alive:
+            raise SessionLost("the lease ended while waiting")
         if remaining(deadline) == 0.0:
             return False
 

@@ -10,12 +10,10 @@ strictly increases from one holder to the next.
 from __future__ import annotations
 
 import threading
-import time
 from collections.abc import Callable
 from types import TracebackType
 
 from embedkv import (
-    Closed,
     Compare,
     CreateRevision,
     Event,
@@ -38,6 +36,7 @@ from ._base import (
     prefix,
     ranged,
     remaining,
+    wait_set,
 )
 
 Listing = tuple[tuple[KeyValue, ...], int]
@@ -100,15 +99,9 @@ def wait_turn(
         watched = (pred, False) if slots == 1 else (pfx, True)
         with store.watch(watched[0], _setter(gone), prefix=watched[1],
                          start_revision=revision + 1):
-            # Any event on the predecessor's key (its delete) means: look again. Wake every
-            # half second meanwhile to notice our own lease ending or the deadline passing.
-            while not gone.wait(_nap(deadline)):
-                if store.closed:
-                    raise Closed("the store is closed")
-                if not session.alive:
-                    raise SessionLost("the lease ended while waiting")
-                if deadline is not None and time.monotonic() >= deadline:
-                    return False
+            # Any event on the predecessor's key (its delete) means: look again.
+            if not wait_set(store, gone, deadline, session):
+                return False
 
 
 def queue_up(
@@ -138,11 +131,6 @@ def queue_up(
 
 def _setter(flag: threading.Event) -> Callable[[Event], None]:
     return lambda event: flag.set()
-
-
-def _nap(deadline: float | None) -> float:
-    left = remaining(deadline)
-    return 0.5 if left is None else min(0.5, left)
 
 
 class Holding:
