@@ -188,6 +188,7 @@ class Session:
         self._lost = False
         self._stopped = False
         self._stalled = False
+        self._closed = False  # close() ended it before it was lost
         self._callbacks: list[Callable[[], object]] = []
         self._lock = threading.Lock()
         _keeper.add(self, sent + ttl / 3)
@@ -205,6 +206,8 @@ class Session:
         with self._lock:
             if not self._lost:
                 self._callbacks.append(callback)
+                return
+            if self._closed:  # ended by close(), not lost: no callback
                 return
         callback()
 
@@ -260,6 +263,7 @@ class Session:
         """Revoke the lease now: every key on it is deleted. Idempotent."""
         self._stopped = True
         with self._lock:
+            self._closed = self._closed or not self._lost
             self._lost = True
             self._callbacks = []
         with contextlib.suppress(LeaseNotFound, Closed):
