@@ -167,9 +167,20 @@ def encode(frame: Frame, max_frame: int = DEFAULT_MAX_FRAME) -> bytes:
 # ---------------------------------------------------------------------------------- decoding
 
 
+def _shown(v: object) -> str:
+    """`v` for an error message, short and safe: a peer's CBOR bignum can be an int too long
+    for ``str()`` (ValueError past 4300 digits), alone or inside an array, and that must not
+    escape as other than a ProtocolError; so only scalars are shown by value."""
+    if type(v) is int:
+        return f"an int of {v.bit_length()} bits" if v.bit_length() > 64 else str(v)
+    if v is None or type(v) in (bool, float):
+        return repr(v)
+    return f"a {type(v).__name__}"
+
+
 def _u64(v: object, what: str) -> int:
     if type(v) is not int or not 0 <= v <= MAX_U64:
-        raise ProtocolError(f"{what} must be an unsigned 64-bit int, not {v!r:.40}")
+        raise ProtocolError(f"{what} must be an unsigned 64-bit int, not {_shown(v)}")
     return v
 
 
@@ -214,7 +225,7 @@ def _enum(cls: type[enum.IntEnum], v: object, what: str) -> Any:
     try:
         return cls(v)
     except ValueError:
-        raise ProtocolError(f"unknown {what} {v}") from None
+        raise ProtocolError(f"unknown {what} {_shown(v)}") from None
 
 
 def _message(p: list[Any]) -> Message:

@@ -166,8 +166,10 @@ class _Link:
                 if not self.queue:
                     self.wake.clear()
                     waiter = asyncio.get_running_loop().create_task(self.wake.wait())
-                    await asyncio.wait({waiter, watch}, return_when=asyncio.FIRST_COMPLETED)
-                    waiter.cancel()
+                    try:
+                        await asyncio.wait({waiter, watch}, return_when=asyncio.FIRST_COMPLETED)
+                    finally:  # also when the link is cancelled here: no task left pending
+                        waiter.cancel()
                 if watch.done():
                     refusal = watch.result()
                     if refusal is not None:

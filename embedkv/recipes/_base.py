@@ -10,7 +10,7 @@ import threading
 import time
 from collections.abc import Callable
 
-from embedkv import Closed, Error, LeaseNotFound, RangeResult, Store, TxnResult
+from embedkv import Closed, Error, Event, KeyValue, LeaseNotFound, RangeResult, Store, TxnResult
 
 ROOT = "_embedkv/"
 """Every recipe keeps its keys under this prefix: ``_embedkv/<kind>/<name>/...``."""
@@ -25,6 +25,13 @@ def ranged(result: TxnResult, i: int) -> RangeResult:
     got = result.responses[i]
     assert isinstance(got, RangeResult)
     return got
+
+
+def key_text(kv: KeyValue | Event) -> str:
+    """The key of a record or event as str (the recipes' keys are str; the store may hand
+    them back as bytes)."""
+    k = kv.key
+    return k if isinstance(k, str) else k.decode()
 
 
 def check_name(kind: str, name: object) -> str:
@@ -80,15 +87,20 @@ def remaining(deadline: float | None) -> float | None:
     return None if deadline is None else max(0.0, deadline - time.monotonic())
 
 
-def wait_set(store: Store, event: threading.Event, deadline: float | None) -> bool:
+def wait_set(
+    store: Store, event: threading.Event, deadline: float | None, session: Session | None = None
+) -> bool:
     """Wait for `event` until `deadline`; Closed if the store closes meanwhile (its watches
-    then end without an event, and a waiter must not hang)."""
+    then end without an event, and a waiter must not hang), SessionLost if `session` ends
+    (checked every half second at most)."""
     while True:
         left = remaining(deadline)
         if event.wait(0.5 if left is None else min(0.5, left)):
             return True
         if store.closed:
             raise Closed("the store is closed")
+        if session is not None and not session.alive:
+            raise SessionLost("the lease ended while waiting")
         if remaining(deadline) == 0.0:
             return False
 
@@ -176,6 +188,7 @@ class Session:
         self._lost = False
         self._stopped = False
         self._stalled = False
+        self._closed = False  # close() ended it before it was lost
         self._callbacks: list[Callable[[], object]] = []
         self._lock = threading.Lock()
         _keeper.add(self, sent + ttl / 3)
@@ -193,6 +206,8 @@ class Session:
         with self._lock:
             if not self._lost:
                 self._callbacks.append(callback)
+                return
+            if self._closed:  # ended by close(), not lost: no callback
                 return
         callback()
 
@@ -248,6 +263,7 @@ class Session:
         """Revoke the lease now: every key on it is deleted. Idempotent."""
         self._stopped = True
         with self._lock:
+            self._closed = self._closed or not self._lost
             self._lost = True
             self._callbacks = []
         with contextlib.suppress(LeaseNotFound, Closed):

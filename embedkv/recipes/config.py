@@ -8,7 +8,7 @@ from typing import Any
 
 from embedkv import Compacted, Event, Get, Key, Store
 
-from ._base import ranged
+from ._base import key_text, ranged
 
 
 class ConfigView(Mapping[str, Any]):
@@ -34,8 +34,7 @@ class ConfigView(Mapping[str, Any]):
     def _strip(self, kvs: Any) -> dict[str, Any]:
         out = {}
         for kv in kvs:
-            k = kv.key if isinstance(kv.key, str) else kv.key.decode()
-            out[k[len(self._prefix):]] = kv.value
+            out[key_text(kv)[len(self._prefix):]] = kv.value
         return out
 
     def _on_event(self, event: Event) -> None:

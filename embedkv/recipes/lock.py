@@ -10,12 +10,10 @@ strictly increases from one holder to the next.
 from __future__ import annotations
 
 import threading
-import time
 from collections.abc import Callable
 from types import TracebackType
 
 from embedkv import (
-    Closed,
     Compare,
     CreateRevision,
     Event,
@@ -34,16 +32,12 @@ from ._base import (
     check_timeout,
     check_ttl,
     deadline_of,
+    key_text,
     prefix,
     ranged,
     remaining,
+    wait_set,
 )
-
-
-def _kv_key(kv: KeyValue) -> str:
-    k = kv.key
-    return k if isinstance(k, str) else k.decode()
-
 
 Listing = tuple[tuple[KeyValue, ...], int]
 """The keys of a queue in creation order (values left out), and the revision they were read at."""
@@ -92,12 +86,12 @@ def wait_turn(
             listing = (ranged(r, 0).kvs, r.revision)
         kvs, revision = listing
         listing = None
-        before = [kv for kv in kvs if kv.create_revision < my_rev and blocks(_kv_key(kv))]
+        before = [kv for kv in kvs if kv.create_revision < my_rev and blocks(key_text(kv))]
         if not any(kv.create_revision == my_rev for kv in kvs):
             raise SessionLost("our key is gone: the lease ended or someone deleted it")
         if len(before) < slots:
             return True
-        pred = _kv_key(before[-1])
+        pred = key_text(before[-1])
         left = remaining(deadline)
         if left == 0.0:
             return False
@@ -105,15 +99,9 @@ def wait_turn(
         watched = (pred, False) if slots == 1 else (pfx, True)
         with store.watch(watched[0], _setter(gone), prefix=watched[1],
                          start_revision=revision + 1):
-            # Any event on the predecessor's key (its delete) means: look again. Wake every
-            # half second meanwhile to notice our own lease ending or the deadline passing.
-            while not gone.wait(_nap(deadline)):
-                if store.closed:
-                    raise Closed("the store is closed")
-                if not session.alive:
-                    raise SessionLost("the lease ended while waiting")
-                if deadline is not None and time.monotonic() >= deadline:
-                    return False
+            # Any event on the predecessor's key (its delete) means: look again.
+            if not wait_set(store, gone, deadline, session):
+                return False
 
 
 def queue_up(
@@ -143,11 +131,6 @@ def queue_up(
 
 def _setter(flag: threading.Event) -> Callable[[Event], None]:
     return lambda event: flag.set()
-
-
-def _nap(deadline: float | None) -> float:
-    left = remaining(deadline)
-    return 0.5 if left is None else min(0.5, left)
 
 
 class Holding:

@@ -32,6 +32,7 @@ from ._base import (
     check_timeout,
     check_ttl,
     deadline_of,
+    key_text,
     prefix,
     ranged,
     wait_set,
@@ -39,10 +40,6 @@ from ._base import (
 
 _PRIO_BIAS = 1 << 62
 _PRIO_MAX = (1 << 62) - 1
-
-
-def _text(kv: KeyValue) -> str:
-    return kv.key if isinstance(kv.key, str) else kv.key.decode()
 
 
 @dataclass(frozen=True)
@@ -117,10 +114,10 @@ class Queue:
             first = self._store.range(start=start, end=end, limit=1, keys_only=True)
             if not first:
                 return
-            group = _text(first[0])[: len(self._items) + 20]  # "<items><prio>/"
+            group = key_text(first[0])[: len(self._items) + 20]  # "<items><prio>/"
             for kv in self._store.range(prefix=group, sort="create", limit=len(claimed) + 16,
                                         keys_only=True):
-                if _text(kv)[len(self._items):] not in claimed:
+                if key_text(kv)[len(self._items):] not in claimed:
                     yield kv
             start = group[:-1] + "0"  # just past every key of this group
 
@@ -132,9 +129,9 @@ class Queue:
             session = self.session
             r = self._store.txn(success=[Get(self._claims, prefix=True, keys_only=True)])
             seen = r.revision
-            claimed = {_text(kv)[len(self._claims):] for kv in ranged(r, 0).kvs}
+            claimed = {key_text(kv)[len(self._claims):] for kv in ranged(r, 0).kvs}
             for kv in self._candidates(claimed):
-                item = self._claim(session, _text(kv))
+                item = self._claim(session, key_text(kv))
                 if item is not None:
                     return item
             if not self._wait_change(seen, deadline):

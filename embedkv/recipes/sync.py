@@ -12,7 +12,6 @@ from embedkv import (
     Event,
     EventType,
     Get,
-    KeyValue,
     ModRevision,
     Put,
     Store,
@@ -27,16 +26,12 @@ from ._base import (
     check_timeout,
     check_ttl,
     deadline_of,
+    key_text,
     prefix,
     ranged,
     wait_set,
 )
 from .lock import Lock, enqueue
-
-
-def _text(kv: KeyValue | Event) -> str:
-    k = kv.key
-    return k if isinstance(k, str) else k.decode()
 
 
 class DoubleBarrier:
@@ -237,7 +232,7 @@ class Party:
             session.close()
 
     def members(self) -> dict[str, Any]:
-        return {_text(kv)[len(self._prefix):]: kv.value
+        return {key_text(kv)[len(self._prefix):]: kv.value
                 for kv in self._store.range(prefix=self._prefix, sort="create")}
 
     def watch(self, callback: Callable[[str, str, Any], object]) -> Watch:
@@ -247,7 +242,7 @@ class Party:
             raise TypeError("callback must be callable")
 
         def on_event(e: Event) -> None:
-            member = _text(e)[len(self._prefix):]
+            member = key_text(e)[len(self._prefix):]
             if e.type is EventType.DELETE:
                 callback("leave", member, None)
             else:

@@ -147,6 +147,12 @@ def _with(i: int, value: object) -> list[object]:
         ([0, 1, "c" * 300, 1, 0], "token"),
         ([0, 1, "c", 1, 5], "purpose"),
         ([3, -5], "unsigned"),
+        # ints too long for str() (over 4300 digits) must still make a ProtocolError
+        (_with(4, 10**5000), "unsigned"),
+        ([3, -(10**5000)], "unsigned"),
+        ([10**5000], "frame kind"),
+        (_with(1, 10**5000), "unknown message type"),
+        (_with(4, [10**5000]), "unsigned"),
     ],
 )
 def test_each_field_is_checked(payload: object, match: str) -> None:

@@ -140,6 +140,26 @@ def test_a_full_queue_drops_and_reports_unreachable() -> None:
     run(main)
 
 
+def test_closing_an_idle_link_leaves_no_task_pending() -> None:
+    async def main() -> None:
+        nodes = await cluster(2)
+        try:
+            a = nodes[0].transport
+            await until(lambda: a.link_state(2) is LinkState.UP, "link up")
+            a.send([msg(1, 2, b"x")])
+            await until(lambda: nodes[1].bodies() == [b"x"], "delivery")  # now idle, waiting
+            # held here, so that a leaked waiter stays visible instead of being collected
+            waiters = [t for t in asyncio.all_tasks()
+                       if not t.done() and t.get_coro().__qualname__ == "Event.wait"]
+            assert waiters
+            await a.close()
+            await until(lambda: all(t.done() for t in waiters), "the link's waiter to end")
+        finally:
+            await close(nodes)
+
+    run(main)
+
+
 def test_a_down_link_drops_and_reports_unreachable() -> None:
     async def main() -> None:
         spare = await Node(9).start({})

@@ -99,6 +99,16 @@ def test_lost_lock_calls_back_and_is_no_longer_held(store: embedkv.Store) -> Non
     assert not lock.is_held
 
 
+def test_a_callback_registered_after_release_is_not_called(store: embedkv.Store) -> None:
+    lock = store.lock("cb-closed", ttl=5)
+    assert lock.acquire()
+    session = lock.session
+    lock.release()  # closed on purpose: not a loss
+    called: list[int] = []
+    session.on_lost(lambda: called.append(1))
+    assert called == []
+
+
 def test_nonblocking_and_timeout_leave_no_key(store: embedkv.Store) -> None:
     a, b = store.lock("nb"), store.lock("nb")
     assert a.acquire(blocking=False)
