@@ -49,6 +49,7 @@ from .storage.requests import (
     Get,
     Key,
     KeyValue,
+    LeaseGrantResult,
     Put,
     PutResult,
     RangeResult,
@@ -923,16 +924,21 @@ class Store(MutableMapping[Key, Any]):
         """Grant a lease of `ttl` seconds through Raft. With `keepalive` the member refreshes it
         every ttl/3 until it is revoked or the store closes. Keys put with ``lease=`` vanish
         (DELETE events) when it expires or is revoked."""
+        return self._leased(self._wait(self._grant(ttl, keepalive)), keepalive)
+
+    def _grant(self, ttl: int, keepalive: bool) -> concurrent.futures.Future[Any]:
+        """Check a lease's arguments and propose its grant (for Store.lease and
+        AsyncStore.lease)."""
         _check_ttl(ttl)
         _check_flag("keepalive", keepalive)
-        grant = self._wait(self._grant(ttl))
+        self._check()
+        return self._m.grant_lease(ttl)
+
+    def _leased(self, grant: LeaseGrantResult, keepalive: bool) -> Lease:
+        """The Lease of a granted lease, kept alive by the member if asked."""
         if keepalive:
             self._m.set_auto_keepalive(grant.id, True)
         return Lease(self, grant.id, grant.ttl, keepalive)
-
-    def _grant(self, ttl: int) -> concurrent.futures.Future[Any]:
-        self._check()
-        return self._m.grant_lease(ttl)
 
     # --- coordination recipes (embedkv.recipes, on the public API above) ----------------------
 
@@ -1479,12 +1485,8 @@ class AsyncStore:
         return w
 
     async def lease(self, ttl: int, *, keepalive: bool = True) -> AsyncLease:
-        _check_ttl(ttl)
-        _check_flag("keepalive", keepalive)
-        grant = await _awaited(self.store._grant(ttl))
-        if keepalive:
-            self.store._m.set_auto_keepalive(grant.id, True)
-        return AsyncLease(Lease(self.store, grant.id, grant.ttl, keepalive))
+        grant = await _awaited(self.store._grant(ttl, keepalive))
+        return AsyncLease(self.store._leased(grant, keepalive))
 
     # --- coordination recipes: the sync recipes' logic, run in worker threads ---------------
 
