@@ -603,7 +603,6 @@ class Store(MutableMapping[Key, Any]):
                 self._closed_instead(exc)
                 raise
         else:
-            _check_revision(revision)
             kv = self._get_kv_at(key, revision, serializable)
         return default if kv is None else kv.value
 
@@ -613,7 +612,6 @@ class Store(MutableMapping[Key, Any]):
         """The full record of `key` (value, revisions, version, lease) or None; `revision`
         as for ``get``."""
         if revision is not None:
-            _check_revision(revision)
             return self._get_kv_at(key, revision, serializable)
         self._linearize(serializable)
         try:
@@ -623,6 +621,8 @@ class Store(MutableMapping[Key, Any]):
             raise
 
     def _get_kv_at(self, key: Key, revision: int, serializable: bool) -> KeyValue | None:
+        """`key`'s record at `revision` (get and get_kv with a revision)."""
+        _check_revision(revision)
         key_bytes(key)
         kvs = self._range(Get(key, revision=revision), serializable).kvs
         return kvs[0] if kvs else None
