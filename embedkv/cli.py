@@ -126,6 +126,16 @@ class _Output:
         else:
             self.lines(*lines)
 
+    def record(self, fields: dict[str, Any], json_extra: dict[str, Any] | None = None) -> None:
+        """One record (a status): a JSON object (`json_extra`'s fields first), a one-row
+        table, or ``name: value`` lines."""
+        if self.as_json:
+            self.json({**(json_extra or {}), **fields})
+        elif self.as_table:
+            self.table([name.upper() for name in fields], [list(fields.values())])
+        else:
+            self.lines(*(f"{name}: {value}" for name, value in fields.items()))
+
     def table(self, header: Sequence[str], rows: Iterable[Sequence[object]]) -> None:
         """A bordered table, as etcdctl's -w table draws one."""
         cells = [list(header), *([str(c) for c in row] for row in rows)]
@@ -321,12 +331,7 @@ def _cmd_status(session: _Session, args: argparse.Namespace, out: _Output) -> in
         "compact_revision": st.compact_revision,
         "applied_index": st.applied_index,
     }
-    if out.as_json:
-        out.json(fields)
-    elif out.as_table:
-        out.table([name.upper() for name in fields], [list(fields.values())])
-    else:
-        out.lines(*(f"{name}: {value}" for name, value in fields.items()))
+    out.record(fields)
     return EXIT_OK
 
 
@@ -411,12 +416,7 @@ def _cmd_snapshot_status(session: _Session, args: argparse.Namespace, out: _Outp
     info = read_backup_info(args.file)
     fields = {"revision": info.revision, "compact_revision": info.compact_revision,
               "applied_index": info.applied_index}
-    if out.as_json:
-        out.json({"file": args.file, **fields})
-    elif out.as_table:
-        out.table([name.upper() for name in fields], [list(fields.values())])
-    else:
-        out.lines(*(f"{name}: {value}" for name, value in fields.items()))
+    out.record(fields, {"file": args.file})
     return EXIT_OK
 
 
