@@ -218,12 +218,11 @@ def _get_request(args: argparse.Namespace) -> Get:
         raise CommandError("give only one of END, --prefix and --from-key")
     if args.prefix or (args.from_key and args.key == ""):
         get = _range_request(args.key, None, None, args.limit, revision, None, args.keys_only)
-    elif args.from_key or args.end is not None:
+    else:
         get = _range_request(None, args.key, args.end, args.limit, revision, None,
                              args.keys_only)
-    else:  # one key: the range request from it, without the range's end
-        get = _range_request(None, args.key, None, args.limit, revision, None, args.keys_only)
-        get = dataclasses.replace(get, end=None)
+        if not args.from_key and args.end is None:  # one key: the range without its end
+            get = dataclasses.replace(get, end=None)
     return dataclasses.replace(get, count_only=args.count_only)
 
 
