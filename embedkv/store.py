@@ -1607,6 +1607,8 @@ class AsyncWatch(_WatchBase, AsyncIterator[Event]):
         return self
 
     async def __anext__(self) -> Event:
+        if self._store._forked:
+            self._store._check()  # raises Closed: no dispatcher feeds this queue in a child
         item = await self._queue.get()
         if isinstance(item, _Failed):
             raise item.error
