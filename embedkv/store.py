@@ -688,13 +688,13 @@ class Store(MutableMapping[Key, Any]):
             self._closed_instead(exc)
             raise
 
-    # --- the mapping protocol -----------------------------------------------------------------
-
     def verify(self) -> VerifyReport:
         """Scan the whole data dir for damage (every B-tree page, every record's checksum and
         shape) as of one read snapshot, while writes go on; see also embedkv.check()."""
         self._check()
         return self._m.data_dir.verify()
+
+    # --- the mapping protocol -----------------------------------------------------------------
 
     def __getitem__(self, key: Key) -> Any:
         kv = self.get_kv(key)
