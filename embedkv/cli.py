@@ -126,6 +126,16 @@ class _Output:
         else:
             self.lines(*lines)
 
+    def record(self, fields: dict[str, Any], json_extra: dict[str, Any] | None = None) -> None:
+        """One record (a status): a JSON object (`json_extra`'s fields first), a one-row
+        table, or ``name: value`` lines."""
+        if self.as_json:
+            self.json({**(json_extra or {}), **fields})
+        elif self.as_table:
+            self.table([name.upper() for name in fields], [list(fields.values())])
+        else:
+            self.lines(*(f"{name}: {value}" for name, value in fields.items()))
+
     def table(self, header: Sequence[str], rows: Iterable[Sequence[object]]) -> None:
         """A bordered table, as etcdctl's -w table draws one."""
         cells = [list(header), *([str(c) for c in row] for row in rows)]
@@ -208,12 +218,11 @@ def _get_request(args: argparse.Namespace) -> Get:
         raise CommandError("give only one of END, --prefix and --from-key")
     if args.prefix or (args.from_key and args.key == ""):
         get = _range_request(args.key, None, None, args.limit, revision, None, args.keys_only)
-    elif args.from_key or args.end is not None:
+    else:
         get = _range_request(None, args.key, args.end, args.limit, revision, None,
                              args.keys_only)
-    else:  # one key: the range request from it, without the range's end
-        get = _range_request(None, args.key, None, args.limit, revision, None, args.keys_only)
-        get = dataclasses.replace(get, end=None)
+        if not args.from_key and args.end is None:  # one key: the range without its end
+            get = dataclasses.replace(get, end=None)
     return dataclasses.replace(get, count_only=args.count_only)
 
 
@@ -321,12 +330,7 @@ def _cmd_status(session: _Session, args: argparse.Namespace, out: _Output) -> in
         "compact_revision": st.compact_revision,
         "applied_index": st.applied_index,
     }
-    if out.as_json:
-        out.json(fields)
-    elif out.as_table:
-        out.table([name.upper() for name in fields], [list(fields.values())])
-    else:
-        out.lines(*(f"{name}: {value}" for name, value in fields.items()))
+    out.record(fields)
     return EXIT_OK
 
 
@@ -411,12 +415,7 @@ def _cmd_snapshot_status(session: _Session, args: argparse.Namespace, out: _Outp
     info = read_backup_info(args.file)
     fields = {"revision": info.revision, "compact_revision": info.compact_revision,
               "applied_index": info.applied_index}
-    if out.as_json:
-        out.json({"file": args.file, **fields})
-    elif out.as_table:
-        out.table([name.upper() for name in fields], [list(fields.values())])
-    else:
-        out.lines(*(f"{name}: {value}" for name, value in fields.items()))
+    out.record(fields, {"file": args.file})
     return EXIT_OK
 
 

@@ -49,6 +49,7 @@ from .storage.requests import (
     Get,
     Key,
     KeyValue,
+    LeaseGrantResult,
     Put,
     PutResult,
     RangeResult,
@@ -602,7 +603,6 @@ class Store(MutableMapping[Key, Any]):
                 self._closed_instead(exc)
                 raise
         else:
-            _check_revision(revision)
             kv = self._get_kv_at(key, revision, serializable)
         return default if kv is None else kv.value
 
@@ -612,7 +612,6 @@ class Store(MutableMapping[Key, Any]):
         """The full record of `key` (value, revisions, version, lease) or None; `revision`
         as for ``get``."""
         if revision is not None:
-            _check_revision(revision)
             return self._get_kv_at(key, revision, serializable)
         self._linearize(serializable)
         try:
@@ -622,6 +621,8 @@ class Store(MutableMapping[Key, Any]):
             raise
 
     def _get_kv_at(self, key: Key, revision: int, serializable: bool) -> KeyValue | None:
+        """`key`'s record at `revision` (get and get_kv with a revision)."""
+        _check_revision(revision)
         key_bytes(key)
         kvs = self._range(Get(key, revision=revision), serializable).kvs
         return kvs[0] if kvs else None
@@ -687,13 +688,13 @@ class Store(MutableMapping[Key, Any]):
             self._closed_instead(exc)
             raise
 
-    # --- the mapping protocol -----------------------------------------------------------------
-
     def verify(self) -> VerifyReport:
         """Scan the whole data dir for damage (every B-tree page, every record's checksum and
         shape) as of one read snapshot, while writes go on; see also embedkv.check()."""
         self._check()
         return self._m.data_dir.verify()
+
+    # --- the mapping protocol -----------------------------------------------------------------
 
     def __getitem__(self, key: Key) -> Any:
         kv = self.get_kv(key)
@@ -923,16 +924,21 @@ class Store(MutableMapping[Key, Any]):
         """Grant a lease of `ttl` seconds through Raft. With `keepalive` the member refreshes it
         every ttl/3 until it is revoked or the store closes. Keys put with ``lease=`` vanish
         (DELETE events) when it expires or is revoked."""
+        return self._leased(self._wait(self._grant(ttl, keepalive)), keepalive)
+
+    def _grant(self, ttl: int, keepalive: bool) -> concurrent.futures.Future[Any]:
+        """Check a lease's arguments and propose its grant (for Store.lease and
+        AsyncStore.lease)."""
         _check_ttl(ttl)
         _check_flag("keepalive", keepalive)
-        grant = self._wait(self._grant(ttl))
+        self._check()
+        return self._m.grant_lease(ttl)
+
+    def _leased(self, grant: LeaseGrantResult, keepalive: bool) -> Lease:
+        """The Lease of a granted lease, kept alive by the member if asked."""
         if keepalive:
             self._m.set_auto_keepalive(grant.id, True)
         return Lease(self, grant.id, grant.ttl, keepalive)
-
-    def _grant(self, ttl: int) -> concurrent.futures.Future[Any]:
-        self._check()
-        return self._m.grant_lease(ttl)
 
     # --- coordination recipes (embedkv.recipes, on the public API above) ----------------------
 
@@ -1479,12 +1485,8 @@ class AsyncStore:
         return w
 
     async def lease(self, ttl: int, *, keepalive: bool = True) -> AsyncLease:
-        _check_ttl(ttl)
-        _check_flag("keepalive", keepalive)
-        grant = await _awaited(self.store._grant(ttl))
-        if keepalive:
-            self.store._m.set_auto_keepalive(grant.id, True)
-        return AsyncLease(Lease(self.store, grant.id, grant.ttl, keepalive))
+        grant = await _awaited(self.store._grant(ttl, keepalive))
+        return AsyncLease(self.store._leased(grant, keepalive))
 
     # --- coordination recipes: the sync recipes' logic, run in worker threads ---------------
 
@@ -1605,6 +1607,8 @@ class AsyncWatch(_WatchBase, AsyncIterator[Event]):
         return self
 
     async def __anext__(self) -> Event:
+        if self._store._forked:
+            self._store._check()  # raises Closed: no dispatcher feeds this queue in a child
         item = await self._queue.get()
         if isinstance(item, _Failed):
             raise item.error
