@@ -156,7 +156,7 @@ def restore_backup(
             DataDir.restore(path, chunks, durable=durable, identity=identity,
                             conf_state=conf).close()
         except CorruptData as exc:
-            # The stream's own words speak of "the data file": name the backup instead.
+            # The stream's own words speak of "the snapshot": name the backup file too.
             raise CorruptData(f"the backup {backup} is damaged: {exc}") from exc
     _fsync_dir(os.path.dirname(os.path.abspath(path)))
     return info

@@ -279,7 +279,14 @@ def restore_into(
         last = order
         table = TABLES[table_no]
         if header["format"] >= _SUMMED_FROM:
-            _check_record(table, key, unseal(table.decode(), key, value))
+            try:
+                unsealed = unseal(table.decode(), key, value)
+            except CorruptData:  # unseal's words blame the data file; here the stream is bad
+                raise CorruptData(
+                    f"snapshot's {table.decode()} record of key {key!r} fails its checksum: "
+                    "the stream is damaged"
+                ) from None
+            _check_record(table, key, unsealed)
         else:
             _check_record(table, key, value)
             value = seal(key, value)
