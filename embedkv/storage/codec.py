@@ -634,6 +634,8 @@ SUM: Final = struct.Struct("<I")
 of the record's LMDB key followed by the value, little-endian, so that the CRC-32 of
 key + value + checksum is the constant CRC_RESIDUE and a check is one crc32 call."""
 SUM_SIZE: Final = SUM.size
+SUMS_FROM_FORMAT: Final = 4
+"""The first data-dir and snapshot format whose values carry SUM."""
 CRC_RESIDUE: Final = 0x2144DF1C
 crc32: Final = zlib.crc32
 _pack_sum: Final = SUM.pack

@@ -26,6 +26,7 @@ from .codec import (
     RECORD,
     REV,
     SUMMED_TABLES,
+    SUMS_FROM_FORMAT,
     U32,
     U64,
     U64X2,
@@ -44,7 +45,6 @@ from .requests import MAX_KEY_BYTES
 
 MAX_PROBLEMS: Final = 1000
 """Problems listed one by one; past this many, the report counts the rest."""
-_SUMS_FROM: Final = 4
 
 
 @dataclass(frozen=True, slots=True)
@@ -155,7 +155,7 @@ def _verify(
         table = name.decode()
         count = 0
         check = _CHECKS.get(table)
-        summed = version >= _SUMS_FROM and table in SUMMED_TABLES
+        summed = version >= SUMS_FROM_FORMAT and table in SUMMED_TABLES
         for key, value in _records(txn, db):
             count += 1
             try:
