@@ -29,7 +29,7 @@ from embedkv.errors import CorruptData, NoSpace
 from embedkv.raft.types import ConfState
 
 from .datadir import DEFRAG_TEMP, DataDir, Identity, release_lock, take_lock
-from .lmdbenv import DB_NAMES, Env, is_disk_full, no_space
+from .lmdbenv import DB_NAMES, Env, fsync_dir, is_disk_full, no_space
 from .snapshot import FRAME, MAGIC, MAX_HEADER, TAG_HEADER
 
 CHUNK: Final = 1 << 20
@@ -83,7 +83,7 @@ def write_backup(dd: DataDir, dest: str | os.PathLike[str]) -> BackupInfo:
             os.fsync(out.fileno())
         info = read_backup_info(tmp)
         os.replace(tmp, dest)
-        _fsync_dir(directory)
+        fsync_dir(directory)
     except BaseException as exc:
         with suppress(FileNotFoundError):
             os.unlink(tmp)
@@ -158,7 +158,7 @@ def restore_backup(
         except CorruptData as exc:
             # The stream's own words speak of "the snapshot": name the backup file too.
             raise CorruptData(f"the backup {backup} is damaged: {exc}") from exc
-    _fsync_dir(os.path.dirname(os.path.abspath(path)))
+    fsync_dir(os.path.dirname(os.path.abspath(path)))
     return info
 
 
@@ -201,7 +201,7 @@ def defrag(path: str | os.PathLike[str]) -> DefragResult:
             raise
         os.replace(tmp, data)
         _checkpoint("renamed")
-        _fsync_dir(path)
+        fsync_dir(path)
         _checkpoint("synced")
         return DefragResult(path, before, os.path.getsize(data))
     finally:
@@ -257,12 +257,3 @@ def _existing_data_dir(path: str | os.PathLike[str]) -> str:
     if not os.path.isfile(os.path.join(path, DATA_FILE)):
         raise FileNotFoundError(f"no embedkv data dir at {path} (no {DATA_FILE} in it)")
     return path
-
-
-def _fsync_dir(directory: str) -> None:
-    """Make a rename or a new entry in `directory` durable."""
-    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)

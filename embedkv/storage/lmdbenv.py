@@ -219,11 +219,7 @@ class Env:
         finally:
             os.close(fd)
         os.replace(tmp, marker)
-        dir_fd = os.open(self.path, os.O_RDONLY | os.O_CLOEXEC)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
+        fsync_dir(self.path)
 
     def _check_file_size(self, data_file: str) -> None:
         """A truncated data file would crash the process (SIGBUS) on first touch: refuse it.
@@ -335,3 +331,12 @@ def _round_up(n: int) -> int:
     while size < n:
         size *= 2
     return size
+
+
+def fsync_dir(directory: str) -> None:
+    """Make a rename or a new entry in `directory` durable."""
+    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
