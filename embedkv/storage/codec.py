@@ -202,7 +202,7 @@ def _range_end(key: Key, prefix: bool, end: object) -> Key | None:
 def _selection(key: object, prefix: object, end: object) -> tuple[Key, Key | None]:
     """A Get's or Delete's wire (key, end). With prefix=True the empty key selects every key,
     as etcd's WithPrefix("") does (and as store.delete("", prefix=True) always has)."""
-    if prefix is True and end is None and key in ("", b""):
+    if prefix is True and end is None and type(key) in (str, bytes) and not key:
         return _FIRST_KEY, TO_THE_END
     checked = _check_key(key)
     return checked, _range_end(checked, _check_bool("prefix", prefix), end)
