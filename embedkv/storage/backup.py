@@ -13,7 +13,6 @@ the dir holds either the old file or the new one, complete.
 
 from __future__ import annotations
 
-import errno
 import functools
 import os
 import tempfile
@@ -29,13 +28,12 @@ from embedkv.errors import CorruptData, NoSpace
 from embedkv.raft.types import ConfState
 
 from .datadir import DEFRAG_TEMP, DataDir, Identity, release_lock, take_lock
-from .lmdbenv import DB_NAMES, Env, fsync_dir, is_disk_full, no_space
+from .lmdbenv import DB_NAMES, FULL_ERRNOS, Env, fsync_dir, is_disk_full, no_space
 from .snapshot import FRAME, MAGIC, MAX_HEADER, TAG_HEADER
 
 CHUNK: Final = 1 << 20
 """Bytes per read or write when copying a backup."""
 DATA_FILE: Final = "data.mdb"
-_FULL: Final = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG})
 
 
 @dataclass(frozen=True, slots=True)
@@ -87,7 +85,7 @@ def write_backup(dd: DataDir, dest: str | os.PathLike[str]) -> BackupInfo:
     except BaseException as exc:
         with suppress(FileNotFoundError):
             os.unlink(tmp)
-        if isinstance(exc, OSError) and exc.errno in _FULL:
+        if isinstance(exc, OSError) and exc.errno in FULL_ERRNOS:
             raise NoSpace(f"no space left to write the backup {dest}: {exc}") from None
         raise
     return info
@@ -219,7 +217,7 @@ def _copy(env: Env, tmp: str) -> None:
             raise no_space(exc, env.path) from None
         raise CorruptData(f"{env.path}: the compacting copy failed: {exc}") from None
     except OSError as exc:
-        if exc.errno in _FULL:
+        if exc.errno in FULL_ERRNOS:
             raise NoSpace(f"no space left for the compacting copy in {env.path}: {exc}") from None
         raise
     finally:

@@ -59,7 +59,7 @@ _MARKER_TEXT: Final = b"embedkv data dir: data.mdb holds its data\n"
 RESTORING: Final = b"restoring"
 """`meta` key present while a restore is incomplete; such a data dir refuses to open."""
 
-_FULL_ERRNOS: Final = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG})
+FULL_ERRNOS: Final = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG})
 _LOW_DISK_BYTES: Final = 8 << 20
 
 
@@ -138,7 +138,7 @@ def is_disk_full(exc: lmdb.Error, path: str) -> bool:
     the file system has almost no space left.
     """
     code = getattr(exc, "code", 0)
-    if code in _FULL_ERRNOS or "No space left" in str(exc):
+    if code in FULL_ERRNOS or "No space left" in str(exc):
         return True
     if code == errno.EIO:
         try:
