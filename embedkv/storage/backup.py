@@ -13,7 +13,6 @@ the dir holds either the old file or the new one, complete.
 
 from __future__ import annotations
 
-import errno
 import functools
 import os
 import tempfile
@@ -29,13 +28,12 @@ from embedkv.errors import CorruptData, NoSpace
 from embedkv.raft.types import ConfState
 
 from .datadir import DEFRAG_TEMP, DataDir, Identity, release_lock, take_lock
-from .lmdbenv import DB_NAMES, Env, is_disk_full, no_space
+from .lmdbenv import DB_NAMES, FULL_ERRNOS, Env, fsync_dir, is_disk_full, no_space
 from .snapshot import FRAME, MAGIC, MAX_HEADER, TAG_HEADER
 
 CHUNK: Final = 1 << 20
 """Bytes per read or write when copying a backup."""
 DATA_FILE: Final = "data.mdb"
-_FULL: Final = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG})
 
 
 @dataclass(frozen=True, slots=True)
@@ -83,11 +81,11 @@ def write_backup(dd: DataDir, dest: str | os.PathLike[str]) -> BackupInfo:
             os.fsync(out.fileno())
         info = read_backup_info(tmp)
         os.replace(tmp, dest)
-        _fsync_dir(directory)
+        fsync_dir(directory)
     except BaseException as exc:
         with suppress(FileNotFoundError):
             os.unlink(tmp)
-        if isinstance(exc, OSError) and exc.errno in _FULL:
+        if isinstance(exc, OSError) and exc.errno in FULL_ERRNOS:
             raise NoSpace(f"no space left to write the backup {dest}: {exc}") from None
         raise
     return info
@@ -156,9 +154,9 @@ def restore_backup(
             DataDir.restore(path, chunks, durable=durable, identity=identity,
                             conf_state=conf).close()
         except CorruptData as exc:
-            # The stream's own words speak of "the data file": name the backup instead.
+            # The stream's own words speak of "the snapshot": name the backup file too.
             raise CorruptData(f"the backup {backup} is damaged: {exc}") from exc
-    _fsync_dir(os.path.dirname(os.path.abspath(path)))
+    fsync_dir(os.path.dirname(os.path.abspath(path)))
     return info
 
 
@@ -201,7 +199,7 @@ def defrag(path: str | os.PathLike[str]) -> DefragResult:
             raise
         os.replace(tmp, data)
         _checkpoint("renamed")
-        _fsync_dir(path)
+        fsync_dir(path)
         _checkpoint("synced")
         return DefragResult(path, before, os.path.getsize(data))
     finally:
@@ -219,7 +217,7 @@ def _copy(env: Env, tmp: str) -> None:
             raise no_space(exc, env.path) from None
         raise CorruptData(f"{env.path}: the compacting copy failed: {exc}") from None
     except OSError as exc:
-        if exc.errno in _FULL:
+        if exc.errno in FULL_ERRNOS:
             raise NoSpace(f"no space left for the compacting copy in {env.path}: {exc}") from None
         raise
     finally:
@@ -257,12 +255,3 @@ def _existing_data_dir(path: str | os.PathLike[str]) -> str:
     if not os.path.isfile(os.path.join(path, DATA_FILE)):
         raise FileNotFoundError(f"no embedkv data dir at {path} (no {DATA_FILE} in it)")
     return path
-
-
-def _fsync_dir(directory: str) -> None:
-    """Make a rename or a new entry in `directory` durable."""
-    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)

@@ -202,7 +202,7 @@ def _range_end(key: Key, prefix: bool, end: object) -> Key | None:
 def _selection(key: object, prefix: object, end: object) -> tuple[Key, Key | None]:
     """A Get's or Delete's wire (key, end). With prefix=True the empty key selects every key,
     as etcd's WithPrefix("") does (and as store.delete("", prefix=True) always has)."""
-    if prefix is True and end is None and key in ("", b""):
+    if prefix is True and end is None and type(key) in (str, bytes) and not key:
         return _FIRST_KEY, TO_THE_END
     checked = _check_key(key)
     return checked, _range_end(checked, _check_bool("prefix", prefix), end)
@@ -634,6 +634,8 @@ SUM: Final = struct.Struct("<I")
 of the record's LMDB key followed by the value, little-endian, so that the CRC-32 of
 key + value + checksum is the constant CRC_RESIDUE and a check is one crc32 call."""
 SUM_SIZE: Final = SUM.size
+SUMS_FROM_FORMAT: Final = 4
+"""The first data-dir and snapshot format whose values carry SUM."""
 CRC_RESIDUE: Final = 0x2144DF1C
 crc32: Final = zlib.crc32
 _pack_sum: Final = SUM.pack

@@ -59,7 +59,7 @@ _MARKER_TEXT: Final = b"embedkv data dir: data.mdb holds its data\n"
 RESTORING: Final = b"restoring"
 """`meta` key present while a restore is incomplete; such a data dir refuses to open."""
 
-_FULL_ERRNOS: Final = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG})
+FULL_ERRNOS: Final = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG})
 _LOW_DISK_BYTES: Final = 8 << 20
 
 
@@ -138,7 +138,7 @@ def is_disk_full(exc: lmdb.Error, path: str) -> bool:
     the file system has almost no space left.
     """
     code = getattr(exc, "code", 0)
-    if code in _FULL_ERRNOS or "No space left" in str(exc):
+    if code in FULL_ERRNOS or "No space left" in str(exc):
         return True
     if code == errno.EIO:
         try:
@@ -219,11 +219,7 @@ class Env:
         finally:
             os.close(fd)
         os.replace(tmp, marker)
-        dir_fd = os.open(self.path, os.O_RDONLY | os.O_CLOEXEC)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
+        fsync_dir(self.path)
 
     def _check_file_size(self, data_file: str) -> None:
         """A truncated data file would crash the process (SIGBUS) on first touch: refuse it.
@@ -335,3 +331,12 @@ def _round_up(n: int) -> int:
     while size < n:
         size *= 2
     return size
+
+
+def fsync_dir(directory: str) -> None:
+    """Make a rename or a new entry in `directory` durable."""
+    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

@@ -32,6 +32,7 @@ from .codec import (
     MAX_PROPOSAL_BYTES,
     RECORD,
     REV,
+    SUMS_FROM_FORMAT,
     U64,
     U64X2,
     U64X3,
@@ -70,7 +71,6 @@ READS_FORMATS: Final = frozenset({2, 3, FORMAT_VERSION})
 """Snapshot formats a restore accepts. Format 3 only moved a record the stream does not carry;
 from format 4 each record's value ends with its checksum (checked on restore; the values of an
 older stream are sealed as they are written)."""
-_SUMMED_FROM: Final = 4
 
 MAX_FRAME: Final = MAX_PROPOSAL_BYTES + 4096
 MAX_HEADER: Final = 1 << 20
@@ -278,8 +278,15 @@ def restore_into(
             raise CorruptData("snapshot records are out of order")
         last = order
         table = TABLES[table_no]
-        if header["format"] >= _SUMMED_FROM:
-            _check_record(table, key, unseal(table.decode(), key, value))
+        if header["format"] >= SUMS_FROM_FORMAT:
+            try:
+                unsealed = unseal(table.decode(), key, value)
+            except CorruptData:  # unseal's words blame the data file; here the stream is bad
+                raise CorruptData(
+                    f"snapshot's {table.decode()} record of key {key!r} fails its checksum: "
+                    "the stream is damaged"
+                ) from None
+            _check_record(table, key, unsealed)
         else:
             _check_record(table, key, value)
             value = seal(key, value)

@@ -11,7 +11,7 @@ problem.
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Final
 
@@ -26,6 +26,7 @@ from .codec import (
     RECORD,
     REV,
     SUMMED_TABLES,
+    SUMS_FROM_FORMAT,
     U32,
     U64,
     U64X2,
@@ -44,7 +45,6 @@ from .requests import MAX_KEY_BYTES
 
 MAX_PROBLEMS: Final = 1000
 """Problems listed one by one; past this many, the report counts the rest."""
-_SUMS_FROM: Final = 4
 
 
 @dataclass(frozen=True, slots=True)
@@ -155,8 +155,8 @@ def _verify(
         table = name.decode()
         count = 0
         check = _CHECKS.get(table)
-        summed = version >= _SUMS_FROM and table in SUMMED_TABLES
-        for key, value in _records(txn, db):
+        summed = version >= SUMS_FROM_FORMAT and table in SUMMED_TABLES
+        for key, value in txn.cursor(db=db):
             count += 1
             try:
                 if summed:
@@ -170,48 +170,39 @@ def _verify(
     return VerifyReport(path, version, records, pages, problems.result())
 
 
-def _records(txn: lmdb.Transaction[bytes], db: lmdb._Database) -> Iterator[tuple[bytes, bytes]]:
-    cursor = txn.cursor(db=db)
-    yield from cursor.iternext()
-
-
-def _bad(why: str) -> CorruptData:
-    return CorruptData(why)
-
-
-def _check_record(key: bytes, record: bytes, live: bool) -> None:
+def _check_record(record: bytes, live: bool) -> None:
     if len(record) < RECORD.size:
-        raise _bad("the record is shorter than its header")
+        raise CorruptData("the record is shorter than its header")
     flags = RECORD.unpack_from(record)[5]
     if flags & ~(FLAG_STR | FLAG_TOMBSTONE):
-        raise _bad(f"unknown record flags {flags:#x}")
+        raise CorruptData(f"unknown record flags {flags:#x}")
     if live and flags & FLAG_TOMBSTONE:
-        raise _bad("a live record is marked deleted")
+        raise CorruptData("a live record is marked deleted")
     if not flags & FLAG_TOMBSTONE:
         decode_value(record[RECORD.size :])
 
 
 def _check_key(kb: bytes) -> None:
     if not 0 < len(kb) <= MAX_KEY_BYTES:
-        raise _bad(f"key of {len(kb)} bytes")
+        raise CorruptData(f"key of {len(kb)} bytes")
 
 
 def _kv(key: bytes, value: bytes) -> None:
     _check_key(key)
-    _check_record(key, value, True)
+    _check_record(value, True)
     if RECORD.unpack_from(value)[5] & FLAG_STR:
         try:
             key.decode("utf-8")
         except UnicodeDecodeError:
-            raise _bad("a str key is not UTF-8") from None
+            raise CorruptData("a str key is not UTF-8") from None
 
 
 def _history(key: bytes, value: bytes) -> None:
     if len(key) != REV.size:
-        raise _bad("the position is not (revision, sub)")
+        raise CorruptData("the position is not (revision, sub)")
     kind, kb, _, _, record = unpack_change(value)
     _check_key(kb)
-    _check_record(kb, record, kind == KIND_PUT)
+    _check_record(record, kind == KIND_PUT)
 
 
 def _graves(key: bytes, value: bytes) -> None:
@@ -227,7 +218,7 @@ def _leases(key: bytes, value: bytes) -> None:
 def _lease_keys(key: bytes, value: bytes) -> None:
     _check_key(key[8:])
     if len(value) > 1:
-        raise _bad("lease key flags are malformed")
+        raise CorruptData("lease key flags are malformed")
 
 
 def _raft_log(key: bytes, value: bytes) -> None:

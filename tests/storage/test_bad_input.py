@@ -57,6 +57,15 @@ def test_wrong_key_types(key: Any) -> None:
         encode_proposal(1, 1, Put(key, 1))
 
 
+@pytest.mark.parametrize("key", [bytearray(), memoryview(b"")])
+def test_empty_prefix_of_a_wrong_key_type(key: Any) -> None:
+    """The empty prefix selects every key only as str or bytes, as any other key would."""
+    with pytest.raises(TypeError, match="keys must be str or bytes"):
+        encode_proposal(1, 1, Delete(key, prefix=True))
+    with pytest.raises(TypeError, match="keys must be str or bytes"):
+        encode_proposal(1, 1, Txn(success=(Get(key, prefix=True),)))
+
+
 @pytest.mark.parametrize("key", ["", b"", "x" * (MAX_KEY_BYTES + 1), "é" * 251])
 def test_bad_key_sizes(key: Any) -> None:
     with pytest.raises(ValueError):
