@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import os
 import threading
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -13,6 +12,7 @@ import pytest
 
 import embedkv
 from embedkv import EventType, Put, Value
+from tests.forking import in_forked_child
 
 TICK = 0.01
 
@@ -194,30 +194,16 @@ def test_an_async_watch_in_a_forked_child_raises_closed(tmp_path: Path) -> None:
     async def main() -> str:
         async with embedkv.open_async(tmp_path / "a", tick_interval=TICK) as store:
             w = store.watch("k")
-            read, write = os.pipe()
-            pid = os.fork()
-            if pid == 0:  # the child: report, exit without running pytest's teardown
-                status = 0
+
+            def in_child() -> str:
                 try:
-                    os.close(read)
-                    try:
-                        # asyncio drops the running loop in a child: iterate on a new one.
-                        asyncio.run(asyncio.wait_for(w.__anext__(), 5))
-                        outcome = "an event"
-                    except embedkv.Closed as exc:
-                        outcome = "fork" if "os.fork()" in str(exc) else f"closed: {exc}"
-                    except BaseException as exc:
-                        outcome = repr(exc)
-                    os.write(write, outcome.encode())
-                except BaseException:
-                    status = 1
-                finally:
-                    os._exit(status)
-            os.close(write)
-            with os.fdopen(read) as pipe:
-                report = pipe.read()
-            _, status = os.waitpid(pid, 0)
-            assert os.waitstatus_to_exitcode(status) == 0, report
+                    # asyncio drops the running loop in a child: iterate on a new one.
+                    asyncio.run(asyncio.wait_for(w.__anext__(), 5))
+                    return "an event"
+                except embedkv.Closed as exc:
+                    return "fork" if "os.fork()" in str(exc) else f"closed: {exc}"
+
+            report = in_forked_child(in_child)
             # The parent's watch still works.
             await store.put("k", 1)
             ev = await asyncio.wait_for(w.__anext__(), 10)

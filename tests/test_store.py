@@ -31,6 +31,7 @@ from embedkv import (
     Value,
     Version,
 )
+from tests.forking import in_forked_child
 from tests.waiting import wait_for
 
 TICK = 0.01
@@ -849,33 +850,21 @@ def test_a_forked_child_cannot_use_the_store_and_leaves_it_alone(path: Path) -> 
     s = embedkv.open(path, tick_interval=TICK)
     s["k"] = 1
     events = s.watch_iter("k", timeout=5)
-    read, write = os.pipe()
-    pid = os.fork()
-    if pid == 0:  # the child: report what happened, exit without running pytest's teardown
-        status = 0
-        try:
-            os.close(read)
-            outcome = []
-            for op in (lambda: s["k"], lambda: s.put("k", 2), lambda: "k" in s,
-                       lambda: s.revision, lambda: next(events)):
-                try:
-                    op()
-                    outcome.append("ok")
-                except embedkv.Closed as exc:
-                    outcome.append("fork" if "os.fork()" in str(exc) else f"closed: {exc}")
-            s.close()  # does nothing in the child
-            events.cancel()
-            os.write(write, repr(outcome).encode())
-        except BaseException as exc:
-            os.write(write, repr(exc).encode())
-            status = 1
-        finally:
-            os._exit(status)
-    os.close(write)
-    with os.fdopen(read) as pipe:
-        report = pipe.read()
-    _, status = os.waitpid(pid, 0)
-    assert os.waitstatus_to_exitcode(status) == 0, report
+
+    def in_child() -> str:
+        outcome = []
+        for op in (lambda: s["k"], lambda: s.put("k", 2), lambda: "k" in s,
+                   lambda: s.revision, lambda: next(events)):
+            try:
+                op()
+                outcome.append("ok")
+            except embedkv.Closed as exc:
+                outcome.append("fork" if "os.fork()" in str(exc) else f"closed: {exc}")
+        s.close()  # does nothing in the child
+        events.cancel()
+        return repr(outcome)
+
+    report = in_forked_child(in_child)
     assert report == repr(["fork"] * 5)
     # The parent goes on, and its watch still works.
     s["k"] = 3
