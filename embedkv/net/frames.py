@@ -451,7 +451,8 @@ def decode_payload(payload: bytes) -> Frame:
             strict_hashable_types=True,  # map keys str or bytes: no crafted hash collisions
         )
     except Exception as exc:  # CBORDecodeError, and whatever a tag decoder raises
-        raise ProtocolError(f"undecodable frame: {exc}") from None
+        cause = f" ({exc.__cause__})" if exc.__cause__ is not None else ""
+        raise ProtocolError(f"undecodable frame: {exc}{cause}") from None
     return _validate(value)
 
 
