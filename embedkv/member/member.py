@@ -628,7 +628,7 @@ class Member:
                 behind = max(0, progress[0] - progress[1][mid])
             out.append(MemberInfo(self._name_of(mid), mid, address, mid in conf.voters,
                                   mid == status.leader, behind))
-        return out
+        return sorted(out, key=lambda m: m.name)
 
     def _id_of(self, name: str) -> int:
         check_name(name)
@@ -701,7 +701,7 @@ class Member:
         self._check_running()
         return self._transfer(to)
 
-    def _transfer(self, to: str | None) -> str:
+    def _transfer(self, to: str | None, limit: float | None = None) -> str:
         status = self.raft_status()
         if to is None:
             progress = self._progress()
@@ -716,7 +716,7 @@ class Member:
                 raise ValueError(f"member {to!r} is not a voter")
         if status.leader == target:
             return self._name_of(target)
-        deadline = time.monotonic() + self._timeout
+        deadline = time.monotonic() + (self._timeout if limit is None else limit)
         while time.monotonic() < deadline and not self._writer.stopping:
             self._writer.submit(NodeCall(lambda n: n.transfer_leader(target)))
             step_end = min(deadline, time.monotonic() + self._election_tick *
@@ -726,8 +726,9 @@ class Member:
                         lambda: self._core.node.leader == target,
                         max(0.0, step_end - time.monotonic())):
                     return self._name_of(target)
-        raise Unavailable(f"leadership did not move to {self._name_of(target)!r} within the "
-                          f"request timeout ({self._timeout}s)")
+        waited = self._timeout if limit is None else limit
+        raise Unavailable(f"leadership did not move to {self._name_of(target)!r} within "
+                          f"{waited:g}s")
 
     def _publish_self(self) -> None:
         """Record (or correct) this member's name and address in the replicated directory."""
@@ -850,7 +851,7 @@ class Member:
         if status.role is not Role.LEADER:
             raise ValueError("not the leader")
         last, matches = _progress_of(status)
-        return [last, matches]
+        return [last, {str(mid): match for mid, match in matches.items()}]
 
     def _require_leader(self) -> None:
         if self._core.node.role is not Role.LEADER:
@@ -914,7 +915,12 @@ class Member:
                 return
             if threading.current_thread() in (self._engine.thread, self._writer.thread):
                 return
-            self._transfer(None)
+            active = [mid for mid, pr in status.progress.items()
+                      if mid != self.member_id and mid in status.conf_state.voters
+                      and pr.recent_active]
+            if not active:
+                return  # nobody to hand over to (the others are gone already)
+            self._transfer(None, limit=2 * self._election_tick * self._tick_interval)
         except Exception as exc:
             log.info("closing without handing leadership over: %s", exc)
 

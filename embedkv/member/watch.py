@@ -80,7 +80,10 @@ class _Watch:
         "error",
         "exact",
         "first_live",
+        "frozen",
         "high",
+        "last_n",
+        "last_rev",
         "lock",
         "low",
         "pending",
@@ -88,6 +91,7 @@ class _Watch:
         "replay",
         "replay_to",
         "scheduled",
+        "start",
         "wid",
     )
 
@@ -108,6 +112,12 @@ class _Watch:
         self.exact = exact
         self.prev_kv = prev_kv
         self.first_live = first_live
+        self.start = first_live  # the first revision it asked for (a replay starts earlier)
+        # The last event delivered: its revision and how many events of that revision (a txn
+        # makes several) were delivered, so that a reset resumes exactly after it.
+        self.last_rev = 0
+        self.last_n = 0
+        self.frozen = False  # a reset is pending: deliver nothing until it is done
         self.pending: collections.deque[Event] = collections.deque()
         self.replay: Iterator[Event] | None = None
         self.replay_to = 0
@@ -156,6 +166,24 @@ class WatchHandle:
         self.cancel()
 
 
+class _Reset:
+    """The dispatcher's cue to resume every watch after a snapshot install (WatchHub.reset)."""
+
+    __slots__ = ("revision",)
+
+    def __init__(self, revision: int) -> None:
+        self.revision = revision
+
+
+def _skip_delivered(events: Iterator[Event], revision: int, n: int) -> Iterator[Event]:
+    """`events` without the first `n` of `revision` (delivered before a reset)."""
+    for ev in events:
+        if ev.kv.mod_revision == revision and n > 0:
+            n -= 1
+            continue
+        yield ev
+
+
 class WatchHub:
     """Routes published events to matching watches and runs their callbacks on one thread."""
 
@@ -174,7 +202,7 @@ class WatchHub:
         self._closed = False
         self._running: WatchCallback | None = None
         """The callback the dispatcher is running now, named if close() has to leave it."""
-        self._ready: queue.SimpleQueue[_Watch | None] = queue.SimpleQueue()
+        self._ready: queue.SimpleQueue[_Watch | _Reset | None] = queue.SimpleQueue()
         self._thread = threading.Thread(
             target=self._run, name="embedkv-watch-dispatcher", daemon=True
         )
@@ -217,6 +245,8 @@ class WatchHub:
             first_live = max(boundary + 1, start)
             w = _Watch(next(self._ids), callback, low, high, exact, prev_kv, first_live)
             replaying = 0 < start <= boundary
+            if replaying:
+                w.start = start
             # A replaying watch stays off the dispatcher until its replay is attached: live
             # events queue up meanwhile, and are delivered after the replay.
             w.scheduled = replaying
@@ -236,6 +266,49 @@ class WatchHub:
             w.replay_to = boundary
             self._ready.put(w)
         return WatchHandle(self, w)
+
+    def reset(self, revision: int) -> None:
+        """A snapshot replaced the key space and its history (now at `revision`): every watch
+        resumes after the last event it delivered, replayed from the installed history, or
+        ends with Compacted if that history no longer reaches back so far. The dispatcher
+        does the work, between two callbacks, so nothing is delivered twice or skipped."""
+        with self._lock:
+            self._revision = revision
+            for w in self._all():
+                w.frozen = True
+                w.pending = collections.deque()  # what was queued is in the new history
+            self._ready.put(_Reset(revision))
+
+    def _all(self) -> list[_Watch]:
+        watches = [w for ws in self._exact.values() for w in ws]
+        return watches + self._prefixes.values() + self._ranges.values()
+
+    def _resume(self, reset: _Reset) -> None:
+        """On the dispatcher thread: re-open each watch's replay after a reset."""
+        with self._lock:
+            watches = self._all()
+        for w in watches:
+            if w.cancelled:
+                continue
+            start = w.last_rev if w.last_rev else w.start
+            replay: Iterator[Event] | None = None
+            if start <= reset.revision:
+                try:
+                    replay = self._open_replay(w, start)
+                except Exception as exc:
+                    log.warning("watch %d ended after a snapshot was installed: %s", w.wid, exc)
+                    w.error = exc
+                    WatchHandle(self, w).cancel()
+                    continue
+                if w.last_rev:
+                    replay = _skip_delivered(replay, w.last_rev, w.last_n)
+            with self._lock:
+                w.replay = replay
+                w.replay_to = reset.revision
+                w.first_live = max(w.first_live, reset.revision + 1)
+                w.frozen = False
+                w.scheduled = False
+                self._schedule(w)
 
     def _open_replay(self, w: _Watch, start: int) -> Iterator[Event]:
         """Read the first chunk of history now, so Compacted is raised in the caller's thread."""
@@ -317,6 +390,9 @@ class WatchHub:
             w = ready.get()
             if w is None:
                 return
+            if isinstance(w, _Reset):
+                self._resume(w)
+                continue
             w.scheduled = False  # before draining: an event queued from now on reschedules it
             if w.cancelled:
                 continue
@@ -328,13 +404,15 @@ class WatchHub:
     def _turn(self, w: _Watch) -> bool:
         """Deliver up to _TURN events of `w` (replay first); True if it has more waiting."""
         budget = _TURN
+        if w.frozen:
+            return False  # a reset reschedules it
         replay = w.replay
         if replay is not None:
             try:
                 for ev in replay:
                     if ev.kv.mod_revision > w.replay_to:
                         break
-                    if not self._deliver(w, ev):
+                    if w.frozen or not self._deliver(w, ev):
                         return False
                     budget -= 1
                     if budget == 0:
@@ -349,7 +427,7 @@ class WatchHub:
             w.replay = None
         pending = w.pending
         while pending and budget:
-            if not self._deliver(w, pending.popleft()):
+            if w.frozen or not self._deliver(w, pending.popleft()):
                 return False
             budget -= 1
         return bool(pending)
@@ -362,6 +440,11 @@ class WatchHub:
             if w.cancelled:
                 return False
             self._running = w.callback
+            rev = ev.kv.mod_revision
+            if rev == w.last_rev:
+                w.last_n += 1
+            else:
+                w.last_rev, w.last_n = rev, 1
             try:
                 w.callback(ev)
             except Exception:

@@ -12,7 +12,7 @@ import errno
 import fcntl
 import os
 import threading
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Final
@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any, Final
 import lmdb
 
 from embedkv.errors import Closed, CorruptData, DataDirLocked, NoSpace
-from embedkv.raft.types import ConfState, Entry, EntryType, HardState, SnapshotMeta
+from embedkv.raft.types import ConfState, Entry, EntryType, HardState, Snapshot, SnapshotMeta
 
 from .codec import (
     PUT_TAG,
@@ -30,6 +30,16 @@ from .codec import (
     decode_wire,
     encode_conf_state,
     unpack_exact,
+)
+from .directory import (
+    LOCAL,
+    MEMBERS,
+    LocalInfo,
+    PeerInfo,
+    decode_local,
+    decode_members,
+    encode_local,
+    encode_members,
 )
 from .lmdbenv import MARKER_FILE, META_STATE, STATE_DB, Env, is_disk_full, no_space
 from .mvcc import Applied, Applier, KeySpace, Tables, read_state
@@ -108,6 +118,10 @@ class DataDir:
             self._identity = (
                 None if raw is None else Identity(*unpack_exact(U64X2, raw, "identity"))
             )
+            raw = txn.get(MEMBERS, db=env.dbs[b"raft_state"])
+            self._members: dict[int, PeerInfo] = {} if raw is None else decode_members(raw)
+            raw = txn.get(LOCAL, db=env.dbs[b"raft_state"])
+            self._local = None if raw is None else decode_local(raw)
         self.kv = KeySpace(env, revision, compact)
         self.log = RaftLog.load(env, applied)
         self._tables = Tables(env)
@@ -176,15 +190,45 @@ class DataDir:
         """The membership as of the applied index."""
         return self.log.conf_state
 
-    def bootstrap(self, identity: Identity, conf_state: ConfState) -> None:
-        """Record identity and initial membership in a fresh data dir (one transaction)."""
+    def members(self) -> dict[int, PeerInfo]:
+        """The member directory (id -> name, address) as of the applied index (a copy)."""
+        return dict(self._members)
+
+    @property
+    def local(self) -> LocalInfo | None:
+        """This member's name, listen address and cluster token (None: never clustered)."""
+        return self._local
+
+    def set_local(self, local: LocalInfo) -> None:
+        """Record this member's own settings (a new listen address, or a store growing into
+        a cluster), in one write transaction."""
+        with self.write() as w:
+            w.set_local(local)
+        self._local = local
+
+    def bootstrap(
+        self,
+        identity: Identity,
+        conf_state: ConfState,
+        *,
+        members: Mapping[int, PeerInfo] | None = None,
+        local: LocalInfo | None = None,
+    ) -> None:
+        """Record identity, initial membership, the member directory and this member's own
+        settings in a fresh data dir (one transaction)."""
         for name, value in (("cluster_id", identity.cluster_id),
                             ("member_id", identity.member_id)):
             if type(value) is not int or not 0 < value < 1 << 64:
                 raise ValueError(f"{name} must be a positive 64-bit int, not {value!r}")
         with self.write() as w:
             w.bootstrap(identity, conf_state)
+            for mid, info in (members or {}).items():
+                w.set_member(mid, info)
+            if local is not None:
+                w.set_local(local)
         self._identity = identity
+        if local is not None:
+            self._local = local
 
     def clear_no_space(self) -> None:
         """Accept writes again after the operator has freed space."""
@@ -234,9 +278,14 @@ class DataDir:
 
     def snapshot_chunks(self, chunk_size: int = 1 << 20) -> Iterator[bytes]:
         """The state machine as checksummed chunks, from one consistent read transaction."""
-        from .snapshot import snapshot_chunks
+        return self.snapshot_stream(chunk_size)[1]
 
-        return snapshot_chunks(self._env, self.log, chunk_size)
+    def snapshot_stream(self, chunk_size: int = 1 << 20) -> tuple[SnapshotMeta, Iterator[bytes]]:
+        """`snapshot_chunks` and the Raft point the stream holds (applied index, its term,
+        membership), read in the same transaction: what a follower installs."""
+        from .snapshot import snapshot_stream
+
+        return snapshot_stream(self._env, chunk_size)
 
     @classmethod
     def restore(
@@ -318,6 +367,7 @@ class WriteBatch:
         self._applier = Applier(self._txn, dd._tables, dd.kv.revision, dd.kv.compact_revision)
         self._applied = dd.log.applied
         self._conf_state = dd.log.conf_state
+        self._members = dd._members
         self._state_dirty = False
 
     # --- the operations -----------------------------------------------------------------
@@ -328,6 +378,23 @@ class WriteBatch:
 
     def set_hard_state(self, hard_state: HardState) -> None:
         self._run(self._set_hard_state, (hard_state,))
+
+    def set_member(self, member_id: int, info: PeerInfo) -> None:
+        """Add or change a member directory entry (with the membership change it follows)."""
+        self._run(self._set_member, (member_id, info))
+
+    def remove_member(self, member_id: int) -> None:
+        self._run(self._remove_member, (member_id,))
+
+    def set_local(self, local: LocalInfo) -> None:
+        self._run(self._set_local, (local,))
+
+    def install_snapshot(self, snapshot: Snapshot) -> None:
+        """Replace the whole state machine (key space, history, leases, member directory,
+        applied index, membership) and the log by a leader's snapshot stream, in this
+        transaction. CorruptData if the stream is damaged or is not at `snapshot.meta`: the
+        batch then aborts and nothing changes."""
+        self._run(self._install_snapshot, (snapshot,))
 
     def install_snapshot_meta(self, meta: SnapshotMeta) -> None:
         """Replace the log by a snapshot point; the state machine must already be at it
@@ -422,6 +489,52 @@ class WriteBatch:
         assert self._txn is not None
         self._txn.put(CONF_STATE, encode_conf_state(conf_state), db=self._env.dbs[b"raft_state"])
         self._conf_state = conf_state
+
+    def _set_member(self, member_id: int, info: PeerInfo) -> None:
+        assert self._txn is not None
+        members = dict(self._members)
+        members[member_id] = info
+        self._put_members(members)
+
+    def _remove_member(self, member_id: int) -> None:
+        if member_id in self._members:
+            members = dict(self._members)
+            del members[member_id]
+            self._put_members(members)
+
+    def _put_members(self, members: dict[int, PeerInfo]) -> None:
+        assert self._txn is not None
+        self._txn.put(MEMBERS, encode_members(members), db=self._env.dbs[b"raft_state"])
+        self._members = members
+
+    def _set_local(self, local: LocalInfo) -> None:
+        assert self._txn is not None
+        self._txn.put(LOCAL, encode_local(local), db=self._env.dbs[b"raft_state"])
+
+    def _install_snapshot(self, snapshot: Snapshot) -> None:
+        from .snapshot import TABLES, open_stream, stream_records
+
+        txn = self._txn
+        assert txn is not None
+        meta = snapshot.meta
+        reader, header = open_stream([snapshot.data])
+        conf = ConfState(frozenset(header["voters"]), frozenset(header["learners"]))
+        if (header["applied"], header["term"], conf) != (meta.index, meta.term, meta.conf_state):
+            raise CorruptData(
+                f"a snapshot stream at index {header['applied']} (term {header['term']}) came "
+                f"with the point of index {meta.index} (term {meta.term}): refused"
+            )
+        dbs = self._env.dbs
+        for table in TABLES:
+            txn.drop(dbs[table], delete=False)
+        for table, key, value in stream_records(reader, header):
+            txn.put(key, value, db=dbs[table])
+        self._applier = Applier(txn, self._dd._tables, header["revision"], header["compact"])
+        self._applied = meta.index
+        self._state_dirty = True
+        self._log.install(txn, meta.index, meta.term)
+        self._set_conf_state(meta.conf_state)
+        self._put_members(header.get("members", {}))
 
     def _compact_log(self, index: int) -> None:
         assert self._txn is not None
@@ -528,6 +641,7 @@ class WriteBatch:
         log = self._log
         log.applied = self._applied
         log.conf_state = self._conf_state
+        dd._members = self._members
         log.trim_tail()
         dd.kv.revision = self._applier.revision
         dd.kv.compact_revision = self._applier.compact

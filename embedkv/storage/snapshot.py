@@ -25,7 +25,7 @@ import cbor2
 import lmdb
 
 from embedkv.errors import CorruptData, NoSpace
-from embedkv.raft.types import ConfState, HardState
+from embedkv.raft.types import ConfState, HardState, SnapshotMeta
 
 from .codec import (
     CHANGE,
@@ -43,6 +43,7 @@ from .codec import (
     unpack_change,
     unseal,
 )
+from .directory import MEMBERS, decode_members, members_from_rows, members_rows
 from .lmdbenv import (
     FORMAT_VERSION,
     LOG_START,
@@ -83,12 +84,18 @@ def snapshot_chunks(env: Env, log: Any, chunk_size: int) -> Iterator[bytes]:
     Spooling keeps the read transaction short (it holds back map growth and page reuse)
     however slowly the consumer reads.
     """
+    return snapshot_stream(env, chunk_size)[1]
+
+
+def snapshot_stream(env: Env, chunk_size: int) -> tuple[SnapshotMeta, Iterator[bytes]]:
+    """The stream of `snapshot_chunks` and the Raft point it holds (applied index, its term,
+    the membership), read in the same transaction: a follower installs exactly that point."""
     if type(chunk_size) is not int or chunk_size < 1:
         raise ValueError(f"chunk_size must be a positive int, not {chunk_size!r}")
     spool = tempfile.TemporaryFile(dir=env.path, prefix="snapshot-")  # noqa: SIM115 (streamed)
     try:
         try:
-            _write_snapshot(env, spool)
+            header = _write_snapshot(env, spool)
         except OSError as exc:
             if exc.errno is not None and exc.errno in (errno.ENOSPC, errno.EDQUOT):
                 raise NoSpace(f"no space to spool a snapshot in {env.path}: {exc}") from None
@@ -96,7 +103,12 @@ def snapshot_chunks(env: Env, log: Any, chunk_size: int) -> Iterator[bytes]:
     except BaseException:
         spool.close()
         raise
-    return _stream(spool, chunk_size)
+    return _meta(header), _stream(spool, chunk_size)
+
+
+def _meta(header: dict[str, Any]) -> SnapshotMeta:
+    conf = ConfState(frozenset(header["voters"]), frozenset(header["learners"]))
+    return SnapshotMeta(header["applied"], header["term"], conf)
 
 
 def _stream(spool: IO[bytes], chunk_size: int) -> Iterator[bytes]:
@@ -106,7 +118,7 @@ def _stream(spool: IO[bytes], chunk_size: int) -> Iterator[bytes]:
             yield chunk
 
 
-def _write_snapshot(env: Env, out: IO[bytes]) -> None:
+def _write_snapshot(env: Env, out: IO[bytes]) -> dict[str, Any]:
     digest = hashlib.sha256()
 
     def emit(data: bytes) -> None:
@@ -117,7 +129,7 @@ def _write_snapshot(env: Env, out: IO[bytes]) -> None:
         applied, revision, compact = read_state(txn, env.dbs[STATE_DB])
         raw = txn.get(CONF_STATE, db=env.dbs[b"raft_state"])
         conf = ConfState() if raw is None else decode_conf_state(raw)
-        header = cbor2.dumps({
+        fields: dict[str, Any] = {
             "format": FORMAT_VERSION,
             "applied": applied,
             "term": _term_at(txn, env, applied),
@@ -125,7 +137,13 @@ def _write_snapshot(env: Env, out: IO[bytes]) -> None:
             "learners": sorted(conf.learners),
             "revision": revision,
             "compact": compact,
-        })
+        }
+        raw = txn.get(MEMBERS, db=env.dbs[b"raft_state"])
+        if raw is not None:
+            # The member directory travels in the header: it is small, and a follower
+            # installing the snapshot must learn every member's name and address.
+            fields["members"] = members_rows(decode_members(raw))
+        header = cbor2.dumps(fields)
         emit(MAGIC)
         emit(FRAME.pack(TAG_HEADER, len(header)) + header)
         for table_no, name in enumerate(TABLES):
@@ -135,6 +153,7 @@ def _write_snapshot(env: Env, out: IO[bytes]) -> None:
     end = digest.digest()
     out.write(FRAME.pack(TAG_END, len(end)) + end)
     out.flush()
+    return fields
 
 
 def _term_at(txn: lmdb.Transaction[bytes], env: Env, index: int) -> int:
@@ -217,6 +236,8 @@ def _header(payload: bytes) -> dict[str, Any]:
             raise CorruptData(f"snapshot header field {name} is invalid")
     if header["revision"] < 1 or header["compact"] > header["revision"]:
         raise CorruptData("snapshot header revisions are inconsistent")
+    if "members" in header:
+        header["members"] = members_from_rows(header["members"])
     return header
 
 
@@ -239,23 +260,21 @@ def _check_record(table: bytes, key: bytes, value: bytes) -> None:
         raise CorruptData(f"snapshot has a malformed {table.decode()} record")
 
 
-def restore_into(
-    env: Env, chunks: Iterable[bytes], identity: Any, conf_state: ConfState | None = None
-) -> None:
-    """Fill a freshly created environment from a snapshot stream, verifying its checksum
-    before the final commit. Raises CorruptData (the caller removes the dir). `conf_state`
-    replaces the stream's membership when given."""
+def open_stream(chunks: Iterable[bytes]) -> tuple[_Reader, dict[str, Any]]:
+    """Start reading a snapshot stream: its checked header (CorruptData if damaged)."""
     reader = _Reader(chunks)
     if reader.read(len(MAGIC)) != MAGIC:
         raise CorruptData("not an embedkv snapshot (bad magic)")
     tag, payload = _frame(reader, MAX_HEADER)
     if tag != TAG_HEADER:
         raise CorruptData("snapshot does not start with its header")
-    header = _header(payload)
-    meta_db = env.dbs[b"meta"]
-    _commit(env, [(meta_db, RESTORING, b"1")])
-    pending: list[tuple[Any, bytes, bytes]] = []
-    pending_bytes = 0
+    return reader, _header(payload)
+
+
+def stream_records(reader: _Reader, header: dict[str, Any]) -> Iterator[tuple[bytes, bytes, bytes]]:
+    """(table, key, sealed value) of every record, each checked, in stream order; the digest
+    at the end is checked before the iterator finishes (CorruptData on any damage: a caller
+    commits nothing it read until the iterator is exhausted)."""
     last: tuple[int, bytes, bytes] = (-1, b"", b"")
     while True:
         expected = reader.digest.digest()
@@ -290,13 +309,28 @@ def restore_into(
         else:
             _check_record(table, key, value)
             value = seal(key, value)
+        yield table, key, value
+    if not reader.at_end():
+        raise CorruptData("snapshot has data after its end")
+
+
+def restore_into(
+    env: Env, chunks: Iterable[bytes], identity: Any, conf_state: ConfState | None = None
+) -> None:
+    """Fill a freshly created environment from a snapshot stream, verifying its checksum
+    before the final commit. Raises CorruptData (the caller removes the dir). `conf_state`
+    replaces the stream's membership when given."""
+    reader, header = open_stream(chunks)
+    meta_db = env.dbs[b"meta"]
+    _commit(env, [(meta_db, RESTORING, b"1")])
+    pending: list[tuple[Any, bytes, bytes]] = []
+    pending_bytes = 0
+    for table, key, value in stream_records(reader, header):
         pending.append((env.dbs[table], key, value))
-        pending_bytes += len(payload)
+        pending_bytes += len(key) + len(value)
         if pending_bytes >= _RESTORE_TXN_BYTES:
             _commit(env, pending)
             pending, pending_bytes = [], 0
-    if not reader.at_end():
-        raise CorruptData("snapshot has data after its end")
     conf = conf_state
     if conf is None:
         conf = ConfState(frozenset(header["voters"]), frozenset(header["learners"]))

@@ -240,6 +240,7 @@ def _check_state(
     txn: lmdb.Transaction[bytes], dbs: dict[bytes, lmdb._Database], problems: _Problems
 ) -> None:
     """The fixed records of the main database and raft_state: present ones decode."""
+    from .directory import LOCAL, MEMBERS, decode_local, decode_members
     from .raftlog import CONF_STATE, HARD_STATE  # raftlog imports lmdbenv; keep this light
 
     main = dbs[b""]
@@ -253,6 +254,8 @@ def _check_state(
         checks += [
             (b"raft_state", CONF_STATE, state, decode_conf_state),
             (b"raft_state", b"identity", state, lambda v: unpack_exact(U64X2, v, "identity")),
+            (b"raft_state", MEMBERS, state, decode_members),
+            (b"raft_state", LOCAL, state, decode_local),
         ]
     for table, key, db, decode in checks:
         raw = txn.get(key, db=db)
