@@ -111,6 +111,8 @@ class Child:
         self._leases: dict[int, embedkv.Lease] = {}
         self._loads: dict[str, tuple[threading.Event, list[threading.Thread], dict[str, Any]]] = {}
         self._next_watch = 1
+        self._cut: set[int | str] = set()  # peer ids and addresses partitioned away
+        self._call_wrapped = False
         self._pool = ThreadPoolExecutor(max_workers=256, thread_name_prefix="cmd")
 
     # --- the protocol ------------------------------------------------------------------------
@@ -400,6 +402,89 @@ class Child:
         return state
 
     # --- fault injection and lifecycle --------------------------------------------------------
+
+    def op_log_bounds(self) -> dict[str, int]:
+        """The local Raft log's first and last index and the applied index: a test checks
+        with them that a member could only catch up by a snapshot (the runtime's internals,
+        read for the test's preconditions only)."""
+        dd = self.store._m.data_dir
+        return {"first": dd.log.first_index(), "last": dd.log.last_index(),
+                "applied": int(dd.applied_index)}
+
+    def _transport(self) -> Any:
+        """The member's peer transport, wherever the runtime keeps it: the one open
+        PeerTransport of this process."""
+        import gc
+
+        from embedkv.net.transport import PeerTransport
+
+        found = [o for o in gc.get_objects()
+                 if isinstance(o, PeerTransport) and not o._closed]
+        if len(found) != 1:
+            raise RuntimeError(f"expected one open PeerTransport, found {len(found)}")
+        return found[0]
+
+    def op_partition(self, peers: list[str]) -> list[int]:
+        """Cut this member off from `peers` (names), both directions: Raft messages through
+        the transport's fault hook (a silent loss, as on a cut network), calls (forwarded
+        writes and reads, joins) by failing them as an unreachable peer would. Returns the
+        peers' ids."""
+        from embedkv.net.faults import FaultPlan
+
+        by_name = {m.name: m for m in self.store.members()}  # type: ignore[attr-defined]
+        cut = [by_name[name] for name in peers]
+        transport = self._transport()
+        with self._lock:
+            self._cut.update(m.id for m in cut)
+            self._cut.update(m.address for m in cut)
+            if not self._call_wrapped:
+                self._wrap_calls(transport)
+
+        def apply() -> None:
+            if transport.faults is None:
+                transport.faults = FaultPlan()
+            for m in cut:
+                transport.faults.partition(m.id)
+
+        self._on_loop(transport, apply)
+        return [m.id for m in cut]
+
+    def op_heal(self) -> None:
+        """Undo every partition."""
+        transport = self._transport()
+        with self._lock:
+            self._cut.clear()
+
+        def apply() -> None:
+            if transport.faults is not None:
+                transport.faults.heal()
+
+        self._on_loop(transport, apply)
+
+    def _wrap_calls(self, transport: Any) -> None:
+        original = transport.call
+        cut = self._cut
+
+        async def call(target: int | str, method: str, body: object, *,
+                       timeout: float) -> object:
+            if target in cut:
+                raise embedkv.Unavailable(f"peer {target} is cut off (test partition)")
+            return await original(target, method, body, timeout=timeout)
+
+        transport.call = call
+        self._call_wrapped = True
+
+    @staticmethod
+    def _on_loop(transport: Any, fn: Callable[[], None]) -> None:
+        """Run `fn` on the transport's event loop (the fault plan belongs to it) and wait."""
+        import asyncio
+
+        loop = transport._server.get_loop()
+
+        async def run() -> None:
+            fn()
+
+        asyncio.run_coroutine_threadsafe(run(), loop).result(10)
 
     def op_close(self) -> None:
         self.store.close()

@@ -3,7 +3,7 @@ test, and whose stderr is quoted in the report of a failed test."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Generator, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -50,7 +50,9 @@ def lone_member(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Memb
 
 
 @pytest.hookimpl(hookwrapper=True)
-def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Iterator[Any]:
+def pytest_runtest_makereport(
+    item: pytest.Item, call: pytest.CallInfo[None]
+) -> Generator[None, Any, None]:
     """A failed cluster test's report carries every member's stderr tail."""
     outcome = yield
     report = outcome.get_result()

@@ -457,6 +457,22 @@ class Cluster:
         found: list[dict[str, Any]] = wait_for(matches, timeout, f"members {expect}")
         return found
 
+    # --- faults ------------------------------------------------------------------------------
+
+    def partition(self, minority: Iterable[Member]) -> None:
+        """Cut `minority` off from every other member (Raft messages and calls, both
+        directions; each side drops the other's traffic)."""
+        inside = list(minority)
+        outside = [m for m in self.running() if m not in inside]
+        for m in inside:
+            m.call("partition", peers=[o.name for o in outside])
+        for o in outside:
+            o.call("partition", peers=[m.name for m in inside])
+
+    def heal(self) -> None:
+        for m in self.running():
+            m.call("heal")
+
     # --- teardown ----------------------------------------------------------------------------
 
     def kill_all(self) -> None:
