@@ -293,6 +293,15 @@ class Member:
         digest: dict[str, Any] = self.call("hash", **args)
         return digest
 
+    def wait_load(self, name: str, acked: int, timeout: float = 30.0) -> int:
+        """Wait until the background load `name` has had `acked` puts acknowledged."""
+        def progress() -> int | None:
+            done: int = self.call("load_progress", name=name)
+            return done if done >= acked else None
+
+        done: int = wait_for(progress, timeout, f"{acked} puts of load {name} on {self.name}")
+        return done
+
     # --- diagnostics -------------------------------------------------------------------------
 
     def stderr_tail(self, limit: int = STDERR_TAIL) -> str:

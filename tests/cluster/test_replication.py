@@ -61,7 +61,7 @@ def test_watches_see_the_identical_sequence_everywhere(make_cluster: MakeCluster
     for m in members:
         m.call("load_start", name="w", threads=3, prefix=f"w/{m.name}/")
     for m in members:
-        wait_for(lambda m=m: m.call("load_progress", name="w") >= 40, 30, "writes")
+        m.wait_load("w", 40)
     members[1].call("delete", key="w/n1/", prefix=True)
     members[2].call("txn", compare=[["w/before", 0]], success=[["w/before", 1], ["w/txn", 2]])
     acked = {m.name: m.call("load_stop", name="w") for m in members}
