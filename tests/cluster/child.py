@@ -204,6 +204,26 @@ class Child:
             revision = self.store.put(f"{prefix}{i:08d}", i).revision
         return revision
 
+    def op_write_until_ok(self, key: str, give_up_after: float = 60.0) -> dict[str, Any]:
+        """Put `key` until a put succeeds (the failover bench: the parent kills the leader,
+        then asks survivors for this). Returns when it succeeded on the system-wide monotonic
+        clock (the parent compares it with the time of the kill), and the attempts it took."""
+        deadline = time.monotonic() + give_up_after
+        attempts = 0
+        while True:
+            attempts += 1
+            try:
+                self.store.put(key, attempts)
+            except embedkv.Unavailable:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.001)  # a put that fails at once must not starve the member
+                continue
+            return {"at": time.monotonic(), "attempts": attempts}
+
+    def op_backup(self, dest: str) -> int:
+        return self.store.backup(dest)
+
     def op_compact(self, revision: int) -> None:
         self.store.compact(revision)
 
