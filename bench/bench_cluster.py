@@ -178,7 +178,7 @@ def catch_up(cluster: Cluster, counts: Counts, results: Results) -> None:
     cluster.wait_converged(timeout=300)
     names = {m.name for m in cluster} | {"n4"}
     t0 = time.perf_counter()
-    joiner = cluster.join("n4")
+    joiner = cluster.join("n4", timeout=600)
 
     def promoted() -> bool:
         return {str(m["name"]) for m in leader.members() if m["voter"]} == names

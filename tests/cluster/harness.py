@@ -115,10 +115,15 @@ class Member:
     # --- process lifecycle -------------------------------------------------------------------
 
     def start(self, timeout: float = START_TIMEOUT) -> None:
-        """Spawn the child and wait for its store to open. PortInUse if its listen address was
-        taken; ChildError (with stderr) if it failed to open otherwise or took too long.
+        """Spawn the child and wait for its store to open (see `spawn` and `wait_ready`)."""
+        self.spawn()
+        self.wait_ready(timeout)
 
-        The child dies with the thread that spawns it (PR_SET_PDEATHSIG): start members from
+    def spawn(self) -> None:
+        """Start the child process; its store opens meanwhile (founders are spawned together,
+        since a founder's open may wait for the others).
+
+        The child dies with the thread that spawns it (PR_SET_PDEATHSIG): spawn members from
         the test's own thread, not from a short-lived helper thread."""
         if self.alive:
             raise RuntimeError(f"{self.name} is already running")
@@ -143,12 +148,19 @@ class Member:
         self._reader = threading.Thread(target=self._read, args=(self.proc, self._ready),
                                         daemon=True, name=f"read-{self.name}")
         self._reader.start()
+
+    def wait_ready(self, timeout: float = START_TIMEOUT) -> None:
+        """Wait for the spawned child's store to open. PortInUse if its listen address was
+        taken; ChildError (with stderr) if it failed to open otherwise or took too long."""
+        assert self.proc is not None, f"{self.name} was never spawned"
         try:
             ready = self._ready.result(timeout)
         except FutureTimeout:
             self.kill()
             raise ChildError(self._explain(f"{self.name} did not open within {timeout} s")) \
                 from None
+        except ChildError as exc:
+            raise ChildError(self._explain(str(exc))) from None
         if not ready.get("ready"):
             self.proc.wait(10)
             if ready.get("errno") == errno.EADDRINUSE or "already in use" in str(
@@ -367,9 +379,11 @@ class Cluster:
                     self.members.pop(name).kill()
                 shutil.rmtree(self.root / name, ignore_errors=True)
                 self.member(name, self.founder_options(name, peers))
+            for name in names:
+                self.members[name].spawn()
             try:
                 for name in names:
-                    self.members[name].start()
+                    self.members[name].wait_ready()
             except PortInUse:
                 self.kill_all()
                 if attempt == attempts - 1:
@@ -384,7 +398,7 @@ class Cluster:
                     cluster=self.token, insecure=True)
 
     def join(self, name: str, via: Iterable[Member] | None = None, attempts: int = 5,
-             **options: Any) -> Member:
+             timeout: float = START_TIMEOUT, **options: Any) -> Member:
         """Start a fresh member `name` that joins through `via` (default: every running
         member); returns once its open() returned (it is a learner or a voter by then)."""
         via = list(via) if via is not None else self.running()
@@ -396,7 +410,7 @@ class Cluster:
                 join=addresses, insecure=True, **options,
             ))
             try:
-                member.start()
+                member.start(timeout)
             except PortInUse:
                 if attempt == attempts - 1:
                     raise
