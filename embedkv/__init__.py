@@ -20,9 +20,11 @@ from .errors import (
     LeaseExists,
     LeaseNotFound,
     NoSpace,
+    Removed,
     Unavailable,
     UnsupportedFormat,
 )
+from .member import MemberInfo
 from .storage.backup import DefragResult
 from .storage.requests import (
     MAX_KEY_BYTES,
@@ -103,11 +105,13 @@ __all__ = [
     "LeaseNotFound",
     "LeaseOf",
     "LeaseRevokeResult",
+    "MemberInfo",
     "ModRevision",
     "NoSpace",
     "Put",
     "PutResult",
     "RangeResult",
+    "Removed",
     "SortOrder",
     "SortTarget",
     "Status",

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
+import dataclasses
 import inspect
 import logging
 import os
@@ -27,7 +28,9 @@ from collections.abc import (
     Iterable,
     Iterator,
     KeysView,
+    Mapping,
     MutableMapping,
+    Sequence,
     ValuesView,
 )
 from dataclasses import dataclass
@@ -35,7 +38,7 @@ from types import TracebackType
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from .errors import Closed, LeaseNotFound, Unavailable
-from .member import Member, new_identity
+from .member import ClusterOptions, Member, MemberInfo, check_cluster_options, new_identity
 from .storage import DataDir
 from .storage.backup import DefragResult, restore_backup, write_backup
 from .storage.backup import defrag as _defrag
@@ -152,6 +155,11 @@ class Status:
     compact_revision: int
     applied_index: int
     durable: bool
+    name: str = "default"
+    term: int | None = None  # None: no member runs on the dir (the read-only CLI commands)
+    leader: str | None = None
+    commit_index: int | None = None
+    members: tuple[MemberInfo, ...] = ()
 
 
 def data_dir_status(dd: DataDir) -> Status:
@@ -168,6 +176,7 @@ def data_dir_status(dd: DataDir) -> Status:
         compact_revision=int(dd.kv.compact_revision),
         applied_index=int(dd.applied_index),
         durable=bool(dd.durable),
+        name=dd.local.name if dd.local is not None else "default",
     )
 
 
@@ -391,10 +400,19 @@ def _ticks(name: str, value: object) -> int:
 
 def _check_options(
     durable: object, serializable_reads: object, request_timeout: object, tick_interval: object,
-    election_tick: object, heartbeat_tick: object,
-) -> None:
+    election_tick: object, heartbeat_tick: object, name: object = None, listen: object = None,
+    peers: object = None, cluster: object = None, join: object = None, insecure: object = False,
+) -> ClusterOptions:
     """Check ``open``'s options before anything touches the disk (open_async checks them at
     its call too, not when awaited)."""
+    _check_flag("insecure", insecure)
+    opts = ClusterOptions(name, listen, peers, cluster, join)  # type: ignore[arg-type]
+    if (listen is not None or peers is not None or join is not None) and not insecure:
+        raise ValueError(
+            "peer links would be plain TCP: anyone on the network could read, write or join "
+            "this store. Pass insecure=True to accept that (mutual TLS is coming; until then "
+            "keep peer addresses on a trusted network)"
+        )
     _check_flag("durable", durable)
     _check_flag("serializable_reads", serializable_reads)
     # The longest a thread may wait, less the grace a caller adds (see _GRACE).
@@ -408,6 +426,8 @@ def _check_options(
         raise ValueError(
             f"election_tick ({election}) must be greater than heartbeat_tick ({heartbeat})"
         )
+    check_cluster_options(opts)
+    return opts
 
 
 def open(
@@ -419,8 +439,22 @@ def open(
     tick_interval: float = 0.1,
     election_tick: int = 10,
     heartbeat_tick: int = 1,
+    name: str | None = None,
+    listen: str | None = None,
+    peers: Mapping[str, str] | None = None,
+    cluster: str | None = None,
+    join: Sequence[str] | None = None,
+    insecure: bool = False,
 ) -> Store:
     """Open (creating if needed) the store in directory `path` and return a Store.
+
+    Clustering (README "Clusters"): ``name``, ``listen="host:port"`` (this member's peer
+    address), ``peers={"n1": "host:port", ...}`` and ``cluster="token"`` found a cluster of
+    exactly these voters (every founder gets the same peers and token); ``join=["host:port"]``
+    joins a running cluster through any member (as a learner, promoted once caught up); a
+    one-member store reopened with ``listen`` takes joins. A restart needs only `path` (and
+    ``listen`` if it changed). Peer links are plain TCP for now, so each of these needs
+    ``insecure=True``.
 
     ``durable=True``: a write returns once it is fsync'd. ``durable=False`` skips the fsync per
     commit: a crash of the process loses nothing, a crash of the machine may lose the last
@@ -436,8 +470,9 @@ def open(
     child raises Closed (the store's threads do not exist there, and LMDB must not be used
     across a fork), and the child never closes or unlocks the parent's data dir.
     """
-    _check_options(durable, serializable_reads, request_timeout, tick_interval, election_tick,
-                   heartbeat_tick)
+    opts = _check_options(durable, serializable_reads, request_timeout, tick_interval,
+                          election_tick, heartbeat_tick, name, listen, peers, cluster, join,
+                          insecure)
     member = Member.open(
         os.fspath(path),
         durable=durable,
@@ -445,6 +480,7 @@ def open(
         tick_interval=tick_interval,
         election_tick=election_tick,
         heartbeat_tick=heartbeat_tick,
+        cluster=opts,
     )
     return Store(member, serializable_reads=serializable_reads, request_timeout=request_timeout)
 
@@ -670,9 +706,59 @@ class Store(MutableMapping[Key, Any]):
         return int(self._kv.revision)
 
     def status(self) -> Status:
-        """Revision, compaction point, applied Raft index and identity of the local member."""
+        """Revision, compaction point, Raft term, commit and applied index, leader, members
+        and identity of the local member."""
         self._check()
-        return data_dir_status(self._m.data_dir)
+        m = self._m
+        raft = m.raft_status()
+        base = data_dir_status(m.data_dir)
+        return dataclasses.replace(
+            base, name=m.name, term=raft.term, leader=m.leader_name, commit_index=raft.commit,
+            members=tuple(m.members(ask_leader=False)),
+        )
+
+    # --- the cluster ------------------------------------------------------------------------
+
+    @property
+    def name(self) -> str:
+        """This member's name ("default" for a store that was never given one)."""
+        return self._m.name
+
+    @property
+    def leader(self) -> str | None:
+        """The name of the cluster's leader as this member knows it (None during elections)."""
+        self._check()
+        return self._m.leader_name
+
+    def members(self) -> list[MemberInfo]:
+        """Every member: name, id, peer address, voter or learner, leader flag, and how many
+        log entries it is behind the leader (None where the leader cannot be asked)."""
+        self._check()
+        return self._m.members()
+
+    def add_member(self, name: str, address: str, *, learner: bool = False) -> MemberInfo:
+        """Add a member by name and peer address; returns once the change is applied here.
+        Start the new member with ``embedkv.open(path, name=..., listen=address,
+        join=[...])``, or prefer that alone: a join adds itself."""
+        self._check()
+        _check_flag("learner", learner)
+        return self._m.add_member(name, address, learner=learner)
+
+    def remove_member(self, name: str) -> None:
+        """Remove a member; it then fails every operation with ``embedkv.Removed``."""
+        self._check()
+        self._m.remove_member(name)
+
+    def promote_member(self, name: str) -> MemberInfo:
+        """Make a learner a voter (ValueError while it is far behind the leader)."""
+        self._check()
+        return self._m.promote_member(name)
+
+    def transfer_leadership(self, to: str | None = None) -> str:
+        """Move leadership to member `to` (default: the most caught-up other voter); returns
+        the new leader's name. Unavailable if it did not move within the request timeout."""
+        self._check()
+        return self._m.transfer_leadership(to)
 
     def backup(self, dest: str | os.PathLike[str]) -> int:
         """Write a consistent, compact copy of the store to the file `dest` and return the
@@ -1408,6 +1494,30 @@ class AsyncStore:
 
     def status(self) -> Status:
         return self.store.status()
+
+    @property
+    def name(self) -> str:
+        return self.store.name
+
+    @property
+    def leader(self) -> str | None:
+        return self.store.leader
+
+    async def members(self) -> list[MemberInfo]:
+        """``Store.members``, in a worker thread (it may ask the leader)."""
+        return await asyncio.to_thread(self.store.members)
+
+    async def add_member(self, name: str, address: str, *, learner: bool = False) -> MemberInfo:
+        return await asyncio.to_thread(self.store.add_member, name, address, learner=learner)
+
+    async def remove_member(self, name: str) -> None:
+        await asyncio.to_thread(self.store.remove_member, name)
+
+    async def promote_member(self, name: str) -> MemberInfo:
+        return await asyncio.to_thread(self.store.promote_member, name)
+
+    async def transfer_leadership(self, to: str | None = None) -> str:
+        return await asyncio.to_thread(self.store.transfer_leadership, to)
 
     async def verify(self) -> VerifyReport:
         """Store.verify(), in a worker thread: it reads the whole data dir."""

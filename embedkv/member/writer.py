@@ -32,10 +32,11 @@ from concurrent.futures._base import FINISHED, RUNNING
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
-from embedkv.errors import Closed, Error, NoSpace, Unavailable
+from embedkv.errors import Closed, Error, NoSpace, Removed, Unavailable
 from embedkv.raft import (
     NONE,
     ConfChange,
+    ConfChangeType,
     ConfState,
     DropReason,
     EntryType,
@@ -48,7 +49,7 @@ from embedkv.raft import (
     Role,
     SoftState,
 )
-from embedkv.storage import Applied, DataDir, WriteBatch
+from embedkv.storage import Applied, DataDir, PeerInfo, WriteBatch
 from embedkv.storage.requests import Event, LeaseGrantResult
 
 from .lease import LeaseKeeper
@@ -176,6 +177,27 @@ class Proposal:
     data: bytes
     future: Future[Any]
     deadline: float
+    conf: ConfChange | None = None  # a membership change (`data` is then unused)
+
+
+@dataclass(frozen=True, slots=True)
+class NodeCall:
+    """A call into the Raft node from another thread (the transport's reports, a transfer),
+    run by the Ready loop's owner under the core lock, so callers never wait for the lock."""
+
+    fn: Callable[[RaftNode], object]
+
+
+@dataclass(frozen=True, slots=True)
+class ConfApplied:
+    """A membership change was applied: the runtime updates its peers (and learns whether this
+    member is still in the cluster). `origin` is the proposal's (member id, seq) if known."""
+
+    index: int
+    change: ConfChange
+    conf_state: ConfState
+    refusal: str | None  # why the change was ignored, or None: it took effect
+    origin: tuple[int, int] | None
 
 
 @dataclass(slots=True)
@@ -190,7 +212,10 @@ class Signal(enum.Enum):
     STOP = "stop"
 
 
-Item = Proposal | ReadWaiter | Signal
+Item = Proposal | ReadWaiter | Signal | Message | NodeCall
+
+ConfOrigin = Callable[[ConfChange], "tuple[int, int] | None"]
+"""Reads the proposer's (member id, seq) out of a membership change's context."""
 
 
 @dataclass(slots=True)
@@ -219,6 +244,8 @@ class _Batch:
     read_states: list[ReadState] = field(default_factory=list)
     soft_state: SoftState | None = None
     settled: bool = True  # no Ready of this batch changed the term or the role
+    conf_applied: list[ConfApplied] = field(default_factory=list)
+    installed: bool = False  # a snapshot replaced the state machine
 
 
 def _fail(future: Future[Any], exc: BaseException) -> None:
@@ -253,8 +280,20 @@ class LogWriter:
         self._read_retry = read_retry  # a ReadIndex round unanswered this long is asked again
         self.send: Callable[[list[Message]], None] | None = None
         """Where messages go once durable (the transport); None: there is nobody to send to."""
+        self.conf_origin: ConfOrigin = lambda cc: None
+        self.conf_member: Callable[[ConfChange], PeerInfo | None] = lambda cc: None
+        """The directory entry a membership change carries in its context, if any."""
+        """How to find the proposer of a membership change (the runtime's context format)."""
+        self.on_conf_applied: Callable[[ConfApplied], None] | None = None
+        """Called (on this thread, after the batch is durable) for each applied change."""
+        self.on_installed: Callable[[], None] | None = None
+        """Called (on this thread, after the batch is durable) when a snapshot was installed."""
+        self.removed: str | None = None
+        """Set when this member was removed from its cluster: it serves nothing any more."""
         self.stats = MemberStats()
         self.leader_known = threading.Event()
+        self.leadership = threading.Condition()
+        """Notified whenever this member sees the leader or its own role change."""
         self.no_space: NoSpace | None = None
         """Set while the disk is full: proposals are refused at once."""
         self.failure: BaseException | None = None
@@ -407,7 +446,20 @@ class LogWriter:
             q.append(Signal.STOP)
             self._ring()
 
+    def set_removed(self, why: str) -> None:
+        """This member is no longer in its cluster: fail what waits and every later call with
+        Removed. The node keeps running (a removed leader still hands over leadership)."""
+        if self.removed is not None:
+            return
+        log.warning("%s: it serves nothing from now on", why)
+        self.removed = why
+        self.local_reads = False
+        self.leader_known.clear()
+        self._fail_all(Removed(why))
+
     def _stopped_error(self) -> Error:
+        if self.removed is not None:
+            return Removed(self.removed)
         if self.failure is not None:
             return Unavailable(f"the member stopped after an internal error: {self.failure!r}")
         return Closed("the member is closed")
@@ -465,12 +517,15 @@ class LogWriter:
     def _admit(self, items: list[Item]) -> bool:
         """Hand new proposals and reads to the core; True when told to stop."""
         proposals: list[Proposal] = []
+        inbound: list[Message | NodeCall] = []
         tick = stop = False
         for item in items:
             if type(item) is Proposal:
                 proposals.append(item)
             elif type(item) is ReadWaiter:
                 self._reads.append(item)
+            elif type(item) is Message or type(item) is NodeCall:
+                inbound.append(item)
             elif item is Signal.STOP:
                 stop = True
             elif item is Signal.TICK:
@@ -478,6 +533,15 @@ class LogWriter:
         if stop:
             self._stalled.extend(proposals)  # failed with Closed on the way out
             return True
+        if inbound:
+            self._step(inbound)
+        if self.removed is not None:
+            for p in proposals:
+                _fail(p.future, self._stopped_error())
+            proposals = []
+            for r in self._reads:
+                _fail(r.future, self._stopped_error())
+            self._reads = []
         if tick:
             self._on_tick(time.monotonic())
         if self._stalled and self._leader_known():
@@ -490,6 +554,22 @@ class LogWriter:
             self._start_read_round()
         return False
 
+    def _step(self, inbound: list[Message | NodeCall]) -> None:
+        """Peers' messages and the transport's reports, into the node in arrival order."""
+        core = self._core
+        with core.lock:
+            node = core.node
+            for item in inbound:
+                try:
+                    if isinstance(item, NodeCall):
+                        item.fn(node)
+                    else:
+                        node.step(item)
+                except Exception:
+                    # A message the core cannot take (it never should) costs that message,
+                    # never the member: the sender will retry or time out.
+                    log.exception("stepping %r failed", item)
+
     def _leader_known(self) -> bool:
         return self._core.node.leader != NONE
 
@@ -499,6 +579,13 @@ class LogWriter:
                 _fail(p.future, NoSpace(str(self.no_space)))
             return
         core = self._core
+        if any(p.conf is not None for p in proposals):
+            changes = [p for p in proposals if p.conf is not None]
+            proposals = [p for p in proposals if p.conf is None]
+            for p in changes:
+                self._propose_conf(p)
+            if not proposals:
+                return
         dropped: ProposalDropped | None = None
         with core.lock:
             try:
@@ -515,6 +602,26 @@ class LogWriter:
         else:
             for p in proposals:
                 _fail(p.future, Unavailable(f"proposal dropped: {dropped}"))
+
+    def _propose_conf(self, p: Proposal) -> None:
+        """One membership change (the core takes one at a time; a busy core retries it)."""
+        assert p.conf is not None
+        core = self._core
+        with core.lock:
+            try:
+                core.node.propose_conf_change(p.conf)
+            except ProposalDropped as exc:
+                dropped: ProposalDropped | None = exc
+            else:
+                dropped = None
+        if dropped is None:
+            self._pending[p.seq] = p
+            self._pending_in_order = False
+            self.stats.proposals += 1
+        elif dropped.reason in _RETRY_DROPS or dropped.reason is DropReason.PENDING_CONF_CHANGE:
+            self._stalled.append(p)
+        else:
+            _fail(p.future, ValueError(f"membership change refused: {dropped}"))
 
     def _start_read_round(self) -> None:
         """One ReadIndex round for every reader waiting since the last round began."""
@@ -549,10 +656,18 @@ class LogWriter:
         with core.lock:
             node = core.node
             rd = node.ready() if node.has_ready() else None
+            leading = node.role is Role.LEADER
         if rd is None:
             self._complete_deferred()
             return False
         batch = _Batch(self._applied, self._conf)
+        if leading and rd.messages and self.send is not None and self._conf.voters != self._solo:
+            # A leader sends while it writes (Raft thesis §10.2.1): its own entries count
+            # toward the commit only once durable (advance, after the commit below), and what
+            # it sends depends on nothing this batch makes durable (its term and vote were
+            # persisted before it could win).
+            self.send(rd.messages)
+            rd.messages = []
         if not (rd.entries or rd.hard_state or rd.committed_entries or rd.snapshot):
             # Nothing to persist or apply (read states, messages, a role change): no
             # transaction, so a linearizable read costs no write.
@@ -633,9 +748,13 @@ class LogWriter:
         self._note(rd, batch)
         snap = rd.snapshot
         if snap is not None and not snap.is_empty():
-            w.install_snapshot_meta(snap.meta)
+            # The leader's image of its state machine: it replaces ours in this transaction
+            # (the data dir stays open; the hub and the lease keeper reload after the commit).
+            w.install_snapshot(snap)
             batch.applied_index = snap.meta.index
             batch.conf_state = snap.meta.conf_state
+            batch.installed = True
+            self.local_reads = False
         if rd.entries:
             w.append_entries(rd.entries)
             batch.entries += len(rd.entries)
@@ -645,16 +764,33 @@ class LogWriter:
             applied = batch.applied
             for e in rd.committed_entries:
                 if e.type is EntryType.CONF_CHANGE:
-                    cs = node.apply_conf_change(ConfChange.decode(e.data))
+                    cc = ConfChange.decode(e.data)
+                    refusal = node.conf_change_refusal(cc)
+                    cs = node.apply_conf_change(cc)
                     if cs.voters != self._solo:
                         # Another voter from now on: it may soon commit without us. Reads
                         # take the barrier before any message can reach it (see local_reads).
                         self.local_reads = False
                     w.apply_conf_change(e.index, cs)
+                    if refusal is None:
+                        self._record_member(w, cc)
                     batch.conf_state = cs
+                    batch.conf_applied.append(
+                        ConfApplied(e.index, cc, cs, refusal, self.conf_origin(cc))
+                    )
                 else:
                     applied.append(w.apply(e))
             batch.applied_index = rd.committed_entries[-1].index
+
+    def _record_member(self, w: WriteBatch, cc: ConfChange) -> None:
+        """Keep the member directory (names and addresses) in step with the configuration,
+        in the transaction that applies the change, so it survives log compaction."""
+        if cc.type is ConfChangeType.REMOVE:
+            w.remove_member(cc.node_id)
+            return
+        info = self.conf_member(cc)
+        if info is not None:
+            w.set_member(cc.node_id, info)
 
     def _compact_log(self, w: WriteBatch, applied: int, conf: ConfState) -> None:
         """Keep the Raft log bounded: drop entries well behind the applied index. A member
@@ -683,11 +819,16 @@ class LogWriter:
         stats.applied += len(batch.applied)
         if batch.messages and self.send is not None:
             self.send(batch.messages)
+        if batch.installed and self.on_installed is not None:
+            # Before any event of this batch: the hub replays the installed history (which
+            # holds the entries applied after the snapshot too) to every watch.
+            self.on_installed()
         if batch.applied:
             events: list[Event] = []
-            for a in batch.applied:
-                if a.events:
-                    events.extend(a.events)
+            if not batch.installed:
+                for a in batch.applied:
+                    if a.events:
+                        events.extend(a.events)
             if events:
                 self._hub.publish(events)
             try:
@@ -705,8 +846,33 @@ class LogWriter:
             self._release_reads()
         if batch.soft_state is not None:
             self._on_soft_state(batch.soft_state)
+        for change in batch.conf_applied:
+            self._conf_applied(change)
         if answered and batch.settled:
             self._allow_local_reads()
+
+    def _conf_applied(self, change: ConfApplied) -> None:
+        """Resolve the proposer's future with the new configuration (or why it was refused)
+        and let the runtime follow the change."""
+        origin = change.origin
+        if origin is not None and origin[0] == self._me:
+            p = self._pending.pop(origin[1], None)
+            if p is not None and not p.future.done():
+                if change.refusal is None:
+                    p.future.set_result(change.conf_state)
+                else:
+                    p.future.set_exception(
+                        ValueError(f"membership change refused: {change.refusal}")
+                    )
+        cc = change.change
+        if change.refusal is None and cc.type is ConfChangeType.REMOVE and cc.node_id == self._me:
+            self.set_removed(f"member {self._me:#x} was removed from its cluster "
+                             f"(at index {change.index})")
+        if self.on_conf_applied is not None:
+            try:
+                self.on_conf_applied(change)
+            except Exception:
+                log.exception("following the membership change at %d failed", change.index)
 
     def _allow_local_reads(self) -> None:
         """A ReadIndex was answered in this term, and applied, by a batch that changed neither
@@ -779,10 +945,12 @@ class LogWriter:
         if leader != self._leader:
             self._leader = leader
             self._leases.on_leadership(leader)
-        if ss.leader != NONE:
+        if ss.leader != NONE and self.removed is None:
             self.leader_known.set()
         else:
             self.leader_known.clear()
+        with self.leadership:
+            self.leadership.notify_all()
 
     # --- time, failures -----------------------------------------------------------------------
 
