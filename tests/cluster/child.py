@@ -111,8 +111,6 @@ class Child:
         self._leases: dict[int, embedkv.Lease] = {}
         self._loads: dict[str, tuple[threading.Event, list[threading.Thread], dict[str, Any]]] = {}
         self._next_watch = 1
-        self._cut: set[int | str] = set()  # peer ids and addresses partitioned away
-        self._call_wrapped = False
         self._pool = ThreadPoolExecutor(max_workers=256, thread_name_prefix="cmd")
 
     # --- the protocol ------------------------------------------------------------------------
@@ -178,12 +176,12 @@ class Child:
         return self.store.compare_and_set(key, expected, new)
 
     def op_txn(self, compare: list[list[Any]], success: list[list[Any]],
-               failure: list[list[Any]] = ()) -> dict[str, Any]:  # type: ignore[assignment]
+               failure: list[list[Any]] | None = None) -> dict[str, Any]:
         """compare: [[key, value], ...] (value equals); success/failure: [[key, value], ...]
         puts."""
         result = self.store.txn([Value(k) == v for k, v in compare],
                                 [Put(k, v) for k, v in success],
-                                [Put(k, v) for k, v in failure])
+                                [Put(k, v) for k, v in failure or ()])
         return {"succeeded": result.succeeded, "revision": result.revision}
 
     def op_fill(self, prefix: str, count: int, value_size: int = 100, start: int = 0,
@@ -313,23 +311,23 @@ class Child:
     # --- membership (the cluster API of issue 13) ---------------------------------------------
 
     def op_members(self) -> Any:
-        return self.store.members()  # type: ignore[attr-defined]
+        return self.store.members()
 
     def op_leader(self) -> str | None:
-        leader: str | None = self.store.leader  # type: ignore[attr-defined]
+        leader: str | None = self.store.leader
         return leader
 
     def op_add_member(self, name: str, address: str, learner: bool = False) -> Any:
-        return self.store.add_member(name, address, learner=learner)  # type: ignore[attr-defined]
+        return self.store.add_member(name, address, learner=learner)
 
     def op_remove_member(self, name: str) -> None:
-        self.store.remove_member(name)  # type: ignore[attr-defined]
+        self.store.remove_member(name)
 
     def op_promote_member(self, name: str) -> Any:
-        return self.store.promote_member(name)  # type: ignore[attr-defined]
+        return self.store.promote_member(name)
 
     def op_transfer_leadership(self, to: str | None = None) -> str:
-        new: str = self.store.transfer_leadership(to)  # type: ignore[attr-defined]
+        new: str = self.store.transfer_leadership(to)
         return new
 
     def op_status(self) -> Any:
@@ -445,26 +443,21 @@ class Child:
         return found[0]
 
     def op_partition(self, peers: list[str]) -> list[int]:
-        """Cut this member off from `peers` (names), both directions: Raft messages through
-        the transport's fault hook (a silent loss, as on a cut network), calls (forwarded
-        writes and reads, joins) by failing them as an unreachable peer would. Returns the
-        peers' ids."""
+        """Cut this member off from `peers` (names), both directions, through the transport's
+        fault hook: Raft messages and calls to and from them (by id and by address) are lost
+        silently, as on a cut network. Returns the peers' ids."""
         from embedkv.net.faults import FaultPlan
 
-        by_name = {m.name: m for m in self.store.members()}  # type: ignore[attr-defined]
+        by_name = {m.name: m for m in self.store.members()}
         cut = [by_name[name] for name in peers]
         transport = self._transport()
-        with self._lock:
-            self._cut.update(m.id for m in cut)
-            self._cut.update(m.address for m in cut)
-            if not self._call_wrapped:
-                self._wrap_calls(transport)
 
         def apply() -> None:
             if transport.faults is None:
                 transport.faults = FaultPlan()
             for m in cut:
                 transport.faults.partition(m.id)
+                transport.faults.partition(m.address)
 
         self._on_loop(transport, apply)
         return [m.id for m in cut]
@@ -472,27 +465,12 @@ class Child:
     def op_heal(self) -> None:
         """Undo every partition."""
         transport = self._transport()
-        with self._lock:
-            self._cut.clear()
 
         def apply() -> None:
             if transport.faults is not None:
                 transport.faults.heal()
 
         self._on_loop(transport, apply)
-
-    def _wrap_calls(self, transport: Any) -> None:
-        original = transport.call
-        cut = self._cut
-
-        async def call(target: int | str, method: str, body: object, *,
-                       timeout: float) -> object:
-            if target in cut:
-                raise embedkv.Unavailable(f"peer {target} is cut off (test partition)")
-            return await original(target, method, body, timeout=timeout)
-
-        transport.call = call
-        self._call_wrapped = True
 
     @staticmethod
     def _on_loop(transport: Any, fn: Callable[[], None]) -> None:
