@@ -1,0 +1,111 @@
+"""A member that fell behind the retained log catches up by a snapshot streamed from the
+leader: after a restart, or live (without a restart), its open watches continuing from the
+installed history, or ending with Compacted when their next revision is gone.
+
+The children keep a short Raft log (a few dozen entries instead of 15,000) so that a few
+hundred writes compact it past the lagging member."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from tests.waiting import wait_for
+
+from .conftest import MakeCluster
+from .harness import Cluster, Member
+
+SHORT_LOG = {"log_retain": 20, "log_compact_every": 50}
+
+
+def compact_past(cluster: Cluster, leader: Member, behind: int, prefix: str) -> None:
+    """Write (one Raft entry each) until every running member's log starts past index
+    `behind`, so that a member that applied only up to `behind` can catch up by a snapshot
+    alone."""
+    def compacted() -> bool:
+        return all(m.call("log_bounds")["first"] > behind + 1 for m in cluster.running())
+
+    for round_ in range(20):
+        if compacted():
+            return
+        leader.call("put_many", prefix=prefix, count=100, start=100 * round_)
+    raise AssertionError(f"the leader's log never started past index {behind}")
+
+
+def test_member_down_while_the_log_is_compacted_catches_up_by_snapshot(
+    make_cluster: MakeCluster,
+) -> None:
+    cluster = make_cluster(3, child_options=SHORT_LOG)
+    leader = cluster.wait_leader()
+    lagging = cluster.followers(leader)[0]
+    leader.put("first", 1)
+    cluster.wait_converged()
+    behind = lagging.call("log_bounds")["applied"]
+    lagging.kill()
+    compact_past(cluster, leader, behind, "s/")
+    lagging.restart()
+    assert lagging.get("first") == 1
+    converged = cluster.wait_converged()
+    assert converged["count"] > 100
+    # Its log now starts where the snapshot put it: it did not replay the entries it missed.
+    assert lagging.call("log_bounds")["first"] > behind + 1
+    lagging.put("after", 1)
+    assert leader.get("after") == 1
+
+
+def events(member: Member, wid: int) -> dict[str, Any]:
+    reply: dict[str, Any] = member.call("watch_events", wid=wid)
+    return reply
+
+
+def test_frozen_member_installs_a_snapshot_live_and_its_watch_continues(
+    make_cluster: MakeCluster,
+) -> None:
+    cluster = make_cluster(3, child_options=SHORT_LOG)
+    leader = cluster.wait_leader()
+    lagging = cluster.followers(leader)[0]
+    leader.put("s/first", 1)
+    cluster.wait_converged()
+    pid = lagging.call("ping")
+    wids = {m.name: m.call("watch_start", key="s/", prefix=True) for m in cluster}
+    behind = lagging.call("log_bounds")["applied"]
+    lagging.stop()  # SIGSTOP: silent, its sockets open, its watch open
+    compact_past(cluster, leader, behind, "s/")
+    last = leader.put("s/last", "end")
+    lagging.cont()
+    cluster.wait_converged()
+    assert lagging.call("ping") == pid  # installed without a restart
+    assert lagging.call("log_bounds")["first"] > behind + 1
+
+    def reached(m: Member) -> list[Any] | None:
+        reply = events(m, wids[m.name])
+        assert reply["error"] is None, f"{m.name}'s watch ended: {reply}"
+        rows: list[Any] = reply["events"]
+        return rows if rows and rows[-1][3] >= last else None
+
+    expected = wait_for(lambda: reached(leader), what="the leader's watch")
+    got = wait_for(lambda: reached(lagging), what="the lagging member's watch")
+    assert got == expected  # every event once, in order, across the install
+    lagging.put("s/after", 1)
+    assert leader.get("s/after") == 1
+
+
+def test_watch_ends_with_compacted_when_the_snapshot_skips_its_next_revision(
+    make_cluster: MakeCluster,
+) -> None:
+    cluster = make_cluster(3, child_options=SHORT_LOG)
+    leader = cluster.wait_leader()
+    lagging = cluster.followers(leader)[0]
+    leader.put("c/first", 1)
+    cluster.wait_converged()
+    wid = lagging.call("watch_start", key="c/", prefix=True)
+    behind = lagging.call("log_bounds")["applied"]
+    lagging.stop()
+    compact_past(cluster, leader, behind, "c/")
+    leader.call("compact", revision=leader.call("revision"))  # history below it is gone
+    compact_past(cluster, leader, leader.call("log_bounds")["applied"], "c2/")
+    lagging.cont()
+    cluster.wait_converged()
+    ended = wait_for(lambda: (r := events(lagging, wid))["error"] and r,
+                     what="the watch to end")
+    assert ended["error"] == "Compacted", ended
+    assert ended["events"] == []  # nothing was skipped silently: it never saw a later event
