@@ -385,7 +385,11 @@ class Member:
             if not self._writer.leader_known.wait(self._timeout):
                 raise Unavailable(f"no leader within the request timeout ({self._timeout}s)")
             self._publish_self()
-        elif links is not None and self._local is not None:
+        elif links is None:
+            # Other voters and no way to reach them: nothing could ever be served.
+            if not self._writer.leader_known.wait(self._timeout):
+                raise Unavailable(f"no leader within the request timeout ({self._timeout}s)")
+        elif self._local is not None:
             info = self._dd.members().get(me)
             if info is not None and info.address != self._local.listen:
                 threading.Thread(target=self._publish_self, daemon=True,
