@@ -557,14 +557,21 @@ class LogWriter:
     def _step(self, inbound: list[Message | NodeCall]) -> None:
         """Peers' messages and the transport's reports, into the node in arrival order."""
         core = self._core
+        conf = self._conf
+        known = conf.voters | conf.learners
         with core.lock:
             node = core.node
             for item in inbound:
                 try:
                     if isinstance(item, NodeCall):
                         item.fn(node)
-                    else:
+                    elif item.from_ in known or not known:
                         node.step(item)
+                    else:
+                        # Not a member (removed, or never added): the core would take its
+                        # proposals and read requests like anyone's. A member that does not
+                        # know its configuration yet (a joiner) takes what comes.
+                        log.debug("dropped a message from non-member %#x", item.from_)
                 except Exception:
                     # A message the core cannot take (it never should) costs that message,
                     # never the member: the sender will retry or time out.
