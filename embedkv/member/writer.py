@@ -228,6 +228,7 @@ class MemberStats:
     proposals: int = 0  # proposals handed to the Raft core
     read_rounds: int = 0  # ReadIndex rounds started
     ticks: int = 0  # engine ticks done (Raft tick, deadlines, lease timers), counted by the engine
+    installs: int = 0  # snapshots installed from a leader
 
 
 @dataclass(slots=True)
@@ -826,6 +827,8 @@ class LogWriter:
         stats.applied += len(batch.applied)
         if batch.messages and self.send is not None:
             self.send(batch.messages)
+        if batch.installed:
+            stats.installs += 1
         if batch.installed and self.on_installed is not None:
             # Before any event of this batch: the hub replays the installed history (which
             # holds the entries applied after the snapshot too) to every watch.
