@@ -691,27 +691,37 @@ class LogWriter:
         late: list[tuple[MemberFuture[Any], Any]] = []
         try:
             with self._dd.write() as w:
-                with core.lock:
-                    self._handle(w, node, rd, batch)
-                    for _ in range(MAX_READIES_PER_BATCH):
-                        if batch.conf_state.voters != solo:
-                            # Others vote: our entries count for commit only once durable.
-                            unadvanced = rd
-                            break
-                        # The only voter: nothing is released before the commit below, so the
-                        # core may count these entries now and hand back what that commits, to
-                        # apply in this same transaction.
-                        node.advance(rd)
-                        if not node.has_ready():
-                            more = False  # a tick or a new item wakes us again
-                            break
-                        rd = node.ready()
-                        self._handle(w, node, rd, batch)
-                    else:
-                        unadvanced = rd
+                if self._conf.voters != solo:
+                    # Others vote: our entries count for commit only once durable, so one
+                    # Ready per batch, and the core's lock only for its own calls: ticks and
+                    # the transport's reports do not wait for this batch's applies.
+                    self._handle(w, node, rd, batch, core.lock)
+                    unadvanced = rd
                     if batch.hard_state is not None:
                         w.set_hard_state(batch.hard_state)
                     self._compact_log(w, batch.applied_index, batch.conf_state)
+                else:
+                    with core.lock:
+                        self._handle(w, node, rd, batch)
+                        for _ in range(MAX_READIES_PER_BATCH):
+                            if batch.conf_state.voters != solo:
+                                # Others vote: our entries count for commit only once durable.
+                                unadvanced = rd
+                                break
+                            # The only voter: nothing is released before the commit
+                            # below, so the core may count these entries now and hand back
+                            # what that commits, to apply in this same transaction.
+                            node.advance(rd)
+                            if not node.has_ready():
+                                more = False  # a tick or a new item wakes us again
+                                break
+                            rd = node.ready()
+                            self._handle(w, node, rd, batch)
+                        else:
+                            unadvanced = rd
+                        if batch.hard_state is not None:
+                            w.set_hard_state(batch.hard_state)
+                        self._compact_log(w, batch.applied_index, batch.conf_state)
                 if self._deferred:
                     # The previous batch is durable: its callers run while this one commits
                     # (the GIL is free during the write-out and fsync) instead of competing
@@ -751,8 +761,10 @@ class LogWriter:
         if rd.read_states:
             batch.read_states.extend(rd.read_states)
 
-    def _handle(self, w: WriteBatch, node: RaftNode, rd: Ready, batch: _Batch) -> None:
-        """Write one Ready into the open transaction; keep what it releases in `batch`."""
+    def _handle(self, w: WriteBatch, node: RaftNode, rd: Ready, batch: _Batch,
+                lock: threading.Lock | None = None) -> None:
+        """Write one Ready into the open transaction; keep what it releases in `batch`.
+        `lock`: the core's lock, to take around calls into the core (None: held already)."""
         self._note(rd, batch)
         snap = rd.snapshot
         if snap is not None and not snap.is_empty():
@@ -773,8 +785,9 @@ class LogWriter:
             for e in rd.committed_entries:
                 if e.type is EntryType.CONF_CHANGE:
                     cc = ConfChange.decode(e.data)
-                    refusal = node.conf_change_refusal(cc)
-                    cs = node.apply_conf_change(cc)
+                    with lock if lock is not None else contextlib.nullcontext():
+                        refusal = node.conf_change_refusal(cc)
+                        cs = node.apply_conf_change(cc)
                     if cs.voters != self._solo:
                         # Another voter from now on: it may soon commit without us. Reads
                         # take the barrier before any message can reach it (see local_reads).
