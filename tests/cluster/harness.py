@@ -91,6 +91,7 @@ class Member:
         self.options = dict(options)
         self.child_options = dict(child_options or {})
         self.stderr_path = logdir / f"{name}.stderr.log"
+        self._address: str | None = None
         self.proc: subprocess.Popen[str] | None = None
         self.stopped = False
         self._ids = itertools.count(1)
@@ -105,8 +106,12 @@ class Member:
 
     @property
     def address(self) -> str | None:
+        """The peer address it listens on: the last one it was given (a restart with only
+        the path keeps it)."""
         listen = self.options.get("listen")
-        return str(listen) if listen is not None else None
+        if listen is not None:
+            self._address = str(listen)
+        return self._address
 
     @property
     def alive(self) -> bool:
@@ -222,6 +227,7 @@ class Member:
         """Start again on the same data dir. With no arguments the child opens just ``path``
         (a restart needs nothing else); keyword arguments become open()'s options."""
         self.kill()
+        self._address = self.address
         self.options = dict(changes)
         self.start()
 

@@ -30,7 +30,9 @@ def test_leader_killed_new_leader_writes_resume_killed_member_catches_up(
     old.put("after/restarted", 3)
     converged = cluster.wait_converged()
     assert converged["count"] == 3 + 2 + 1
-    assert {m["name"] for m in old.members()} == {"n1", "n2", "n3"}
+    directory = {m["name"]: m["address"] for m in old.members()}
+    assert set(directory) == {"n1", "n2", "n3"}
+    assert directory[old.name] == old.address  # kept across a restart given only the path
 
 
 def test_five_members_survive_two_losses_and_stall_without_a_quorum(
