@@ -311,6 +311,18 @@ class Member:
         digest: dict[str, Any] = self.call("hash", **args)
         return digest
 
+    def watch_until(self, wid: int, revision: int, timeout: float = 30.0) -> list[Any]:
+        """Every event of watch `wid` once it has seen `revision` (AssertionError if the
+        watch ended before)."""
+        def seen() -> list[Any] | None:
+            reply = self.call("watch_events", wid=wid)
+            assert reply["error"] is None, f"{self.name}'s watch ended: {reply}"
+            rows: list[Any] = reply["events"]
+            return rows if rows and rows[-1][3] >= revision else None
+
+        found: list[Any] = wait_for(seen, timeout, f"{self.name}'s watch to reach {revision}")
+        return found
+
     def wait_load(self, name: str, acked: int, timeout: float = 30.0) -> int:
         """Wait until the background load `name` has had `acked` puts acknowledged."""
         def progress() -> int | None:

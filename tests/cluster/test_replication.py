@@ -4,26 +4,9 @@ leases granted, kept alive and revoked through any member hold everywhere."""
 
 from __future__ import annotations
 
-from typing import Any
-
 import pytest
 
-from tests.waiting import wait_for
-
 from .conftest import MakeCluster
-from .harness import Member
-
-
-def watch_until(member: Member, wid: int, revision: int, timeout: float = 30.0) -> list[Any]:
-    """Every event of watch `wid` on `member` once it has seen `revision`."""
-    def seen() -> list[Any] | None:
-        reply = member.call("watch_events", wid=wid)
-        assert reply["error"] is None, f"{member.name}'s watch ended: {reply}"
-        rows: list[Any] = reply["events"]
-        return rows if rows and rows[-1][3] >= revision else None
-
-    found: list[Any] = wait_for(seen, timeout, f"{member.name}'s watch to reach {revision}")
-    return found
 
 
 @pytest.mark.parametrize("size", [3, 5])
@@ -69,7 +52,7 @@ def test_watches_see_the_identical_sequence_everywhere(make_cluster: MakeCluster
     members[2].call("txn", compare=[["w/before", 0]], success=[["w/before", 1], ["w/txn", 2]])
     acked = {m.name: m.call("load_stop", name="w") for m in members}
     last = members[0].put("w/last", "end")
-    sequences = {m.name: watch_until(m, live[m.name], last) for m in members}
+    sequences = {m.name: m.watch_until(live[m.name], last) for m in members}
     first = sequences[members[0].name]
     for name, rows in sequences.items():
         diverge = next((i for i, (a, b) in enumerate(zip(rows, first, strict=False)) if a != b),
@@ -89,7 +72,7 @@ def test_watches_see_the_identical_sequence_everywhere(make_cluster: MakeCluster
     replay = {m.name: m.call("watch_start", key="w/", prefix=True, start_revision=start + 1)
               for m in members}
     for m in members:
-        assert watch_until(m, replay[m.name], last) == first
+        assert m.watch_until(replay[m.name], last) == first
 
 
 def test_leases_work_through_any_member(make_cluster: MakeCluster) -> None:
@@ -109,7 +92,7 @@ def test_leases_work_through_any_member(make_cluster: MakeCluster) -> None:
     leader.call("lease_revoke", lease=lease["id"])
     for m in cluster:
         assert m.get("leased") is None
-        rows = watch_until(m, wids[m.name], 0)
+        rows = m.watch_until(wids[m.name], 0)
         assert [r[:2] for r in rows] == [["DELETE", "leased"]]
     from embedkv import LeaseNotFound
 

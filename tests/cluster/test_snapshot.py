@@ -33,14 +33,21 @@ def compact_past(cluster: Cluster, leader: Member, behind: int, prefix: str,
     raise AssertionError(f"the leader's log never started past index {behind}")
 
 
-def test_member_down_while_the_log_is_compacted_catches_up_by_snapshot(
-    make_cluster: MakeCluster,
-) -> None:
+def lagging_cluster(make_cluster: MakeCluster) -> tuple[Cluster, Member, Member]:
+    """Three members keeping a short log, one write applied on all: the cluster, its leader
+    and the follower that is to fall behind."""
     cluster = make_cluster(3, child_options=SHORT_LOG)
     leader = cluster.wait_leader()
     lagging = cluster.followers(leader)[0]
     leader.put("first", 1)
     cluster.wait_converged()
+    return cluster, leader, lagging
+
+
+def test_member_down_while_the_log_is_compacted_catches_up_by_snapshot(
+    make_cluster: MakeCluster,
+) -> None:
+    cluster, leader, lagging = lagging_cluster(make_cluster)
     behind = lagging.call("log_bounds")["applied"]
     lagging.kill()
     compact_past(cluster, leader, behind, "s/", lagging)
@@ -62,11 +69,7 @@ def events(member: Member, wid: int) -> dict[str, Any]:
 def test_frozen_member_installs_a_snapshot_live_and_its_watch_continues(
     make_cluster: MakeCluster,
 ) -> None:
-    cluster = make_cluster(3, child_options=SHORT_LOG)
-    leader = cluster.wait_leader()
-    lagging = cluster.followers(leader)[0]
-    leader.put("s/first", 1)
-    cluster.wait_converged()
+    cluster, leader, lagging = lagging_cluster(make_cluster)
     pid = lagging.call("ping")
     wids = {m.name: m.call("watch_start", key="s/", prefix=True) for m in cluster}
     behind = lagging.call("log_bounds")["applied"]
@@ -78,15 +81,9 @@ def test_frozen_member_installs_a_snapshot_live_and_its_watch_continues(
     assert lagging.call("ping") == pid  # installed without a restart
     assert lagging.call("log_bounds")["first"] > behind + 1
 
-    def reached(m: Member) -> list[Any] | None:
-        reply = events(m, wids[m.name])
-        assert reply["error"] is None, f"{m.name}'s watch ended: {reply}"
-        rows: list[Any] = reply["events"]
-        return rows if rows and rows[-1][3] >= last else None
-
-    expected = wait_for(lambda: reached(leader), what="the leader's watch")
-    got = wait_for(lambda: reached(lagging), what="the lagging member's watch")
-    assert got == expected  # every event once, in order, across the install
+    expected = leader.watch_until(wids[leader.name], last)
+    # Every event once, in order, across the install.
+    assert lagging.watch_until(wids[lagging.name], last) == expected
     lagging.put("s/after", 1)
     assert leader.get("s/after") == 1
 
@@ -94,11 +91,7 @@ def test_frozen_member_installs_a_snapshot_live_and_its_watch_continues(
 def test_watch_ends_with_compacted_when_the_snapshot_skips_its_next_revision(
     make_cluster: MakeCluster,
 ) -> None:
-    cluster = make_cluster(3, child_options=SHORT_LOG)
-    leader = cluster.wait_leader()
-    lagging = cluster.followers(leader)[0]
-    leader.put("c/first", 1)
-    cluster.wait_converged()
+    cluster, leader, lagging = lagging_cluster(make_cluster)
     wid = lagging.call("watch_start", key="c/", prefix=True)
     behind = lagging.call("log_bounds")["applied"]
     # Cut off by the fault hook, not frozen: a frozen member would still read the appends
