@@ -153,25 +153,24 @@ class MemberInfo:
 class JoinReply:
     cluster_id: int
     token: str
+    member_id: int  # the joiner's id in the cluster
     members: dict[int, PeerInfo]
-
-
-def _reply_members(members: Mapping[int, PeerInfo]) -> list[list[Any]]:
-    return [[mid, info.name, info.address, info.promote] for mid, info in members.items()]
 
 
 def _parse_join_reply(body: object) -> JoinReply:
     try:
         assert isinstance(body, dict)
         cluster_id, token, rows = body["cluster_id"], body["token"], body["members"]
+        member_id = body["id"]
         assert type(cluster_id) is int and cluster_id > 0 and isinstance(token, str)
+        assert type(member_id) is int and 0 < member_id <= MAX_ID
         members = {}
         for mid, name, address, promote in rows:
             assert type(mid) is int and isinstance(name, str) and isinstance(address, str)
             members[mid] = PeerInfo(name, address, promote=bool(promote))
     except (AssertionError, KeyError, TypeError, ValueError):
         raise Unavailable(f"a malformed answer to a join request: {body!r:.200}") from None
-    return JoinReply(cluster_id, token, members)
+    return JoinReply(cluster_id, token, member_id, members)
 
 
 def join_cluster(

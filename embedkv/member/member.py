@@ -37,6 +37,7 @@ from embedkv.raft import (
 )
 from embedkv.storage import DataDir, Identity, LocalInfo, PeerInfo
 from embedkv.storage.codec import MAX_ID, encode_proposal
+from embedkv.storage.directory import members_rows
 from embedkv.storage.requests import (
     Key,
     LeaseGrant,
@@ -181,8 +182,9 @@ def _join(dd: DataDir, opts: ClusterOptions, timeout: float) -> None:
                          member_id=member_id, timeout=timeout)
     if opts.token is not None and opts.token != reply.token:
         raise ValueError("the cluster reached through join has another cluster token")
-    # An empty configuration: the leader's log (or snapshot) brings the real one.
-    dd.bootstrap(Identity(reply.cluster_id, member_id), ConfState(), members=reply.members,
+    # An empty configuration: the leader's log (or snapshot) brings the real one. The id is
+    # ours, or the one add_member gave this name and address beforehand.
+    dd.bootstrap(Identity(reply.cluster_id, reply.member_id), ConfState(), members=reply.members,
                  local=LocalInfo(opts.name, opts.listen, reply.token))
 
 
@@ -383,7 +385,11 @@ class Member:
             if not self._writer.leader_known.wait(self._timeout):
                 raise Unavailable(f"no leader within the request timeout ({self._timeout}s)")
             self._publish_self()
-        elif links is not None and self._local is not None:
+        elif links is None:
+            # Other voters and no way to reach them: nothing could ever be served.
+            if not self._writer.leader_known.wait(self._timeout):
+                raise Unavailable(f"no leader within the request timeout ({self._timeout}s)")
+        elif self._local is not None:
             info = self._dd.members().get(me)
             if info is not None and info.address != self._local.listen:
                 threading.Thread(target=self._publish_self, daemon=True,
@@ -539,7 +545,7 @@ class Member:
         if leader is None:
             return self._leases.keepalive(lease_id)
         answer = self._call(leader, "lease.keepalive", [lease_id], self._timeout)
-        ttl = answer.get(lease_id, 0) if isinstance(answer, dict) else 0
+        ttl = answer[0] if isinstance(answer, list) and len(answer) == 1 else 0
         if not ttl:
             raise LeaseNotFound(lease_id)
         return int(ttl)
@@ -816,27 +822,31 @@ class Member:
             raise ValueError("a join request needs the joiner's own positive id")
         assert isinstance(name, str) and isinstance(address, str)
         conf = self._dd.conf_state
-        known = self._dd.members().get(mid)
-        if not (known is not None and known.name == name and known.address == address
-                and mid in conf.learners | conf.voters):  # else: a retry of a done join
+        added = None  # a member added by name and address already (add_member, or a retry)
+        for known_id, known in self._dd.members().items():
+            if (known.name == name and known.address == address
+                    and known_id in conf.learners | conf.voters):
+                added = known_id
+        if added is None:
             await asyncio.to_thread(self.add_member, name, address, learner=True,
                                     member_id=mid, promote=True)
+            added = mid
         local = self._local
         assert local is not None
         members = self._dd.members()
-        return {"cluster_id": self.cluster_id, "token": local.token,
-                "members": [[i, m.name, m.address, m.promote] for i, m in members.items()]}
+        return {"cluster_id": self.cluster_id, "token": local.token, "id": added,
+                "members": members_rows(members)}
 
     async def _serve_keepalive(self, caller: int, body: Any) -> Any:
         self._require_leader()
         if not isinstance(body, list) or not all(type(i) is int for i in body):
             raise ValueError("a keep-alive names lease ids")
-        out = {}
+        out = []  # the TTL of each lease, in order; 0: not found
         for lease_id in body:
             try:
-                out[lease_id] = self._leases.keepalive(lease_id)
+                out.append(self._leases.keepalive(lease_id))
             except LeaseNotFound:
-                out[lease_id] = 0
+                out.append(0)
         return out
 
     async def _serve_ttl(self, caller: int, body: Any) -> Any:
