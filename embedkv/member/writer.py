@@ -899,7 +899,7 @@ class LogWriter:
             p = self._pending.pop(origin[1], None)
             if p is not None and not p.future.done():
                 if change.refusal is None:
-                    p.future.set_result(change.conf_state)
+                    p.future.set_result(change)
                 else:
                     p.future.set_exception(
                         ValueError(f"membership change refused: {change.refusal}")
