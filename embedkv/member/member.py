@@ -63,17 +63,17 @@ from .cluster import (
     join_cluster,
 )
 from .engine import Engine
+from .futures import MemberFuture
 from .lease import LeaseKeeper
+from .reads import ReadWaiter
 from .watch import WatchCallback, WatchHandle, WatchHub
 from .writer import (
     ConfApplied,
     Core,
     LogWriter,
-    MemberFuture,
     MemberStats,
     NodeCall,
     Proposal,
-    ReadWaiter,
     Removal,
     Signal,
 )
