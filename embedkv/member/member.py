@@ -15,16 +15,15 @@ import itertools
 import logging
 import os
 import random
-import secrets
 import threading
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable
 from concurrent.futures import Future
-from dataclasses import dataclass
 from os import PathLike
 from typing import Any, TypeVar, cast
 
 from embedkv.errors import Closed, LeaseNotFound, NoSpace, Removed, Unavailable
+from embedkv.net import RemoteError
 from embedkv.raft import (
     NONE,
     ConfChange,
@@ -35,7 +34,7 @@ from embedkv.raft import (
     Role,
     Status,
 )
-from embedkv.storage import DataDir, Identity, LocalInfo, PeerInfo
+from embedkv.storage import DataDir, PeerInfo
 from embedkv.storage.codec import MAX_ID, encode_proposal
 from embedkv.storage.directory import members_rows
 from embedkv.storage.requests import (
@@ -50,29 +49,35 @@ from embedkv.storage.requests import (
 
 from .cluster import (
     PROMOTE_SLACK,
+    ClusterOptions,
     Links,
     MemberInfo,
+    bootstrap_founder,
+    bootstrap_joiner,
     check_address,
+    check_cluster_options,
     check_name,
-    cluster_id_for,
+    check_reopen,
     context_member,
     context_origin,
     encode_context,
-    founder_id,
-    join_cluster,
+    local_info,
+    new_identity,
+    random_id,
 )
 from .engine import Engine
+from .futures import MemberFuture
 from .lease import LeaseKeeper
+from .reads import ReadWaiter
 from .watch import WatchCallback, WatchHandle, WatchHub
 from .writer import (
     ConfApplied,
     Core,
     LogWriter,
-    MemberFuture,
     MemberStats,
     NodeCall,
     Proposal,
-    ReadWaiter,
+    Removal,
     Signal,
 )
 
@@ -80,7 +85,7 @@ log = logging.getLogger("embedkv.member")
 
 _T = TypeVar("_T")
 
-_ids = random.SystemRandom()
+_ids = random.SystemRandom()  # the per-run base of proposal numbers
 
 
 def _progress_of(status: Status) -> tuple[int, dict[int, int]]:
@@ -94,127 +99,6 @@ def _quiet(task: asyncio.Task[Any]) -> None:
         exc = task.exception()
         if exc is not None:
             log.debug("a forwarded keep-alive failed: %s", exc)
-
-
-def _random_id() -> int:
-    """A random positive int64 (cluster, member and lease ids, as in etcd)."""
-    return _ids.randint(1, MAX_ID)
-
-
-def new_identity() -> Identity:
-    """A new cluster with a new member (a fresh data dir, or a restored backup)."""
-    return Identity(_random_id(), _random_id())
-
-
-@dataclass(frozen=True, slots=True)
-class ClusterOptions:
-    """What `open` was told about the cluster (all None: a one-member store, as before)."""
-
-    name: str | None = None
-    listen: str | None = None
-    peers: Mapping[str, str] | None = None
-    token: str | None = None
-    join: Sequence[str] | None = None
-
-    @property
-    def wanted(self) -> bool:
-        return any(v is not None for v in (self.name, self.listen, self.peers, self.join))
-
-
-def check_cluster_options(opts: ClusterOptions) -> None:
-    """Every cluster option checked before anything is created or changed."""
-    if opts.name is not None:
-        check_name(opts.name)
-    if opts.listen is not None:
-        check_address(opts.listen, "listen")
-    if opts.token is not None and (not isinstance(opts.token, str) or not 0 < len(opts.token)
-                                   <= 256):
-        raise ValueError(f"cluster must be a token of 1 to 256 characters, not {opts.token!r}")
-    if opts.peers is not None:
-        if not isinstance(opts.peers, Mapping) or not opts.peers:
-            raise TypeError("peers must be a non-empty dict of member name -> 'host:port'")
-        for n, a in opts.peers.items():
-            check_name(n)
-            check_address(a, f"the address of {n}")
-        if len(set(opts.peers.values())) != len(opts.peers):
-            raise ValueError("two peers share one address")
-    if opts.join is not None:
-        if isinstance(opts.join, str) or not opts.join:
-            raise TypeError("join must be a non-empty list of 'host:port' addresses")
-        for a in opts.join:
-            check_address(a, "a join address")
-        if opts.peers is not None:
-            raise ValueError("give peers (to found a cluster) or join (to join one), not both")
-
-
-def _local_for(opts: ClusterOptions, token: str | None) -> LocalInfo:
-    if opts.listen is None:
-        raise ValueError("a clustered member needs listen='host:port' (its peer address)")
-    return LocalInfo(opts.name or "default", opts.listen,
-                     token or opts.token or secrets.token_hex(16))
-
-
-def _found(dd: DataDir, opts: ClusterOptions) -> None:
-    """A founding member: the same `peers` on every founder give the same ids and cluster."""
-    peers = dict(opts.peers or {})
-    if opts.name is None:
-        raise ValueError("a founding member needs name= (one of the peers)")
-    if opts.name not in peers:
-        raise ValueError(f"name {opts.name!r} is not one of the peers {sorted(peers)}")
-    if opts.token is None:
-        raise ValueError("founding a cluster needs cluster='token': it keeps two clusters "
-                         "with the same addresses apart")
-    listen = opts.listen if opts.listen is not None else peers[opts.name]
-    token = opts.token
-    ids = {n: founder_id(token, n) for n in peers}
-    members = {ids[n]: PeerInfo(n, a) for n, a in peers.items()}
-    identity = Identity(cluster_id_for(token, peers), ids[opts.name])
-    dd.bootstrap(identity, ConfState(voters=frozenset(ids.values())), members=members,
-                 local=LocalInfo(opts.name, listen, token))
-
-
-def _join(dd: DataDir, opts: ClusterOptions, timeout: float) -> None:
-    """A fresh member asks a running one to add it (as a learner, promoted once caught up)."""
-    if opts.name is None or opts.listen is None:
-        raise ValueError("joining a cluster needs name= and listen=")
-    member_id = _random_id()
-    reply = join_cluster(list(opts.join or ()), name=opts.name, listen=opts.listen,
-                         member_id=member_id, timeout=timeout)
-    if opts.token is not None and opts.token != reply.token:
-        raise ValueError("the cluster reached through join has another cluster token")
-    # An empty configuration: the leader's log (or snapshot) brings the real one. The id is
-    # ours, or the one add_member gave this name and address beforehand.
-    dd.bootstrap(Identity(reply.cluster_id, reply.member_id), ConfState(), members=reply.members,
-                 local=LocalInfo(opts.name, opts.listen, reply.token))
-
-
-def _reopen(dd: DataDir, opts: ClusterOptions) -> None:
-    """A dir with data: options given again must agree with what it persisted."""
-    local = dd.local
-    if opts.join is not None:
-        raise ValueError(f"{dd.path} already holds a member: join is only for a fresh dir")
-    if local is None:
-        if opts.peers is not None and set(opts.peers) != {opts.name or "default"}:
-            raise ValueError(f"{dd.path} holds a one-member store: it cannot found a cluster "
-                             "with other peers; open it with listen= and join the others to it")
-        if opts.wanted:
-            dd.set_local(_local_for(opts, None))  # grows: it takes joins from now on
-        return
-    if opts.name is not None and opts.name != local.name:
-        raise ValueError(f"{dd.path} holds member {local.name!r}, not {opts.name!r}")
-    if opts.token is not None and opts.token != local.token:
-        raise ValueError(f"{dd.path} belongs to another cluster (its token differs)")
-    if opts.peers is not None:
-        known = {info.name: info.address for info in dd.members().values()}
-        for n, a in opts.peers.items():
-            if n == local.name and opts.listen is not None:
-                continue
-            if known.get(n) != a:
-                raise ValueError(
-                    f"peers disagree with the membership {dd.path} holds: {n!r} is "
-                    f"{known.get(n)!r} there, not {a!r} (give only the path to restart)")
-    if opts.listen is not None and opts.listen != local.listen:
-        dd.set_local(LocalInfo(local.name, opts.listen, local.token))
 
 
 class Member:
@@ -283,6 +167,9 @@ class Member:
                     "lease.keepalive": self._serve_keepalive,
                     "lease.ttl": self._serve_ttl,
                     "progress": self._serve_progress,
+                    "removed": self._serve_removed,
+                    "change": self._serve_change,
+                    "moved": self._serve_moved,
                 },
             )
             self._engine.transport = self._links.send
@@ -332,18 +219,18 @@ class Member:
         try:
             if dd.identity is None:
                 if opts.peers is not None:
-                    _found(dd, opts)
+                    bootstrap_founder(dd, opts)
                 elif opts.join is not None:
-                    _join(dd, opts, float(request_timeout))
+                    bootstrap_joiner(dd, opts, float(request_timeout))
                 else:
                     identity = new_identity()
                     local = None
                     if opts.wanted:
-                        local = _local_for(opts, None)
+                        local = local_info(opts, None)
                     dd.bootstrap(identity, ConfState(voters=frozenset({identity.member_id})),
                                  local=local)
             else:
-                _reopen(dd, opts)
+                check_reopen(dd, opts)
             member = cls(
                 dd,
                 request_timeout=float(request_timeout),
@@ -392,6 +279,10 @@ class Member:
         elif self._local is not None:
             info = self._dd.members().get(me)
             if info is not None and info.address != self._local.listen:
+                # The others still dial the old address: tell them where we are (they follow
+                # at once), then record it in the replicated directory.
+                asyncio.run_coroutine_threadsafe(self._announce(self._local.listen),
+                                                 self._engine.loop)
                 threading.Thread(target=self._publish_self, daemon=True,
                                  name="embedkv-address-update").start()
 
@@ -501,7 +392,7 @@ class Member:
         """Grant a lease of `ttl` seconds (a random id unless given)."""
         if type(ttl) is not int:
             raise TypeError(f"lease ttl must be an int, not {type(ttl).__name__}")
-        lid = _random_id() if lease_id is None else lease_id
+        lid = random_id() if lease_id is None else lease_id
         return cast("Future[LeaseGrantResult]", self.propose(LeaseGrant(lid, ttl)))
 
     def revoke_lease(self, lease_id: int) -> Future[LeaseRevokeResult]:
@@ -647,11 +538,33 @@ class Member:
         raise KeyError(f"no member named {name!r}")
 
     def change_membership(self, cc: ConfChange, info: PeerInfo | None = None) -> ConfState:
-        """Propose one membership change and wait until it is applied here."""
+        """Make one membership change and wait until it is applied here.
+
+        The leader proposes it (a follower asks it to): only the leader knows whether another
+        change is still pending, and retries until it is not; a change forwarded inside Raft
+        would be dropped silently instead."""
         self._check_writable()
+        leader = self._leader_elsewhere()
+        if leader is None:
+            return self._change_here(cc, info).conf_state
+        body = {"type": int(cc.type), "id": cc.node_id,
+                "peer": None if info is None else [info.name, info.address, info.promote]}
+        try:
+            index = self._call(leader, "change", body, self._timeout)
+        except RemoteError as exc:
+            if str(exc).startswith("membership change refused"):
+                raise ValueError(str(exc)) from None
+            raise Unavailable(f"the leader could not make the change: {exc}") from None
+        if type(index) is not int:
+            raise Unavailable(f"a malformed answer from the leader: {index!r:.100}")
+        while self._writer.applied_index < index:  # applied there: wait until it is here too
+            self._wait(self.read_barrier())
+        return self._dd.conf_state
+
+    def _change_here(self, cc: ConfChange, info: PeerInfo | None) -> ConfApplied:
         seq = next(self._seq)
         cc = ConfChange(cc.type, cc.node_id, encode_context(info, (self.member_id, seq)))
-        future: Future[ConfState] = MemberFuture()
+        future: Future[ConfApplied] = MemberFuture()
         self._writer.submit(Proposal(seq, b"", future, time.monotonic() + self._timeout, cc))
         if self._writer.stopping:
             self._writer.drain()
@@ -674,7 +587,7 @@ class Member:
                     raise ValueError(f"a member named {name!r} exists already")
                 if info.address == address:
                     raise ValueError(f"member {info.name!r} has address {address!r} already")
-        mid = _random_id() if member_id is None else member_id
+        mid = random_id() if member_id is None else member_id
         kind = ConfChangeType.ADD_LEARNER if learner else ConfChangeType.ADD_VOTER
         conf = self.change_membership(ConfChange(kind, mid),
                                       PeerInfo(name, address, promote=promote))
@@ -747,12 +660,20 @@ class Member:
         conf = self._dd.conf_state
         kind = (ConfChangeType.ADD_VOTER if self.member_id in conf.voters
                 else ConfChangeType.ADD_LEARNER)
-        try:
-            self.change_membership(ConfChange(kind, self.member_id),
-                                   PeerInfo(local.name, local.listen,
-                                            promote=info is not None and info.promote))
-        except Exception as exc:
-            log.warning("could not record this member's address %s: %s", local.listen, exc)
+        change = ConfChange(kind, self.member_id)
+        peer = PeerInfo(local.name, local.listen, promote=info is not None and info.promote)
+        while not self._closed:
+            try:
+                self.change_membership(change, peer)
+                return
+            except (Closed, Removed):
+                return
+            except Exception as exc:  # no quorum yet: the others must learn it eventually
+                log.warning("could not record this member's address %s yet: %s",
+                            local.listen, exc)
+                if conf.voters == {self.member_id}:
+                    return  # alone, the next open tries again
+                self._close_done.wait(self._election_tick * self._tick_interval)
 
     def _call(self, target: int | str, method: str, body: Any, timeout: float) -> Any:
         links = self._links
@@ -771,8 +692,12 @@ class Member:
     def _on_conf_applied(self, change: ConfApplied) -> None:
         links = self._links
         if links is not None:
-            members = self._dd.members()
-            self._engine.loop.call_soon_threadsafe(links.follow, members)
+            loop = self._engine.loop
+            cc = change.change
+            if (change.refusal is None and cc.type is ConfChangeType.REMOVE
+                    and cc.node_id != self.member_id):
+                loop.call_soon_threadsafe(links.notify_removed, cc.node_id, change.index)
+            loop.call_soon_threadsafe(links.follow, self._dd.members())
 
     def _on_installed(self) -> None:
         """A snapshot replaced the state machine: watches, leases and peers follow it."""
@@ -836,6 +761,46 @@ class Member:
         members = self._dd.members()
         return {"cluster_id": self.cluster_id, "token": local.token, "id": added,
                 "members": members_rows(members)}
+
+    async def _serve_change(self, caller: int, body: Any) -> Any:
+        """A member asks the leader to make a membership change; answers its index."""
+        self._require_leader()
+        try:
+            kind = ConfChangeType(body["type"])
+            node_id, peer = body["id"], body["peer"]
+            if kind is ConfChangeType.BOOTSTRAP or type(node_id) is not int or node_id <= 0:
+                raise ValueError
+            info = None if peer is None else PeerInfo(check_name(peer[0]),
+                                                      check_address(peer[1]), bool(peer[2]))
+        except (KeyError, TypeError, ValueError, IndexError):
+            raise ValueError(f"a malformed membership change: {body!r:.100}") from None
+        applied = await asyncio.to_thread(self._change_here, ConfChange(kind, node_id), info)
+        return applied.index
+
+    async def _announce(self, address: str) -> None:
+        links = self._links
+        assert links is not None
+        others = [mid for mid in self._dd.members() if mid != self.member_id]
+        calls = [links.call(mid, "moved", address, self._timeout) for mid in others]
+        for outcome in await asyncio.gather(*calls, return_exceptions=True):
+            if isinstance(outcome, BaseException):
+                log.info("could not tell a peer our new address: %s", outcome)
+
+    async def _serve_moved(self, caller: int, body: Any) -> Any:
+        """A member restarted on a new address: dial it there until the directory says so."""
+        conf = self._dd.conf_state
+        if caller in conf.voters | conf.learners and self._links is not None:
+            self._links.transport.set_peer(caller, check_address(body))
+        return None
+
+    async def _serve_removed(self, caller: int, body: Any) -> Any:
+        """A member applied our removal (at index `body`): believe a member of our own
+        configuration, and stop serving."""
+        conf = self._dd.conf_state
+        if caller in conf.voters | conf.learners and type(body) is int:
+            self._writer.submit(Removal(f"member {self.member_id:#x} was removed from its "
+                                        f"cluster (at index {body}, told by {caller:#x})"))
+        return None
 
     async def _serve_keepalive(self, caller: int, body: Any) -> Any:
         self._require_leader()
