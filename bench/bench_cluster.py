@@ -181,7 +181,8 @@ def catch_up(cluster: Cluster, counts: Counts, results: Results) -> None:
     leader.call("fill", prefix="big/", count=counts.catch_up_keys, timeout=600)
     cluster.wait_converged(timeout=300)
     names = {m.name for m in cluster} | {"n4"}
-    target = leader.status()["commit_index"]
+    before = leader.status()
+    target = before["commit_index"]
     t0 = time.perf_counter()
     joiner = cluster.join("n4", timeout=600)
 
@@ -197,6 +198,12 @@ def catch_up(cluster: Cluster, counts: Counts, results: Results) -> None:
     results.catch_up_promoted_s = time.perf_counter() - t0
     cluster.wait_converged(timeout=600)
     assert joiner.call("count", prefix="big/", serializable=True) == counts.catch_up_keys
+    after = leader.status()
+    if (after["term"], after["leader"]) != (before["term"], before["leader"]):
+        results.notes.append(
+            f"leadership moved during the catch-up (term {before['term']} -> {after['term']}):"
+            " heartbeats did not keep flowing while the snapshot streamed"
+        )
 
 
 def three_members(root: Path, counts: Counts, results: Results) -> None:

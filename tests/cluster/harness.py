@@ -360,7 +360,9 @@ class Cluster:
         self.size = size
         self.token = f"test-{uuid.uuid4().hex}"
         self.options = dict(FAST, **(options or {}))
-        self.child_options = dict(child_options or {})
+        # INFO: elections, links lost, snapshots sent and installed land in each member's
+        # stderr file, which a failed test quotes.
+        self.child_options = dict({"log_level": "INFO"}, **(child_options or {}))
         self.members: dict[str, Member] = {}
         self.logdir = root / "logs"
         self.logdir.mkdir(parents=True, exist_ok=True)

@@ -82,11 +82,12 @@ def test_leases_work_through_any_member(make_cluster: MakeCluster) -> None:
     leader = cluster.wait_leader()
     f1, f2 = cluster.followers(leader)
     lease = f1.call("lease_grant", ttl=60)
-    f2.put("leased", "x", lease=lease["id"])
+    put = f2.put("leased", "x", lease=lease["id"])
     # TTL queries go to the leader from any member.
     assert 0 < f1.call("lease_ttl", lease=lease["id"]) <= 60
     assert 0 < leader.call("lease_ttl", lease=lease["id"]) <= 60
-    wids = {m.name: m.call("watch_start", key="leased") for m in cluster}
+    wids = {m.name: m.call("watch_start", key="leased", start_revision=put + 1)
+            for m in cluster}
     for m in cluster:
         assert m.get("leased") == "x"
         assert m.call("get", key="leased")["lease"] == lease["id"]
