@@ -10,7 +10,18 @@ import threading
 import time
 from collections.abc import Callable
 
-from embedkv import Closed, Error, Event, KeyValue, LeaseNotFound, RangeResult, Store, TxnResult
+from embedkv import (
+    Closed,
+    Compacted,
+    Error,
+    Event,
+    KeyValue,
+    LeaseNotFound,
+    RangeResult,
+    Store,
+    TxnResult,
+    Watch,
+)
 
 ROOT = "_embedkv/"
 """Every recipe keeps its keys under this prefix: ``_embedkv/<kind>/<name>/...``."""
@@ -88,21 +99,64 @@ def remaining(deadline: float | None) -> float | None:
 
 
 def wait_set(
-    store: Store, event: threading.Event, deadline: float | None, session: Session | None = None
+    store: Store,
+    event: threading.Event,
+    deadline: float | None,
+    session: Session | None = None,
+    watch: Watch | None = None,
 ) -> bool:
-    """Wait for `event` until `deadline`; Closed if the store closes meanwhile (its watches
-    then end without an event, and a waiter must not hang), SessionLost if `session` ends
-    (checked every half second at most)."""
+    """Wait for `event` until `deadline`: True once it is set, or once `watch` (the watch that
+    would set it) has ended on its own — the store ends a watch that a compaction overtook
+    (``watch.error``) and it will never set `event`, so the caller must look again (re-read,
+    then watch anew from the revision read); False at the deadline. Closed if the store
+    closes meanwhile, SessionLost if `session` ends (each checked every quarter second)."""
     while True:
         left = remaining(deadline)
-        if event.wait(0.5 if left is None else min(0.5, left)):
+        if event.wait(_POLL if left is None else min(_POLL, left)):
             return True
         if store.closed:
             raise Closed("the store is closed")
         if session is not None and not session.alive:
             raise SessionLost("the lease ended while waiting")
+        if watch is not None and watch.cancelled:
+            _log.info("recipe watch ended by the store (%r): looking again", watch.error)
+            return True
         if remaining(deadline) == 0.0:
             return False
+
+
+_POLL = 0.25
+"""Seconds between a waiter's checks for what sends no event: a closed store, an ended
+lease, a watch the store ended."""
+
+
+def await_change(
+    store: Store,
+    key: str,
+    after: int,
+    deadline: float | None,
+    *,
+    prefix: bool = False,
+    session: Session | None = None,
+    wake: Callable[[Event], bool] = lambda event: True,
+) -> bool:
+    """Wait for a change to `key` (or under it, with `prefix`) after revision `after` for
+    which `wake(event)` holds: True once one came, or once the store cannot show every change
+    since `after` (the watch could not start, or ended, because history was compacted) — so
+    True means "look again": re-read, then call this anew from the revision read. False at
+    `deadline`; Closed if the store closes; SessionLost if `session` ends meanwhile."""
+    flag = threading.Event()
+
+    def on_event(event: Event) -> None:
+        if wake(event):
+            flag.set()
+
+    try:
+        watch = store.watch(key, on_event, prefix=prefix, start_revision=after + 1)
+    except Compacted:
+        return True  # changes since `after` are gone from history: the caller re-reads
+    with watch:
+        return wait_set(store, flag, deadline, session, watch)
 
 
 class SessionLost(Error):

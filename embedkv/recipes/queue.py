@@ -29,13 +29,13 @@ from embedkv import (
 from ._base import (
     Session,
     SessionLost,
+    await_change,
     check_timeout,
     check_ttl,
     deadline_of,
     key_text,
     prefix,
     ranged,
-    wait_set,
 )
 
 _PRIO_BIAS = 1 << 62
@@ -152,10 +152,7 @@ class Queue:
 
     def _wait_change(self, seen: int, deadline: float | None) -> bool:
         """Wait for any change under the queue after revision `seen`; False at the deadline."""
-        changed = threading.Event()
-        with self._store.watch(self._prefix, lambda e: changed.set(), prefix=True,
-                               start_revision=seen + 1):
-            return wait_set(self._store, changed, deadline)
+        return await_change(self._store, self._prefix, seen, deadline, prefix=True)
 
     def task_done(self, item: Item) -> None:
         """Acknowledge `item`: it is deleted, never delivered again."""

@@ -22,6 +22,7 @@ from embedkv import (
 from ._base import (
     Session,
     SessionLost,
+    await_change,
     check_count,
     check_timeout,
     check_ttl,
@@ -29,7 +30,6 @@ from ._base import (
     key_text,
     prefix,
     ranged,
-    wait_set,
 )
 from .lock import Lock, enqueue
 
@@ -57,28 +57,35 @@ class DoubleBarrier:
             raise RuntimeError("already entered")
         session = Session(self._store, self.ttl)
         mine = f"{self._waiting}{session.id:016x}"
-        r = self._store.txn(success=[Put(mine, "", lease=session.id),
-                                     Get(self._waiting, prefix=True, count_only=True),
-                                     Get(self._ready)])
-        if ranged(r, 2).kvs or ranged(r, 1).count >= self.n:
-            self._store.put(self._ready, True)
-            self._session = session
-            return True
-        arrived = threading.Event()
+        opened: list[Event] = []
 
-        def on_ready(e: Event) -> None:
-            if e.type is EventType.PUT:
-                arrived.set()
-
-        with self._store.watch(self._ready, on_ready, start_revision=r.revision + 1):
-            try:
-                ok = wait_set(self._store, arrived, deadline)
-            except BaseException:
-                session.close()
-                raise
-        if not ok:
-            session.close()
+        def on_ready(e: Event) -> bool:
+            if e.type is EventType.PUT:  # opened after we arrived (it may close again soon)
+                opened.append(e)
+                return True
             return False
+
+        try:
+            r = self._store.txn(success=[Put(mine, "", lease=session.id),
+                                         Get(self._waiting, prefix=True, count_only=True),
+                                         Get(self._ready)])
+            while not (opened or ranged(r, 2).kvs):
+                if ranged(r, 1).count >= self.n:
+                    self._store.put(self._ready, True)
+                    break
+                # Our lease ending while we wait means we no longer count: SessionLost.
+                if not await_change(self._store, self._ready, r.revision, deadline,
+                                    session=session, wake=on_ready):
+                    session.close()
+                    return False
+                r = self._store.txn(success=[Get(mine),
+                                             Get(self._waiting, prefix=True, count_only=True),
+                                             Get(self._ready)])
+                if not ranged(r, 0).kvs:
+                    raise SessionLost("our arrival is gone: the lease ended while waiting")
+        except BaseException:
+            session.close()
+            raise
         self._session = session
         return True
 
@@ -89,17 +96,13 @@ class DoubleBarrier:
         if session is None:
             raise RuntimeError("not entered")
         session.close()  # deletes our key
-        empty = threading.Event()
         while True:
             r = self._store.txn(success=[Get(self._waiting, prefix=True, count_only=True)])
             if ranged(r, 0).count == 0:
                 self._store.txn(compare=[Version(self._ready) > 0], success=[Delete(self._ready)])
                 return True
-            empty.clear()
-            with self._store.watch(self._waiting, lambda e: empty.set(), prefix=True,
-                                   start_revision=r.revision + 1):
-                if not wait_set(self._store, empty, deadline):
-                    return False
+            if not await_change(self._store, self._waiting, r.revision, deadline, prefix=True):
+                return False
 
 
 class Barrier:

@@ -1,0 +1,128 @@
+"""A recipe's waiter whose watch the store ends (a compaction overtaking it) looks again
+instead of waiting for ever; one whose watch cannot start (its revision compacted) too."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+
+import embedkv
+from tests.waiting import wait_for
+
+
+class Watches:
+    """Records the watches the recipes start on `store`, and ends them as the member does
+    when a compaction overtakes a watch's replay (embedkv/member/watch.py: the error is set,
+    then the handle cancelled, with no event to say so)."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch, store: embedkv.Store) -> None:
+        self.started: list[embedkv.Watch] = []
+        real = store.watch
+
+        def watch(*args: Any, **kwargs: Any) -> embedkv.Watch:
+            w = real(*args, **kwargs)
+            self.started.append(w)
+            return w
+
+        monkeypatch.setattr(store, "watch", watch)
+
+    def live(self) -> list[embedkv.Watch]:
+        return [w for w in self.started if not w.cancelled]
+
+    def end_all(self) -> int:
+        ended = self.live()
+        for w in ended:
+            w._handle._watch.error = embedkv.Compacted(0, 1)
+            w._handle.cancel()
+        return len(ended)
+
+
+def in_thread(fn: Callable[[], object]) -> tuple[threading.Thread, list[object]]:
+    out: list[object] = []
+    t = threading.Thread(target=lambda: out.append(fn()), daemon=True)
+    t.start()
+    return t, out
+
+
+def test_a_lock_waiter_whose_watch_the_store_ends_still_gets_the_lock(
+    store: embedkv.Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    holder = store.lock("l")
+    holder.acquire()
+    watches = Watches(monkeypatch, store)
+    waiter = store.lock("l")
+    t, out = in_thread(lambda: waiter.acquire(timeout=60))
+    wait_for(lambda: watches.live(), what="the waiter to watch its predecessor")
+    assert watches.end_all() == 1
+    wait_for(lambda: watches.live(), what="the waiter to watch again")  # re-read, re-watched
+    holder.release()
+    wait_for(lambda: out, timeout=10, what="the waiter to get the lock")
+    assert out == [True] and waiter.is_held
+    waiter.release()
+
+
+def test_a_queue_consumer_whose_watch_the_store_ends_still_gets_the_next_item(
+    store: embedkv.Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    watches = Watches(monkeypatch, store)
+    q = store.queue("q")
+    t, out = in_thread(lambda: q.get(timeout=60).value)
+    wait_for(lambda: watches.live(), what="the consumer to watch the queue")
+    watches.end_all()
+    wait_for(lambda: watches.live(), what="the consumer to watch again")
+    store.queue("q").put("job")
+    wait_for(lambda: out, timeout=10, what="the consumer to get the item")
+    assert out == ["job"]
+    q.close()
+
+
+def test_a_double_barrier_participant_whose_watch_the_store_ends_still_enters(
+    store: embedkv.Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    watches = Watches(monkeypatch, store)
+    first, second = store.double_barrier("d", 2), store.double_barrier("d", 2)
+    t, out = in_thread(lambda: first.enter(timeout=60))
+    wait_for(lambda: watches.live(), what="the first to watch for the barrier opening")
+    watches.end_all()
+    wait_for(lambda: watches.live(), what="the first to watch again")
+    assert second.enter(timeout=10)
+    wait_for(lambda: out, timeout=10, what="the first to enter")
+    assert out == [True]
+    t2, left = in_thread(lambda: first.leave(timeout=60))
+    wait_for(lambda: watches.live(), what="the first to wait for the others to leave")
+    watches.end_all()
+    wait_for(lambda: watches.live(), what="the first to watch the leaving again")
+    assert second.leave(timeout=10)
+    wait_for(lambda: left, timeout=10, what="the first to leave")
+    assert left == [True]
+
+
+def test_a_lock_waiter_whose_watch_revision_was_compacted_reads_again(
+    store: embedkv.Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A real compaction between the waiter's read and its watch: the watch cannot start
+    (Compacted); the waiter must re-read, not fail with Compacted."""
+    holder = store.lock("c")
+    holder.acquire()
+    real = store.watch
+    compacted: list[int] = []
+
+    def watch(*args: Any, **kwargs: Any) -> embedkv.Watch:
+        if not compacted:
+            store.put("unrelated", 1)
+            store.put("unrelated", 2)  # history after the waiter's read is gone too
+            store.compact(store.revision)
+            compacted.append(store.revision)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(store, "watch", watch)
+    waiter = store.lock("c")
+    t, out = in_thread(lambda: waiter.acquire(timeout=60))
+    wait_for(lambda: compacted, what="the compaction under the waiter")
+    holder.release()
+    t.join(30)
+    assert out == [True] and waiter.is_held
+    waiter.release()
