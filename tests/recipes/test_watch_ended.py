@@ -40,11 +40,11 @@ class Watches:
         return len(ended)
 
 
-def in_thread(fn: Callable[[], object]) -> tuple[threading.Thread, list[object]]:
+def in_thread(fn: Callable[[], object]) -> list[object]:
+    """Run `fn` on a thread; its result lands in the list returned."""
     out: list[object] = []
-    t = threading.Thread(target=lambda: out.append(fn()), daemon=True)
-    t.start()
-    return t, out
+    threading.Thread(target=lambda: out.append(fn()), daemon=True).start()
+    return out
 
 
 def test_a_lock_waiter_whose_watch_the_store_ends_still_gets_the_lock(
@@ -54,7 +54,7 @@ def test_a_lock_waiter_whose_watch_the_store_ends_still_gets_the_lock(
     holder.acquire()
     watches = Watches(monkeypatch, store)
     waiter = store.lock("l")
-    t, out = in_thread(lambda: waiter.acquire(timeout=60))
+    out = in_thread(lambda: waiter.acquire(timeout=60))
     wait_for(lambda: watches.live(), what="the waiter to watch its predecessor")
     assert watches.end_all() == 1
     wait_for(lambda: watches.live(), what="the waiter to watch again")  # re-read, re-watched
@@ -69,7 +69,7 @@ def test_a_queue_consumer_whose_watch_the_store_ends_still_gets_the_next_item(
 ) -> None:
     watches = Watches(monkeypatch, store)
     q = store.queue("q")
-    t, out = in_thread(lambda: q.get(timeout=60).value)
+    out = in_thread(lambda: q.get(timeout=60).value)
     wait_for(lambda: watches.live(), what="the consumer to watch the queue")
     watches.end_all()
     wait_for(lambda: watches.live(), what="the consumer to watch again")
@@ -84,14 +84,14 @@ def test_a_double_barrier_participant_whose_watch_the_store_ends_still_enters(
 ) -> None:
     watches = Watches(monkeypatch, store)
     first, second = store.double_barrier("d", 2), store.double_barrier("d", 2)
-    t, out = in_thread(lambda: first.enter(timeout=60))
+    out = in_thread(lambda: first.enter(timeout=60))
     wait_for(lambda: watches.live(), what="the first to watch for the barrier opening")
     watches.end_all()
     wait_for(lambda: watches.live(), what="the first to watch again")
     assert second.enter(timeout=10)
     wait_for(lambda: out, timeout=10, what="the first to enter")
     assert out == [True]
-    t2, left = in_thread(lambda: first.leave(timeout=60))
+    left = in_thread(lambda: first.leave(timeout=60))
     wait_for(lambda: watches.live(), what="the first to wait for the others to leave")
     watches.end_all()
     wait_for(lambda: watches.live(), what="the first to watch the leaving again")
@@ -120,9 +120,9 @@ def test_a_lock_waiter_whose_watch_revision_was_compacted_reads_again(
 
     monkeypatch.setattr(store, "watch", watch)
     waiter = store.lock("c")
-    t, out = in_thread(lambda: waiter.acquire(timeout=60))
+    out = in_thread(lambda: waiter.acquire(timeout=60))
     wait_for(lambda: compacted, what="the compaction under the waiter")
     holder.release()
-    t.join(30)
+    wait_for(lambda: out, timeout=30, what="the waiter to get the lock")
     assert out == [True] and waiter.is_held
     waiter.release()
