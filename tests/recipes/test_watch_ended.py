@@ -126,3 +126,38 @@ def test_a_lock_waiter_whose_watch_revision_was_compacted_reads_again(
     wait_for(lambda: out, timeout=30, what="the waiter to get the lock")
     assert out == [True] and waiter.is_held
     waiter.release()
+
+
+def test_a_config_view_whose_watch_the_store_ends_keeps_following(
+    store: embedkv.Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store.put("cfg/a", 1)
+    watches = Watches(monkeypatch, store)
+    view = store.config("cfg/")
+    seen: list[dict[str, Any]] = []
+    view.on_change(lambda v: seen.append(v.snapshot()[1]))
+    assert watches.end_all() == 1
+    store.put("cfg/a", 2)  # a change the ended watch cannot report
+    wait_for(lambda: dict(view) == {"a": 2}, timeout=10, what="the view to catch up")
+    assert seen[-1] == {"a": 2} and view.revision == store.revision
+    wait_for(lambda: watches.live(), what="the view to watch again")
+    store.put("cfg/b", 3)  # and it follows from then on, by the new watch
+    wait_for(lambda: dict(view) == {"a": 2, "b": 3}, timeout=10, what="the view to follow")
+    view.close()
+    assert not watches.live()
+
+
+def test_an_observation_whose_watch_the_store_ends_keeps_reporting(
+    store: embedkv.Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    watches = Watches(monkeypatch, store)
+    leaders: list[object] = []
+    obs = store.election("e").observe(leaders.append)
+    assert watches.end_all() == 1
+    a = store.election("e")
+    assert a.campaign("A", timeout=10)
+    wait_for(lambda: leaders[-1:] == ["A"], timeout=10, what="the new leader to be reported")
+    a.resign()
+    wait_for(lambda: leaders[-1:] == [None], timeout=10, what="the resign to be reported")
+    assert leaders == [None, "A", None]
+    obs.cancel()
