@@ -32,6 +32,12 @@ class Watches:
     def live(self) -> list[embedkv.Watch]:
         return [w for w in self.started if not w.cancelled]
 
+    def end_under(self, who: str) -> None:
+        """Once `who` is watching, end its watches, and wait until it watches again."""
+        wait_for(lambda: self.live(), what=f"{who} to watch")
+        assert self.end_all() >= 1
+        wait_for(lambda: self.live(), what=f"{who} to watch again (re-read, re-watched)")
+
     def end_all(self) -> int:
         ended = self.live()
         for w in ended:
@@ -47,32 +53,13 @@ def in_thread(fn: Callable[[], object]) -> list[object]:
     return out
 
 
-def test_a_lock_waiter_whose_watch_the_store_ends_still_gets_the_lock(
-    store: embedkv.Store, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    holder = store.lock("l")
-    holder.acquire()
-    watches = Watches(monkeypatch, store)
-    waiter = store.lock("l")
-    out = in_thread(lambda: waiter.acquire(timeout=60))
-    wait_for(lambda: watches.live(), what="the waiter to watch its predecessor")
-    assert watches.end_all() == 1
-    wait_for(lambda: watches.live(), what="the waiter to watch again")  # re-read, re-watched
-    holder.release()
-    wait_for(lambda: out, timeout=10, what="the waiter to get the lock")
-    assert out == [True] and waiter.is_held
-    waiter.release()
-
-
 def test_a_queue_consumer_whose_watch_the_store_ends_still_gets_the_next_item(
     store: embedkv.Store, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     watches = Watches(monkeypatch, store)
     q = store.queue("q")
     out = in_thread(lambda: q.get(timeout=60).value)
-    wait_for(lambda: watches.live(), what="the consumer to watch the queue")
-    watches.end_all()
-    wait_for(lambda: watches.live(), what="the consumer to watch again")
+    watches.end_under("the consumer")
     store.queue("q").put("job")
     wait_for(lambda: out, timeout=10, what="the consumer to get the item")
     assert out == ["job"]
@@ -85,32 +72,30 @@ def test_a_double_barrier_participant_whose_watch_the_store_ends_still_enters(
     watches = Watches(monkeypatch, store)
     first, second = store.double_barrier("d", 2), store.double_barrier("d", 2)
     out = in_thread(lambda: first.enter(timeout=60))
-    wait_for(lambda: watches.live(), what="the first to watch for the barrier opening")
-    watches.end_all()
-    wait_for(lambda: watches.live(), what="the first to watch again")
+    watches.end_under("the first, for the barrier opening")
     assert second.enter(timeout=10)
     wait_for(lambda: out, timeout=10, what="the first to enter")
     assert out == [True]
     left = in_thread(lambda: first.leave(timeout=60))
-    wait_for(lambda: watches.live(), what="the first to wait for the others to leave")
-    watches.end_all()
-    wait_for(lambda: watches.live(), what="the first to watch the leaving again")
+    watches.end_under("the first, for the others to leave")
     assert second.leave(timeout=10)
     wait_for(lambda: left, timeout=10, what="the first to leave")
     assert left == [True]
 
 
-def test_a_lock_waiter_whose_watch_revision_was_compacted_reads_again(
-    store: embedkv.Store, monkeypatch: pytest.MonkeyPatch
+@pytest.mark.parametrize("how", ["ended by the store", "compacted before it started"])
+def test_a_lock_waiter_whose_watch_fails_still_gets_the_lock(
+    store: embedkv.Store, monkeypatch: pytest.MonkeyPatch, how: str
 ) -> None:
-    """A real compaction between the waiter's read and its watch: the watch cannot start
-    (Compacted); the waiter must re-read, not fail with Compacted."""
+    """The store ends the waiter's watch; or a real compaction between the waiter's read and
+    its watch means the watch cannot start (Compacted): either way the waiter re-reads and
+    watches again, and gets the lock when it frees."""
     holder = store.lock("c")
     holder.acquire()
     real = store.watch
     compacted: list[int] = []
 
-    def watch(*args: Any, **kwargs: Any) -> embedkv.Watch:
+    def compacting_watch(*args: Any, **kwargs: Any) -> embedkv.Watch:
         if not compacted:
             store.put("unrelated", 1)
             store.put("unrelated", 2)  # history after the waiter's read is gone too
@@ -118,10 +103,16 @@ def test_a_lock_waiter_whose_watch_revision_was_compacted_reads_again(
             compacted.append(store.revision)
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(store, "watch", watch)
+    if how == "compacted before it started":
+        monkeypatch.setattr(store, "watch", compacting_watch)
+    watches = Watches(monkeypatch, store)
     waiter = store.lock("c")
     out = in_thread(lambda: waiter.acquire(timeout=60))
-    wait_for(lambda: compacted, what="the compaction under the waiter")
+    if how == "ended by the store":
+        watches.end_under("the waiter, its predecessor")
+    else:
+        wait_for(lambda: watches.live(), what="the waiter to watch its predecessor")
+        assert compacted
     holder.release()
     wait_for(lambda: out, timeout=30, what="the waiter to get the lock")
     assert out == [True] and waiter.is_held
