@@ -16,7 +16,8 @@ class ConfigView(Mapping[str, Any]):
     values. The whole view is always the state of the prefix at one revision
     (``.revision``): on each change the view is re-read at the revision of the change, so a
     transaction that changes several keys shows up all at once. ``on_change(callback)`` calls
-    ``callback(view)`` after each update, on the watch dispatcher thread."""
+    ``callback(view)`` after each update, on the watch dispatcher thread (on the recipes'
+    watchdog thread for the catch-up after the store ended the watch: see Follow)."""
 
     def __init__(self, store: Store, prefix: Key) -> None:
         if not isinstance(prefix, str):

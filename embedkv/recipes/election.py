@@ -90,7 +90,8 @@ class Election(Holding):
 
     def observe(self, callback: Callable[[Any], object] | None = None) -> Observation:
         """Follow leadership: each change of leader or of its value is reported once, as the
-        value (None: nobody leads). With `callback`, calls it on the watch dispatcher; without,
+        value (None: nobody leads). With `callback`, calls it on the watch dispatcher (or the
+        recipes' watchdog, catching up after the store ended the watch); without,
         iterate the returned Observation. ``.cancel()`` ends it."""
         return Observation(self._store, self._prefix, self._first(), callback)
 
