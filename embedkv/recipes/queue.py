@@ -21,6 +21,7 @@ from embedkv import (
     CreateRevision,
     Delete,
     Get,
+    LeaseNotFound,
     Put,
     Store,
     Version,
@@ -165,15 +166,22 @@ class Queue:
 
     def _claim(self, session: Session, key: str) -> Item | None:
         """Claim `key`: the Item, None if another consumer claimed it (or it was acked)
-        first; _Outranked if a higher-priority item was unclaimed at the claim."""
+        first, or if our lease had ended; _Outranked if a higher-priority item was unclaimed
+        at the claim."""
         suffix = key[len(self._items):]
         claim = self._claims + suffix
-        r = self._store.txn(
-            compare=[Version(key) > 0, Version(claim) == 0],
-            success=[Put(claim, session.id, lease=session.id), Get(key),
-                     Get(self._items, end=self._items + suffix[:20], keys_only=True),
-                     Get(self._claims, end=self._claims + suffix[:20], keys_only=True)],
-        )
+        try:
+            r = self._store.txn(
+                compare=[Version(key) > 0, Version(claim) == 0],
+                success=[Put(claim, session.id, lease=session.id), Get(key),
+                         Get(self._items, end=self._items + suffix[:20], keys_only=True),
+                         Get(self._claims, end=self._claims + suffix[:20], keys_only=True)],
+            )
+        except LeaseNotFound:
+            # Our lease ended while we waited, before the keep-alive noticed: the next look
+            # claims on a new one.
+            session.lost()
+            return None
         if not r.succeeded:
             return None
         kv = ranged(r, 1).kvs[0]

@@ -211,3 +211,17 @@ def test_many_consumers_never_skip_a_priority_group(store: embedkv.Store) -> Non
         if higher_free:
             skipped.append((value, rev, len(higher_free)))
     assert not skipped, f"gets that skipped unclaimed higher-priority items: {skipped[:5]}"
+
+
+def test_a_get_whose_lease_ended_unnoticed_claims_on_a_new_one(store: embedkv.Store) -> None:
+    """The consumer's lease ends (revoked here) before its keep-alive notices: the next get
+    claims on a new lease instead of failing with LeaseNotFound."""
+    q = store.queue("lapsed", ttl=10)
+    old = q.session
+    old.lease.revoke()
+    assert old.alive  # the keep-alive has not noticed yet
+    q.put("job")
+    item = q.get(timeout=10)
+    assert item.value == "job" and not old.alive and q.session is not old
+    item.ack()
+    q.close()
