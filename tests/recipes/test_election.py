@@ -47,7 +47,8 @@ def test_one_leader_at_a_time_among_threads(store: embedkv.Store) -> None:
 def test_failover_after_the_leader_dies_and_it_knows_before_the_next_wins(
     store: embedkv.Store,
 ) -> None:
-    a, b = store.election("e", ttl=1), store.election("e", ttl=1)
+    # b's lease is long: on a loaded machine a 1-second one can lapse before the checks below.
+    a, b = store.election("e", ttl=1), store.election("e", ttl=10)
     lost = threading.Event()
     a.on_lost(lost.set)
     assert a.campaign("A")

@@ -149,3 +149,79 @@ def test_queue_matches_a_model(store: embedkv.Store, ops: list[tuple[str, int]])
                 waiting.append(entry)
         assert q.qsize() == len(waiting)
     q.close()
+
+
+def test_many_consumers_never_skip_a_priority_group(store: embedkv.Store) -> None:
+    """32 consumers race over two priority groups while a producer adds more of the higher
+    one. Each get's claim is checked against the store's own history at the claim's
+    revision: no item of a higher priority was unclaimed then."""
+    name, consumers = "race", 32
+    q = store.queue(name)
+    for i in range(120):
+        q.put(("low", i), priority=1)
+    for i in range(120):
+        q.put(("high", i), priority=0)
+    total = 240 + 60
+    got: list[tuple[int, int, object]] = []  # (priority, claim revision, value)
+    guard = threading.Lock()
+    errors: list[BaseException] = []
+    done = threading.Event()
+
+    def consume() -> None:
+        c = store.queue(name, ttl=10)
+        try:
+            while not done.is_set():
+                try:
+                    item = c.get(timeout=0.1)
+                except TimeoutError:
+                    continue
+                with guard:
+                    got.append((item.priority, item._claim_rev, item.value))
+                    if len(got) == total:
+                        done.set()
+                item.ack()
+        except BaseException as e:  # pragma: no cover
+            errors.append(e)
+        finally:
+            c.close()
+
+    def produce() -> None:
+        for i in range(60):
+            q.put(("late-high", i), priority=0)
+
+    threads = [threading.Thread(target=consume) for _ in range(consumers)]
+    threads.append(threading.Thread(target=produce))
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(300)
+    assert not errors, errors
+    values = [repr(v) for _, _, v in got]
+    assert len(values) == total == len(set(values))  # each item once
+    items, claims = f"_embedkv/queue/{name}/i/", f"_embedkv/queue/{name}/c/"
+    skipped = []
+    for prio, rev, value in got:
+        if prio == 0:
+            continue  # nothing ranks above the top group
+        there = {str(kv.key)[len(items):]
+                 for kv in store.range(prefix=items, revision=rev, keys_only=True)}
+        taken = {str(kv.key)[len(claims):]
+                 for kv in store.range(prefix=claims, revision=rev, keys_only=True)}
+        higher_free = [s for s in there - taken if int(s[:19]) - (1 << 62) < prio]
+        if higher_free:
+            skipped.append((value, rev, len(higher_free)))
+    assert not skipped, f"gets that skipped unclaimed higher-priority items: {skipped[:5]}"
+
+
+def test_a_get_whose_lease_ended_unnoticed_claims_on_a_new_one(store: embedkv.Store) -> None:
+    """The consumer's lease ends (revoked here) before its keep-alive notices: the next get
+    claims on a new lease instead of failing with LeaseNotFound."""
+    q = store.queue("lapsed", ttl=10)
+    old = q.session
+    old.lease.revoke()
+    assert old.alive  # the keep-alive has not noticed yet
+    q.put("job")
+    item = q.get(timeout=10)
+    assert item.value == "job" and not old.alive and q.session is not old
+    item.ack()
+    q.close()

@@ -170,3 +170,44 @@ def test_bad_counts(store: embedkv.Store, n: int) -> None:
         store.semaphore("x", n)
     with pytest.raises(TypeError):
         store.semaphore("x", 1.0)  # type: ignore[arg-type]
+
+
+def test_party_leave_returns_while_a_lost_party_retries_its_rejoin(
+    store: embedkv.Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    p = store.party("r", ttl=1)
+    first = p.join("me")
+    attempts: list[int] = []
+
+    def unavailable(*args: Any, **kwargs: Any) -> embedkv.Lease:
+        attempts.append(1)
+        raise embedkv.Unavailable("no quorum (simulated)")
+
+    monkeypatch.setattr(store, "lease", unavailable)  # every rejoin fails until the end
+    guard = p.held()
+    p.session.stall()  # the lease is lost while the process lives: the rejoin loop starts
+    wait_for(lambda: len(attempts) >= 2, what="the rejoin to be retrying")
+    t = threading.Thread(target=p.leave, daemon=True)
+    t.start()
+    wait_for(lambda: not t.is_alive(), timeout=5, what="leave() to return during the rejoin")
+    assert not p.present
+    monkeypatch.undo()
+    wait_for(lambda: first not in store.party("r").members(), what="the old key to expire")
+    assert store.party("r").members() == {}
+    assert not store.txn(compare=[guard]).succeeded
+
+
+def test_a_party_shares_the_holding_of_a_lock(store: embedkv.Store) -> None:
+    """One definition of the lease-backed presence: a party is a Holding, so its presence
+    guards transactions like a lock's holding."""
+    from embedkv.recipes.lock import Holding
+
+    p = store.party("h")
+    assert isinstance(p, Holding)
+    with pytest.raises(RuntimeError, match="not joined"):
+        p.session  # noqa: B018
+    p.join("x")
+    guard = p.held()
+    assert store.txn(compare=[guard]).succeeded
+    p.leave()
+    assert not store.txn(compare=[guard]).succeeded
