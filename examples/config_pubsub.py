@@ -40,9 +40,13 @@ def main() -> None:
             say(f"publisher sets log_level={level} and workers={workers} in one transaction")
             s.txn(success=[Put("config/app/log_level", level),
                            Put("config/app/workers", workers)])
-            want = {"log_level": level, "workers": workers}
+            want: dict[str, object] = {"log_level": level, "workers": workers}
+
+            def arrived(w: dict[str, object] = want) -> bool:
+                return w in seen
+
             with updated:
-                need(updated.wait_for(lambda w=want: w in seen, 30), "the view did not follow")
+                need(updated.wait_for(arrived, 30), "the view did not follow")
         view.close()
         # Never a half-applied transaction: every view had both settings of one round.
         need(all((d["log_level"], d["workers"]) in rounds for d in seen), "a torn view")
