@@ -44,6 +44,7 @@ def granted(store: Store, grant: LeaseGrantResult, keepalive: bool) -> Lease:
 
 
 def lease_id(lease: Lease | AsyncLease | int | None) -> int | None:
+    """The id a write's ``lease=`` argument names: a Lease, an AsyncLease or an id."""
     if lease is None:
         return None
     if isinstance(lease, Lease | AsyncLease):
@@ -51,7 +52,6 @@ def lease_id(lease: Lease | AsyncLease | int | None) -> int | None:
     if isinstance(lease, bool) or not isinstance(lease, int):
         raise TypeError(f"lease must be a Lease or a lease id, not {type(lease).__name__}")
     return lease
-
 
 
 class Lease:

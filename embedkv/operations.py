@@ -74,8 +74,6 @@ class Deleted(int):
         return self
 
 
-
-
 # --- argument checks and reads --------------------------------------------------------------
 
 

@@ -105,7 +105,7 @@ fails its futures with Unavailable at request_timeout, so this only guards again
 that died without resolving them."""
 
 
-# --- small results --------------------------------------------------------------------------
+# --- status ---------------------------------------------------------------------------------
 
 
 @dataclass(frozen=True, slots=True)
@@ -840,8 +840,6 @@ class Store(MutableMapping[Key, Any]):
         return ConfigView(self, prefix)
 
 
-
-
 class _ValuesView(ValuesView[Any]):
     """Values in key order from one snapshot (not one read per key)."""
 
@@ -860,7 +858,6 @@ class _ItemsView(ItemsView[Key, Any]):
     def __iter__(self) -> Iterator[tuple[Key, Any]]:
         for kv in self._mapping._snapshot(keys_only=False):
             yield kv.key, kv.value
-
 
 
 # --- os.fork() --------------------------------------------------------------------------------

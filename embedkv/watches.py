@@ -176,7 +176,6 @@ class WatchIterator(_WatchBase, Iterator[Event]):
         self.cancel()
 
 
-
 class AsyncWatch(_WatchBase, AsyncIterator[Event]):
     """An async iterator of events; ``cancel()`` (or leaving ``async with``) ends it."""
 
