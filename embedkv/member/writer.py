@@ -228,6 +228,7 @@ class MemberStats:
     proposals: int = 0  # proposals handed to the Raft core
     read_rounds: int = 0  # ReadIndex rounds started
     ticks: int = 0  # engine ticks done (Raft tick, deadlines, lease timers), counted by the engine
+    installs: int = 0  # snapshots installed from a leader
 
 
 @dataclass(slots=True)
@@ -557,14 +558,21 @@ class LogWriter:
     def _step(self, inbound: list[Message | NodeCall]) -> None:
         """Peers' messages and the transport's reports, into the node in arrival order."""
         core = self._core
+        conf = self._conf
+        known = conf.voters | conf.learners
         with core.lock:
             node = core.node
             for item in inbound:
                 try:
                     if isinstance(item, NodeCall):
                         item.fn(node)
-                    else:
+                    elif item.from_ in known or not known:
                         node.step(item)
+                    else:
+                        # Not a member (removed, or never added): the core would take its
+                        # proposals and read requests like anyone's. A member that does not
+                        # know its configuration yet (a joiner) takes what comes.
+                        log.debug("dropped a message from non-member %#x", item.from_)
                 except Exception:
                     # A message the core cannot take (it never should) costs that message,
                     # never the member: the sender will retry or time out.
@@ -683,27 +691,37 @@ class LogWriter:
         late: list[tuple[MemberFuture[Any], Any]] = []
         try:
             with self._dd.write() as w:
-                with core.lock:
-                    self._handle(w, node, rd, batch)
-                    for _ in range(MAX_READIES_PER_BATCH):
-                        if batch.conf_state.voters != solo:
-                            # Others vote: our entries count for commit only once durable.
-                            unadvanced = rd
-                            break
-                        # The only voter: nothing is released before the commit below, so the
-                        # core may count these entries now and hand back what that commits, to
-                        # apply in this same transaction.
-                        node.advance(rd)
-                        if not node.has_ready():
-                            more = False  # a tick or a new item wakes us again
-                            break
-                        rd = node.ready()
-                        self._handle(w, node, rd, batch)
-                    else:
-                        unadvanced = rd
+                if self._conf.voters != solo:
+                    # Others vote: our entries count for commit only once durable, so one
+                    # Ready per batch, and the core's lock only for its own calls: ticks and
+                    # the transport's reports do not wait for this batch's applies.
+                    self._handle(w, node, rd, batch, core.lock)
+                    unadvanced = rd
                     if batch.hard_state is not None:
                         w.set_hard_state(batch.hard_state)
                     self._compact_log(w, batch.applied_index, batch.conf_state)
+                else:
+                    with core.lock:
+                        self._handle(w, node, rd, batch)
+                        for _ in range(MAX_READIES_PER_BATCH):
+                            if batch.conf_state.voters != solo:
+                                # Others vote: our entries count for commit only once durable.
+                                unadvanced = rd
+                                break
+                            # The only voter: nothing is released before the commit
+                            # below, so the core may count these entries now and hand back
+                            # what that commits, to apply in this same transaction.
+                            node.advance(rd)
+                            if not node.has_ready():
+                                more = False  # a tick or a new item wakes us again
+                                break
+                            rd = node.ready()
+                            self._handle(w, node, rd, batch)
+                        else:
+                            unadvanced = rd
+                        if batch.hard_state is not None:
+                            w.set_hard_state(batch.hard_state)
+                        self._compact_log(w, batch.applied_index, batch.conf_state)
                 if self._deferred:
                     # The previous batch is durable: its callers run while this one commits
                     # (the GIL is free during the write-out and fsync) instead of competing
@@ -743,8 +761,10 @@ class LogWriter:
         if rd.read_states:
             batch.read_states.extend(rd.read_states)
 
-    def _handle(self, w: WriteBatch, node: RaftNode, rd: Ready, batch: _Batch) -> None:
-        """Write one Ready into the open transaction; keep what it releases in `batch`."""
+    def _handle(self, w: WriteBatch, node: RaftNode, rd: Ready, batch: _Batch,
+                lock: threading.Lock | None = None) -> None:
+        """Write one Ready into the open transaction; keep what it releases in `batch`.
+        `lock`: the core's lock, to take around calls into the core (None: held already)."""
         self._note(rd, batch)
         snap = rd.snapshot
         if snap is not None and not snap.is_empty():
@@ -765,8 +785,9 @@ class LogWriter:
             for e in rd.committed_entries:
                 if e.type is EntryType.CONF_CHANGE:
                     cc = ConfChange.decode(e.data)
-                    refusal = node.conf_change_refusal(cc)
-                    cs = node.apply_conf_change(cc)
+                    with lock if lock is not None else contextlib.nullcontext():
+                        refusal = node.conf_change_refusal(cc)
+                        cs = node.apply_conf_change(cc)
                     if cs.voters != self._solo:
                         # Another voter from now on: it may soon commit without us. Reads
                         # take the barrier before any message can reach it (see local_reads).
@@ -819,6 +840,8 @@ class LogWriter:
         stats.applied += len(batch.applied)
         if batch.messages and self.send is not None:
             self.send(batch.messages)
+        if batch.installed:
+            stats.installs += 1
         if batch.installed and self.on_installed is not None:
             # Before any event of this batch: the hub replays the installed history (which
             # holds the entries applied after the snapshot too) to every watch.

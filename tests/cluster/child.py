@@ -421,6 +421,10 @@ class Child:
 
     # --- fault injection and lifecycle --------------------------------------------------------
 
+    def op_installs(self) -> int:
+        """Snapshots this member installed from a leader (MemberStats.installs)."""
+        return int(self.store._m.stats.installs)
+
     def op_log_bounds(self) -> dict[str, int]:
         """The local Raft log's first and last index and the applied index: a test checks
         with them that a member could only catch up by a snapshot (the runtime's internals,

@@ -105,7 +105,7 @@ class Member:
 
     @property
     def address(self) -> str | None:
-        listen = self.options.get("listen")
+        listen = self.options.get("listen", getattr(self, "_listen", None))
         return str(listen) if listen is not None else None
 
     @property
@@ -222,7 +222,9 @@ class Member:
         """Start again on the same data dir. With no arguments the child opens just ``path``
         (a restart needs nothing else); keyword arguments become open()'s options."""
         self.kill()
+        listen = changes.get("listen", self.address)  # the data dir keeps it: so do we
         self.options = dict(changes)
+        self._listen = listen
         self.start()
 
     def close(self, timeout: float = REQUEST_TIMEOUT) -> None:
