@@ -152,3 +152,17 @@ def test_membership_changes_return_once_applied(tmp_path: Path) -> None:
     finally:
         for s in stores.values():
             s.close()
+
+
+def test_three_members_example_runs(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    example = Path(__file__).parent.parent / "examples" / "three_members.py"
+    done = subprocess.run([sys.executable, str(example), "--short", "--dir", str(tmp_path)],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    out = done.stdout
+    assert "the watch on" in out and "config/mode=auto" in out
+    assert "hands leadership over first" in out
+    assert "config/mode is 'manual'" in out
