@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from . import operations as ops
 from .leases import AsyncLease, Lease, granted, lease_id, propose_grant
 from .member import MemberInfo
-from .operations import Deleted, TxnOp, _range_request
+from .operations import Deleted, TxnOp, range_request
 from .storage.requests import Compare, Get, Key, KeyValue, PutResult, TxnResult
 from .storage.verify import VerifyReport
 from .watches import AsyncWatch
@@ -150,7 +150,7 @@ class AsyncStore:
         keys_only: bool = False,
         serializable: bool = False,
     ) -> list[KeyValue]:
-        get = _range_request(prefix, start, end, limit, revision, sort, keys_only)
+        get = range_request(prefix, start, end, limit, revision, sort, keys_only)
         await self._linearize(serializable)
         return list(self.store._range(get, True).kvs)
 

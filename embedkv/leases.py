@@ -13,7 +13,7 @@ from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
 from .errors import Closed, LeaseNotFound
-from .operations import _check_flag
+from .operations import check_flag
 from .storage.requests import Key, LeaseGrantResult
 
 if TYPE_CHECKING:
@@ -31,7 +31,7 @@ def propose_grant(store: Store, ttl: int, keepalive: bool) -> concurrent.futures
     """Check a lease's arguments and propose its grant (Store.lease and AsyncStore.lease
     wait on the future each in its own way, then call ``granted``)."""
     _check_ttl(ttl)
-    _check_flag("keepalive", keepalive)
+    check_flag("keepalive", keepalive)
     store._check()
     return store._m.grant_lease(ttl)
 

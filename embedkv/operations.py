@@ -36,9 +36,9 @@ from .storage.requests import (
 _T = TypeVar("_T")
 _R = TypeVar("_R")
 
-_FIRST = b"\x00"
-_TO_END = b"\x00"
-"""As a Get's or Delete's `end`, "to the end of the keyspace"; with key _FIRST it selects every
+FIRST = b"\x00"
+TO_END = b"\x00"
+"""As a Get's or Delete's `end`, "to the end of the keyspace"; with key FIRST it selects every
 key (etcd's convention: the empty key is not a valid key)."""
 
 _SORT_TARGETS = {
@@ -98,7 +98,7 @@ def _check_limit(limit: int | None) -> None:
         raise ValueError(f"limit must be a positive int or None, not {limit!r}")
 
 
-def _check_revision(revision: int | None) -> None:
+def check_revision(revision: int | None) -> None:
     """A read's revision: None or 0 mean the current one (etcd: revision <= 0 reads the latest,
     but a negative one is always a mistake here, so it is refused rather than read as 0)."""
     if revision is None:
@@ -109,7 +109,7 @@ def _check_revision(revision: int | None) -> None:
         raise ValueError(f"revision must be >= 0 (0 or None: the current one), not {revision}")
 
 
-def _check_flag(name: str, value: object) -> None:
+def check_flag(name: str, value: object) -> None:
     """A keyword flag must be a real bool: ``durable="no"`` would otherwise count as true."""
     if value is not True and value is not False:
         raise TypeError(f"{name} must be a bool, not {type(value).__name__}")
@@ -130,7 +130,7 @@ def _materialise(name: str, items: Iterable[_T]) -> tuple[_T, ...]:
         raise
 
 
-def _range_request(
+def range_request(
     prefix: Key | None,
     start: Key | None,
     end: Key | None,
@@ -143,14 +143,14 @@ def _range_request(
     if (prefix is None) == (start is None):
         raise TypeError("range() takes exactly one of prefix= or start=")
     _check_limit(limit)
-    _check_revision(revision)
-    _check_flag("keys_only", keys_only)
+    check_revision(revision)
+    check_flag("keys_only", keys_only)
     order, target = _parse_sort(sort)
     if prefix is not None:
         if end is not None:
             raise TypeError("end= goes with start=, not with prefix=")
         if prefix in ("", b""):
-            return Get(_FIRST, end=_TO_END, limit=limit, revision=revision, sort_order=order,
+            return Get(FIRST, end=TO_END, limit=limit, revision=revision, sort_order=order,
                        sort_target=target, keys_only=keys_only)
         return Get(key_bytes(prefix), prefix=True, limit=limit, revision=revision,
                    sort_order=order, sort_target=target, keys_only=keys_only)
@@ -158,7 +158,7 @@ def _range_request(
     raw_start = key_bytes(start)
     if end is None:
         # [start, end of the keyspace): every key >= start.
-        return Get(raw_start, end=_TO_END, limit=limit, revision=revision, sort_order=order,
+        return Get(raw_start, end=TO_END, limit=limit, revision=revision, sort_order=order,
                    sort_target=target, keys_only=keys_only)
     return Get(raw_start, end=key_bytes(end), limit=limit, revision=revision, sort_order=order,
                sort_target=target, keys_only=keys_only)
@@ -167,7 +167,7 @@ def _range_request(
 def count_request(prefix: Key) -> Get:
     """The Get of ``count()``: how many keys start with `prefix` ("" for every key)."""
     if prefix in ("", b""):
-        return Get(_FIRST, end=_TO_END, count_only=True)
+        return Get(FIRST, end=TO_END, count_only=True)
     return Get(key_bytes(prefix), prefix=True, count_only=True)
 
 
@@ -204,8 +204,8 @@ def put(key: Key, value: Any, lease: int | None, prev_kv: bool) -> Op[PutResult]
 
 
 def delete(key: Key, prefix: bool, prev_kv: bool) -> Op[Deleted]:
-    _check_flag("prefix", prefix)
-    _check_flag("prev_kv", prev_kv)
+    check_flag("prefix", prefix)
+    check_flag("prev_kv", prev_kv)
     return Op(Delete(key, prefix=prefix, prev_kv=prev_kv), _deleted)
 
 

@@ -41,14 +41,14 @@ from .errors import Closed, Unavailable
 from .leases import AsyncLease, Lease, granted, lease_id, propose_grant
 from .member import ClusterOptions, Member, MemberInfo, check_cluster_options, new_identity
 from .operations import (
-    _FIRST,
-    _TO_END,
+    FIRST,
+    TO_END,
     Deleted,
     TxnOp,
-    _check_flag,
-    _check_revision,
+    check_flag,
+    check_revision,
+    range_request,
 )
-from .operations import _range_request as _range_request  # re-exported: the CLI uses it
 from .storage import DataDir
 from .storage.backup import DefragResult, restore_backup, write_backup
 from .storage.backup import defrag as _defrag
@@ -64,7 +64,7 @@ from .storage.requests import (
     key_bytes,
 )
 from .storage.verify import VerifyReport
-from .watches import AsyncWatch, Watch, WatchIterator, _check_timeout, _WatchBase
+from .watches import AsyncWatch, Watch, WatchIterator, _WatchBase, check_timeout
 
 if TYPE_CHECKING:  # the recipes import this module; the methods below import them lazily
     from .recipes.config import ConfigView
@@ -92,6 +92,9 @@ __all__ = [
 
 _T = TypeVar("_T")
 _R = TypeVar("_R")
+
+_range_request = range_request
+"""The CLI's name for it (``embedkv.cli`` imports it from here)."""
 
 _PAGE = 1000
 """Keys fetched per page when iterating: a huge store is never loaded at once."""
@@ -178,7 +181,7 @@ def _check_options(
 ) -> ClusterOptions:
     """Check ``open``'s options before anything touches the disk (open_async checks them at
     its call too, not when awaited)."""
-    _check_flag("insecure", insecure)
+    check_flag("insecure", insecure)
     opts = ClusterOptions(name, listen, peers, cluster, join)  # type: ignore[arg-type]
     if (listen is not None or peers is not None or join is not None) and not insecure:
         raise ValueError(
@@ -186,8 +189,8 @@ def _check_options(
             "this store. Pass insecure=True to accept that (mutual TLS is coming; until then "
             "keep peer addresses on a trusted network)"
         )
-    _check_flag("durable", durable)
-    _check_flag("serializable_reads", serializable_reads)
+    check_flag("durable", durable)
+    check_flag("serializable_reads", serializable_reads)
     # The longest a thread may wait, less the grace a caller adds (see _GRACE).
     _seconds("request_timeout", request_timeout, threading.TIMEOUT_MAX - 2 * _GRACE)
     _seconds("tick_interval", tick_interval, MAX_TICK_INTERVAL, MIN_TICK_INTERVAL)
@@ -386,7 +389,7 @@ class Store(MutableMapping[Key, Any]):
         """Whether a read must wait for a read barrier first: not when it is serializable,
         nor while the member may serve linearizable reads locally (the only voter)."""
         if serializable is not False and serializable is not True:
-            _check_flag("serializable", serializable)
+            check_flag("serializable", serializable)
         return not (serializable or self._serializable_reads or self._m.local_reads)
 
     def _linearize(self, serializable: bool) -> None:
@@ -436,7 +439,7 @@ class Store(MutableMapping[Key, Any]):
 
     def _get_kv_at(self, key: Key, revision: int, serializable: bool) -> KeyValue | None:
         """`key`'s record at `revision` (get and get_kv with a revision)."""
-        _check_revision(revision)
+        check_revision(revision)
         key_bytes(key)
         kvs = self._range(Get(key, revision=revision), serializable).kvs
         return kvs[0] if kvs else None
@@ -466,7 +469,7 @@ class Store(MutableMapping[Key, Any]):
         key), in key order unless `sort` says ``"key"``/``"version"``/``"create"``/``"mod"``/
         ``"value"``, prefixed with one ``-`` for descending. ``keys_only`` leaves values None.
         `limit`: a positive int or None; `revision` as for ``get``. Checked at the call."""
-        get = _range_request(prefix, start, end, limit, revision, sort, keys_only)
+        get = range_request(prefix, start, end, limit, revision, sort, keys_only)
         return list(self._range(get, serializable).kvs)
 
     def count(self, prefix: Key = "", *, serializable: bool = False) -> int:
@@ -515,7 +518,7 @@ class Store(MutableMapping[Key, Any]):
         Start the new member with ``embedkv.open(path, name=..., listen=address,
         join=[...])``, or prefer that alone: a join adds itself."""
         self._check()
-        _check_flag("learner", learner)
+        check_flag("learner", learner)
         return self._m.add_member(name, address, learner=learner)
 
     def remove_member(self, name: str) -> None:
@@ -603,7 +606,7 @@ class Store(MutableMapping[Key, Any]):
         first one: iteration sees one consistent snapshot even while writers go on. Pages are
         read without counting the keys after them, so each costs what it returns and a whole
         iteration is linear in the store's size (and holds one page in memory)."""
-        get = Get(_FIRST, end=_TO_END, limit=_PAGE, keys_only=keys_only)
+        get = Get(FIRST, end=TO_END, limit=_PAGE, keys_only=keys_only)
         result = self._range(get, False, count=False)
         revision = result.revision
         while True:
@@ -611,7 +614,7 @@ class Store(MutableMapping[Key, Any]):
             if not result.more or not result.kvs:
                 return
             after = key_bytes(result.kvs[-1].key) + b"\x00"
-            get = Get(after, end=_TO_END, limit=_PAGE, revision=revision, keys_only=keys_only)
+            get = Get(after, end=TO_END, limit=_PAGE, revision=revision, keys_only=keys_only)
             result = self._range(get, True, count=False)
 
     def pop(self, key: Key, *args: Any) -> Any:
@@ -719,7 +722,7 @@ class Store(MutableMapping[Key, Any]):
         """A blocking iterator over the same events as ``watch``. Each ``next()`` waits at most
         `timeout` seconds (None: no limit; else a number >= 0, checked here) and then raises
         TimeoutError; the iteration ends after ``.cancel()``/close."""
-        _check_timeout(timeout)
+        check_timeout(timeout)
         w = WatchIterator(self, timeout)
         self._start_watch(w, key, prefix, end, start_revision, prev_kv)
         return w
@@ -739,8 +742,8 @@ class Store(MutableMapping[Key, Any]):
             if prefix:
                 raise TypeError("end= and prefix=True are exclusive")
             key_bytes(end)
-        _check_flag("prefix", prefix)
-        _check_flag("prev_kv", prev_kv)
+        check_flag("prefix", prefix)
+        check_flag("prev_kv", prev_kv)
         self._check()
         # Not under self._lock: a callback cancelling its own watch takes that lock.
         w._handle = self._m.watch(

@@ -24,7 +24,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("embedkv")
 
 
-def _check_timeout(timeout: float | None) -> None:
+def check_timeout(timeout: float | None) -> None:
     """``watch_iter``'s timeout: None (no limit) or a number of seconds >= 0."""
     if timeout is not None:
         if isinstance(timeout, bool) or not isinstance(timeout, int | float):
