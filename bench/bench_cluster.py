@@ -15,9 +15,9 @@ timeout 1 s). Rows:
 - failover: SIGKILL of the leader's process -> the first successful write on a survivor (the
   median over several kills, each killed member restarted and caught up before the next);
   and the leader cut off by the transport's fault hook -> the first successful write;
-- catch-up: a new member started with join onto 100k keys -> promoted to voter, and -> the
-  same key-space hash as the others; the one-member baseline is a backup and restore of the
-  same keys.
+- catch-up: a new member started with join onto 100k keys -> it has applied what the leader
+  had committed, and -> promoted to voter; the one-member baseline is a backup and restore of
+  the same keys.
 
 Goals (issue #13): 64 writers >= 10k puts/s; sequential put p50 <= 2 x the one-member one;
 linearizable gets from 64 threads >= 20k/s on the leader and on a follower; failover after
@@ -81,7 +81,7 @@ class Results:
     kill_failover_ms: list[float] = field(default_factory=list)
     cut_failover_ms: list[float] = field(default_factory=list)
     catch_up_promoted_s: float = 0.0
-    catch_up_converged_s: float = 0.0
+    catch_up_applied_s: float = 0.0
     backup_restore_s: float = 0.0
     notes: list[str] = field(default_factory=list)
 
@@ -173,20 +173,29 @@ def failovers(cluster: Cluster, counts: Counts, results: Results) -> None:
 
 
 def catch_up(cluster: Cluster, counts: Counts, results: Results) -> None:
+    """A member joins a cluster holding `catch_up_keys` keys: seconds from starting its
+    process to its promotion, and to having applied everything the leader had committed when
+    it started (the key-space hashes are compared afterwards, untimed: hashing 100k keys on
+    every member would be most of the time measured)."""
     leader = cluster.wait_leader()
     leader.call("fill", prefix="big/", count=counts.catch_up_keys, timeout=600)
     cluster.wait_converged(timeout=300)
     names = {m.name for m in cluster} | {"n4"}
+    target = leader.status()["commit_index"]
     t0 = time.perf_counter()
     joiner = cluster.join("n4", timeout=600)
 
     def promoted() -> bool:
         return {str(m["name"]) for m in leader.members() if m["voter"]} == names
 
+    def caught_up() -> bool:
+        return bool(joiner.status()["applied_index"] >= target)
+
+    wait_for(caught_up, 600, "the new member to catch up")
+    results.catch_up_applied_s = time.perf_counter() - t0
     wait_for(promoted, 600, "the new member to be promoted")
     results.catch_up_promoted_s = time.perf_counter() - t0
     cluster.wait_converged(timeout=600)
-    results.catch_up_converged_s = time.perf_counter() - t0
     assert joiner.call("count", prefix="big/", serializable=True) == counts.catch_up_keys
 
 
@@ -244,9 +253,9 @@ def table(results: Results, counts: Counts) -> str:
         f"failover, leader cut off by the fault hook -> first write (ms, median of {len(cut)})",
         ["—", f"{median(cut):,.0f}" if cut else "not measured", *blank[1:]]))
     lines.append(row(
-        f"catch-up of a new member onto {counts.catch_up_keys:,} keys (s): promoted / same hash",
+        f"catch-up of a new member onto {counts.catch_up_keys:,} keys (s): caught up / promoted",
         [f"{results.backup_restore_s:.2f} (backup + restore)",
-         f"{results.catch_up_promoted_s:.2f} / {results.catch_up_converged_s:.2f}",
+         f"{results.catch_up_applied_s:.2f} / {results.catch_up_promoted_s:.2f}",
          *blank[1:]]))
     if one and lead:
         lines.append("")

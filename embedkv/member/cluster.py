@@ -294,6 +294,18 @@ class Links:
             if transport.peers.get(mid) != address:
                 transport.set_peer(mid, address)
 
+    def notify_removed(self, member_id: int, index: int) -> None:
+        """Tell a member we just removed that it is out: the leader stops sending to it once
+        the removal is applied, so it may never learn that the entry committed (etcd answers
+        such a member's messages with "removed"). Best effort; its address is still known
+        here, because `follow` runs after this."""
+        address = self.transport.peers.get(member_id)
+        if address is None:
+            return
+        task = asyncio.get_running_loop().create_task(
+            self.transport.call(address, "removed", index, timeout=5.0))
+        task.add_done_callback(_ignore)
+
     # --- in ---------------------------------------------------------------------------
 
     def _on_message(self, msg: Message) -> None:
@@ -354,6 +366,13 @@ class Links:
                     and pr.match + PROMOTE_SLACK >= status.commit):
                 ready.append(mid)
         return ready
+
+
+def _ignore(task: asyncio.Task[Any]) -> None:
+    with contextlib.suppress(asyncio.CancelledError):
+        exc = task.exception()
+        if exc is not None:
+            log.debug("telling a removed member failed: %s", exc)
 
 
 def _log_failure(task: asyncio.Task[None]) -> None:

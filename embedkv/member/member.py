@@ -73,6 +73,7 @@ from .writer import (
     NodeCall,
     Proposal,
     ReadWaiter,
+    Removal,
     Signal,
 )
 
@@ -283,6 +284,7 @@ class Member:
                     "lease.keepalive": self._serve_keepalive,
                     "lease.ttl": self._serve_ttl,
                     "progress": self._serve_progress,
+                    "removed": self._serve_removed,
                 },
             )
             self._engine.transport = self._links.send
@@ -771,8 +773,12 @@ class Member:
     def _on_conf_applied(self, change: ConfApplied) -> None:
         links = self._links
         if links is not None:
-            members = self._dd.members()
-            self._engine.loop.call_soon_threadsafe(links.follow, members)
+            loop = self._engine.loop
+            cc = change.change
+            if (change.refusal is None and cc.type is ConfChangeType.REMOVE
+                    and cc.node_id != self.member_id):
+                loop.call_soon_threadsafe(links.notify_removed, cc.node_id, change.index)
+            loop.call_soon_threadsafe(links.follow, self._dd.members())
 
     def _on_installed(self) -> None:
         """A snapshot replaced the state machine: watches, leases and peers follow it."""
@@ -836,6 +842,15 @@ class Member:
         members = self._dd.members()
         return {"cluster_id": self.cluster_id, "token": local.token, "id": added,
                 "members": members_rows(members)}
+
+    async def _serve_removed(self, caller: int, body: Any) -> Any:
+        """A member applied our removal (at index `body`): believe a member of our own
+        configuration, and stop serving."""
+        conf = self._dd.conf_state
+        if caller in conf.voters | conf.learners and type(body) is int:
+            self._writer.submit(Removal(f"member {self.member_id:#x} was removed from its "
+                                        f"cluster (at index {body}, told by {caller:#x})"))
+        return None
 
     async def _serve_keepalive(self, caller: int, body: Any) -> Any:
         self._require_leader()

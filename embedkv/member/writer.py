@@ -42,6 +42,7 @@ from embedkv.raft import (
     EntryType,
     HardState,
     Message,
+    MessageType,
     ProposalDropped,
     RaftNode,
     ReadState,
@@ -68,6 +69,10 @@ LOG_COMPACT_EVERY = 10000
 
 NO_SPACE_RETRY = 1.0
 """Seconds between attempts to write again after the disk was full."""
+
+_MEMBERS_ONLY = frozenset({MessageType.PROP, MessageType.READ_INDEX,
+                           MessageType.TRANSFER_LEADER})
+"""Requests the core takes from anyone, that only members of the configuration may make."""
 
 _RETRY_DROPS = frozenset(
     {DropReason.NO_LEADER, DropReason.TRANSFERRING, DropReason.UNCOMMITTED_SIZE}
@@ -189,6 +194,13 @@ class NodeCall:
 
 
 @dataclass(frozen=True, slots=True)
+class Removal:
+    """Another member told us we were removed (see LogWriter.set_removed)."""
+
+    why: str
+
+
+@dataclass(frozen=True, slots=True)
 class ConfApplied:
     """A membership change was applied: the runtime updates its peers (and learns whether this
     member is still in the cluster). `origin` is the proposal's (member id, seq) if known."""
@@ -212,7 +224,7 @@ class Signal(enum.Enum):
     STOP = "stop"
 
 
-Item = Proposal | ReadWaiter | Signal | Message | NodeCall
+Item = Proposal | ReadWaiter | Signal | Message | NodeCall | Removal
 
 ConfOrigin = Callable[[ConfChange], "tuple[int, int] | None"]
 """Reads the proposer's (member id, seq) out of a membership change's context."""
@@ -449,7 +461,8 @@ class LogWriter:
 
     def set_removed(self, why: str) -> None:
         """This member is no longer in its cluster: fail what waits and every later call with
-        Removed. The node keeps running (a removed leader still hands over leadership)."""
+        Removed. The node keeps running (a removed leader still hands over leadership).
+        Only on the thread running the Ready loop; other threads submit a Removal."""
         if self.removed is not None:
             return
         log.warning("%s: it serves nothing from now on", why)
@@ -527,6 +540,8 @@ class LogWriter:
                 self._reads.append(item)
             elif type(item) is Message or type(item) is NodeCall:
                 inbound.append(item)
+            elif type(item) is Removal:
+                self.set_removed(item.why)
             elif item is Signal.STOP:
                 stop = True
             elif item is Signal.TICK:
@@ -566,13 +581,15 @@ class LogWriter:
                 try:
                     if isinstance(item, NodeCall):
                         item.fn(node)
-                    elif item.from_ in known or not known:
+                    elif item.type not in _MEMBERS_ONLY or item.from_ in known or not known:
                         node.step(item)
                     else:
                         # Not a member (removed, or never added): the core would take its
-                        # proposals and read requests like anyone's. A member that does not
-                        # know its configuration yet (a joiner) takes what comes.
-                        log.debug("dropped a message from non-member %#x", item.from_)
+                        # proposals and read requests like anyone's. Everything else a
+                        # stranger sends is judged by its term (a member that lags may not
+                        # know the current leader yet, and must take its appends).
+                        log.debug("dropped a %s from non-member %#x", item.type.name,
+                                  item.from_)
                 except Exception:
                     # A message the core cannot take (it never should) costs that message,
                     # never the member: the sender will retry or time out.

@@ -91,6 +91,7 @@ class Member:
         self.options = dict(options)
         self.child_options = dict(child_options or {})
         self.stderr_path = logdir / f"{name}.stderr.log"
+        self._address: str | None = None
         self.proc: subprocess.Popen[str] | None = None
         self.stopped = False
         self._ids = itertools.count(1)
@@ -105,8 +106,12 @@ class Member:
 
     @property
     def address(self) -> str | None:
-        listen = self.options.get("listen", getattr(self, "_listen", None))
-        return str(listen) if listen is not None else None
+        """The peer address it listens on: the last one it was given (a restart with only
+        the path keeps it)."""
+        listen = self.options.get("listen")
+        if listen is not None:
+            self._address = str(listen)
+        return self._address
 
     @property
     def alive(self) -> bool:
@@ -222,9 +227,8 @@ class Member:
         """Start again on the same data dir. With no arguments the child opens just ``path``
         (a restart needs nothing else); keyword arguments become open()'s options."""
         self.kill()
-        listen = changes.get("listen", self.address)  # the data dir keeps it: so do we
+        self._address = self.address
         self.options = dict(changes)
-        self._listen = listen
         self.start()
 
     def close(self, timeout: float = REQUEST_TIMEOUT) -> None:
@@ -306,6 +310,18 @@ class Member:
     def hash(self, **args: Any) -> dict[str, Any]:
         digest: dict[str, Any] = self.call("hash", **args)
         return digest
+
+    def watch_until(self, wid: int, revision: int, timeout: float = 30.0) -> list[Any]:
+        """Every event of watch `wid` once it has seen `revision` (AssertionError if the
+        watch ended before)."""
+        def seen() -> list[Any] | None:
+            reply = self.call("watch_events", wid=wid)
+            assert reply["error"] is None, f"{self.name}'s watch ended: {reply}"
+            rows: list[Any] = reply["events"]
+            return rows if rows and rows[-1][3] >= revision else None
+
+        found: list[Any] = wait_for(seen, timeout, f"{self.name}'s watch to reach {revision}")
+        return found
 
     def wait_load(self, name: str, acked: int, timeout: float = 30.0) -> int:
         """Wait until the background load `name` has had `acked` puts acknowledged."""

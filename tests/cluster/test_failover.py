@@ -4,11 +4,15 @@ catch up when they come back."""
 
 from __future__ import annotations
 
+import functools
+
 import pytest
 
 import embedkv
+from tests.waiting import wait_for
 
 from .conftest import MakeCluster
+from .harness import ChildError, Member, free_port
 
 
 def test_leader_killed_new_leader_writes_resume_killed_member_catches_up(
@@ -30,7 +34,9 @@ def test_leader_killed_new_leader_writes_resume_killed_member_catches_up(
     old.put("after/restarted", 3)
     converged = cluster.wait_converged()
     assert converged["count"] == 3 + 2 + 1
-    assert {m["name"] for m in old.members()} == {"n1", "n2", "n3"}
+    directory = {m["name"]: m["address"] for m in old.members()}
+    assert set(directory) == {"n1", "n2", "n3"}
+    assert directory[old.name] == old.address  # kept across a restart given only the path
 
 
 def test_five_members_survive_two_losses_and_stall_without_a_quorum(
@@ -78,3 +84,36 @@ def test_closing_the_leader_hands_leadership_over(make_cluster: MakeCluster) -> 
     old.restart()
     assert old.get("k") == 2
     cluster.wait_converged()
+
+
+def test_member_restarted_on_a_new_address_is_reached_there(make_cluster: MakeCluster) -> None:
+    cluster = make_cluster(3)
+    leader = cluster.wait_leader()
+    moved, other = cluster.followers(leader)
+    moved.kill()
+    leader.put("while/away", 1)
+    new_address = f"127.0.0.1:{free_port()}"
+    moved.restart(listen=new_address, insecure=True)
+
+    def knows(m: Member) -> bool:
+        return bool({x["name"]: x["address"] for x in m.members()}[moved.name] == new_address)
+
+    for m in cluster:
+        wait_for(functools.partial(knows, m), 30, f"{m.name} to know {moved.name}'s new address")
+    assert moved.get("while/away") == 1
+    # The others reach it there: without `other`, a write needs it.
+    other.kill()
+    leader.put("needs/moved", 1)
+    assert moved.get("needs/moved") == 1
+
+
+def test_restart_with_disagreeing_peers_fails_clearly(make_cluster: MakeCluster) -> None:
+    cluster = make_cluster(3)
+    member = cluster.followers()[0]
+    peers = dict(member.options["peers"])
+    peers["n9"] = f"127.0.0.1:{free_port()}"
+    member.kill()
+    with pytest.raises(ChildError, match="peers"):
+        member.restart(**dict(member.options, peers=peers))
+    member.restart()  # the path alone still opens it
+    member.put("back", 1)

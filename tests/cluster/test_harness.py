@@ -119,3 +119,4 @@ def test_failed_open_is_reported_with_stderr(tmp_path: object) -> None:
     with pytest.raises(ChildError, match="failed to open: TypeError"):
         m.start()
     assert not m.alive
+
