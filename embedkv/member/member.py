@@ -25,6 +25,7 @@ from os import PathLike
 from typing import Any, TypeVar, cast
 
 from embedkv.errors import Closed, LeaseNotFound, NoSpace, Removed, Unavailable
+from embedkv.net import RemoteError
 from embedkv.raft import (
     NONE,
     ConfChange,
@@ -62,17 +63,17 @@ from .cluster import (
     join_cluster,
 )
 from .engine import Engine
+from .futures import MemberFuture
 from .lease import LeaseKeeper
+from .reads import ReadWaiter
 from .watch import WatchCallback, WatchHandle, WatchHub
 from .writer import (
     ConfApplied,
     Core,
     LogWriter,
-    MemberFuture,
     MemberStats,
     NodeCall,
     Proposal,
-    ReadWaiter,
     Removal,
     Signal,
 )
@@ -285,6 +286,8 @@ class Member:
                     "lease.ttl": self._serve_ttl,
                     "progress": self._serve_progress,
                     "removed": self._serve_removed,
+                    "change": self._serve_change,
+                    "moved": self._serve_moved,
                 },
             )
             self._engine.transport = self._links.send
@@ -394,6 +397,10 @@ class Member:
         elif self._local is not None:
             info = self._dd.members().get(me)
             if info is not None and info.address != self._local.listen:
+                # The others still dial the old address: tell them where we are (they follow
+                # at once), then record it in the replicated directory.
+                asyncio.run_coroutine_threadsafe(self._announce(self._local.listen),
+                                                 self._engine.loop)
                 threading.Thread(target=self._publish_self, daemon=True,
                                  name="embedkv-address-update").start()
 
@@ -649,11 +656,33 @@ class Member:
         raise KeyError(f"no member named {name!r}")
 
     def change_membership(self, cc: ConfChange, info: PeerInfo | None = None) -> ConfState:
-        """Propose one membership change and wait until it is applied here."""
+        """Make one membership change and wait until it is applied here.
+
+        The leader proposes it (a follower asks it to): only the leader knows whether another
+        change is still pending, and retries until it is not; a change forwarded inside Raft
+        would be dropped silently instead."""
         self._check_writable()
+        leader = self._leader_elsewhere()
+        if leader is None:
+            return self._change_here(cc, info).conf_state
+        body = {"type": int(cc.type), "id": cc.node_id,
+                "peer": None if info is None else [info.name, info.address, info.promote]}
+        try:
+            index = self._call(leader, "change", body, self._timeout)
+        except RemoteError as exc:
+            if str(exc).startswith("membership change refused"):
+                raise ValueError(str(exc)) from None
+            raise Unavailable(f"the leader could not make the change: {exc}") from None
+        if type(index) is not int:
+            raise Unavailable(f"a malformed answer from the leader: {index!r:.100}")
+        while self._writer.applied_index < index:  # applied there: wait until it is here too
+            self._wait(self.read_barrier())
+        return self._dd.conf_state
+
+    def _change_here(self, cc: ConfChange, info: PeerInfo | None) -> ConfApplied:
         seq = next(self._seq)
         cc = ConfChange(cc.type, cc.node_id, encode_context(info, (self.member_id, seq)))
-        future: Future[ConfState] = MemberFuture()
+        future: Future[ConfApplied] = MemberFuture()
         self._writer.submit(Proposal(seq, b"", future, time.monotonic() + self._timeout, cc))
         if self._writer.stopping:
             self._writer.drain()
@@ -749,12 +778,20 @@ class Member:
         conf = self._dd.conf_state
         kind = (ConfChangeType.ADD_VOTER if self.member_id in conf.voters
                 else ConfChangeType.ADD_LEARNER)
-        try:
-            self.change_membership(ConfChange(kind, self.member_id),
-                                   PeerInfo(local.name, local.listen,
-                                            promote=info is not None and info.promote))
-        except Exception as exc:
-            log.warning("could not record this member's address %s: %s", local.listen, exc)
+        change = ConfChange(kind, self.member_id)
+        peer = PeerInfo(local.name, local.listen, promote=info is not None and info.promote)
+        while not self._closed:
+            try:
+                self.change_membership(change, peer)
+                return
+            except (Closed, Removed):
+                return
+            except Exception as exc:  # no quorum yet: the others must learn it eventually
+                log.warning("could not record this member's address %s yet: %s",
+                            local.listen, exc)
+                if conf.voters == {self.member_id}:
+                    return  # alone, the next open tries again
+                self._close_done.wait(self._election_tick * self._tick_interval)
 
     def _call(self, target: int | str, method: str, body: Any, timeout: float) -> Any:
         links = self._links
@@ -842,6 +879,37 @@ class Member:
         members = self._dd.members()
         return {"cluster_id": self.cluster_id, "token": local.token, "id": added,
                 "members": members_rows(members)}
+
+    async def _serve_change(self, caller: int, body: Any) -> Any:
+        """A member asks the leader to make a membership change; answers its index."""
+        self._require_leader()
+        try:
+            kind = ConfChangeType(body["type"])
+            node_id, peer = body["id"], body["peer"]
+            if kind is ConfChangeType.BOOTSTRAP or type(node_id) is not int or node_id <= 0:
+                raise ValueError
+            info = None if peer is None else PeerInfo(check_name(peer[0]),
+                                                      check_address(peer[1]), bool(peer[2]))
+        except (KeyError, TypeError, ValueError, IndexError):
+            raise ValueError(f"a malformed membership change: {body!r:.100}") from None
+        applied = await asyncio.to_thread(self._change_here, ConfChange(kind, node_id), info)
+        return applied.index
+
+    async def _announce(self, address: str) -> None:
+        links = self._links
+        assert links is not None
+        others = [mid for mid in self._dd.members() if mid != self.member_id]
+        calls = [links.call(mid, "moved", address, self._timeout) for mid in others]
+        for outcome in await asyncio.gather(*calls, return_exceptions=True):
+            if isinstance(outcome, BaseException):
+                log.info("could not tell a peer our new address: %s", outcome)
+
+    async def _serve_moved(self, caller: int, body: Any) -> Any:
+        """A member restarted on a new address: dial it there until the directory says so."""
+        conf = self._dd.conf_state
+        if caller in conf.voters | conf.learners and self._links is not None:
+            self._links.transport.set_peer(caller, check_address(body))
+        return None
 
     async def _serve_removed(self, caller: int, body: Any) -> Any:
         """A member applied our removal (at index `body`): believe a member of our own

@@ -20,15 +20,12 @@ from __future__ import annotations
 
 import contextlib
 import enum
-import itertools
 import logging
-import os
 import threading
 import time
 from collections import deque
 from collections.abc import Callable
 from concurrent.futures import Future
-from concurrent.futures._base import FINISHED, RUNNING
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
@@ -53,7 +50,9 @@ from embedkv.raft import (
 from embedkv.storage import Applied, DataDir, PeerInfo, WriteBatch
 from embedkv.storage.requests import Event, LeaseGrantResult
 
+from .futures import MemberFuture, complete, expire, fail
 from .lease import LeaseKeeper
+from .reads import ReadRounds, ReadWaiter
 from .watch import WatchHub
 
 log = logging.getLogger("embedkv.member")
@@ -84,88 +83,6 @@ MAX_CALLER_CYCLES = 8
 """Ready cycles a caller runs for its own request before leaving the rest to the writer."""
 
 _T = TypeVar("_T")
-
-
-class MemberFuture(Future[_T]):
-    """A `concurrent.futures.Future` created in the RUNNING state.
-
-    A proposal or read cannot be taken back once queued, so its future starts running:
-    the same state `set_running_or_notify_cancel()` would leave it in, without the extra
-    round through the future's condition (this is on every put's path). Everything else is
-    the standard Future: `cancel()` returns False, `result(timeout)`, done-callbacks,
-    `concurrent.futures.wait` and `asyncio.wrap_future` behave as usual.
-
-    `result()` and `exception()` wait on a plain lock (the gate) instead of the future's
-    Condition: a signal handler that raises in the main thread inside `Condition.wait` can
-    leave the Condition's lock held for good, and the writer, completing the future, would
-    then block forever. A gate left closed that way only delays that one future's waiters.
-    """
-
-    _done_callbacks: list[Callable[[Future[_T]], object]]  # Future's own, set by its __init__
-
-    def __init__(self) -> None:
-        super().__init__()
-        self._state = RUNNING
-        self._gate = threading.Lock()
-        self._gate.acquire()
-
-    def _open_gate(self) -> None:
-        with contextlib.suppress(RuntimeError):  # open already
-            self._gate.release()
-
-    def _wait_gate(self, timeout: float | None) -> None:
-        if self._state == FINISHED:
-            return
-        if not self._gate.acquire(timeout=-1 if timeout is None else timeout):
-            raise TimeoutError
-        self._gate.release()  # leave it open for the other waiters
-
-    def result(self, timeout: float | None = None) -> _T:
-        self._wait_gate(timeout)
-        return super().result(0)
-
-    def exception(self, timeout: float | None = None) -> BaseException | None:
-        self._wait_gate(timeout)
-        return super().exception(0)
-
-    def set_result(self, result: _T) -> None:
-        super().set_result(result)
-        self._open_gate()
-
-    def set_exception(self, exception: BaseException | None) -> None:
-        super().set_exception(exception)
-        self._open_gate()
-
-    def _finish_quietly(self, outcome: Any) -> bool:
-        """Complete with `outcome` (an exception fails the future) and wake the threads that
-        wait for it, unless a done-callback is registered. No callback runs here: the log
-        writer calls this with a write transaction open. False: nothing was done; complete
-        the future the usual way (set_result / set_exception) once the transaction is over.
-        """
-        with self._condition:
-            if self._done_callbacks or self._state != RUNNING:
-                return False
-            if isinstance(outcome, BaseException):
-                self._exception = outcome
-                self._state = FINISHED
-                for waiter in self._waiters:
-                    waiter.add_exception(self)
-            else:
-                self._result = outcome
-                self._state = FINISHED
-                for waiter in self._waiters:
-                    waiter.add_result(self)
-            self._condition.notify_all()
-        self._open_gate()
-        return True
-
-
-def _complete(future: Future[Any], outcome: Any) -> None:
-    """Resolve a future with a state-machine outcome (an Error instance fails it)."""
-    if isinstance(outcome, BaseException):
-        future.set_exception(outcome)
-    else:
-        future.set_result(outcome)
 
 
 class Core:
@@ -212,12 +129,6 @@ class ConfApplied:
     origin: tuple[int, int] | None
 
 
-@dataclass(slots=True)
-class ReadWaiter:
-    future: Future[int]
-    deadline: float
-
-
 class Signal(enum.Enum):
     WAKE = "wake"  # the core may have a Ready (after a call into it from another thread)
     TICK = "tick"  # time passed: deadlines and retries too
@@ -261,11 +172,6 @@ class _Batch:
     installed: bool = False  # a snapshot replaced the state machine
 
 
-def _fail(future: Future[Any], exc: BaseException) -> None:
-    if not future.done():
-        future.set_exception(exc)
-
-
 class LogWriter:
     """Runs the Ready loop and every write transaction of one member on its own thread."""
 
@@ -290,7 +196,6 @@ class LogWriter:
         self._hub = hub
         self._leases = leases
         self._timeout = request_timeout
-        self._read_retry = read_retry  # a ReadIndex round unanswered this long is asked again
         self.send: Callable[[list[Message]], None] | None = None
         """Where messages go once durable (the transport); None: there is nobody to send to."""
         self.conf_origin: ConfOrigin = lambda cc: None
@@ -334,21 +239,13 @@ class LogWriter:
         self._pending: dict[int, Proposal] = {}  # seq -> proposal in the core
         self._pending_in_order = True  # insertion order is deadline order
         self._stalled: list[Proposal] = []  # dropped for want of a leader; retried
-        self._reads: list[ReadWaiter] = []  # not yet in a ReadIndex round
-        # ctx -> (when asked, waiters) of each ReadIndex round in flight
-        self._rounds: dict[bytes, tuple[float, list[ReadWaiter]]] = {}
-        self._released: list[tuple[int, list[ReadWaiter]]] = []  # answered; wait for apply
+        self._reads = ReadRounds(member_id, read_retry)
         # Outcomes of the last durable batch whose waiting callers are not woken yet: see
         # _wake_deferred (they are woken just before the next commit, or before we wait).
         self._deferred: list[tuple[MemberFuture[Any], Any]] = []
         # Only worth it when a commit waits for an fsync: without one the commit is too short
         # for the woken callers to run in, and they would delay the release instead.
         self._defer = dd.durable
-        # ReadIndex contexts never repeat, across members and runs: a stray answer to an
-        # earlier request (a duplicate, or one sent to our previous run) must never be taken
-        # for the answer to a later one. Member id + a random base per run + a counter.
-        self._ctx_prefix = member_id.to_bytes(8, "big") + os.urandom(8)
-        self._ctx = itertools.count(1)
         self._no_space_retry = 0.0
         self._disk_full = False  # since the last NoSpace, no batch has committed
         self._stopping = False
@@ -452,7 +349,7 @@ class LogWriter:
             except IndexError:
                 break
             if type(item) is Proposal or type(item) is ReadWaiter:
-                _fail(item.future, self._stopped_error())
+                fail(item.future, self._stopped_error())
             elif item is Signal.STOP:
                 stop = True
         if stop:  # not ours to take: the writer may still be waiting for it
@@ -537,7 +434,7 @@ class LogWriter:
             if type(item) is Proposal:
                 proposals.append(item)
             elif type(item) is ReadWaiter:
-                self._reads.append(item)
+                self._reads.waiting.append(item)
             elif type(item) is Message or type(item) is NodeCall:
                 inbound.append(item)
             elif type(item) is Removal:
@@ -553,11 +450,9 @@ class LogWriter:
             self._step(inbound)
         if self.removed is not None:
             for p in proposals:
-                _fail(p.future, self._stopped_error())
+                fail(p.future, self._stopped_error())
             proposals = []
-            for r in self._reads:
-                _fail(r.future, self._stopped_error())
-            self._reads = []
+            self._reads.fail_all(self._stopped_error())
         if tick:
             self._on_tick(time.monotonic())
         if self._stalled and self._leader_known():
@@ -566,7 +461,7 @@ class LogWriter:
             self._pending_in_order = False  # older deadlines now follow newer ones
         if proposals:
             self._propose(proposals)
-        if self._reads:
+        if self._reads.waiting:
             self._start_read_round()
         return False
 
@@ -601,7 +496,7 @@ class LogWriter:
     def _propose(self, proposals: list[Proposal]) -> None:
         if self.no_space is not None:
             for p in proposals:
-                _fail(p.future, NoSpace(str(self.no_space)))
+                fail(p.future, NoSpace(str(self.no_space)))
             return
         core = self._core
         if any(p.conf is not None for p in proposals):
@@ -626,7 +521,7 @@ class LogWriter:
             self._stalled.extend(proposals)
         else:
             for p in proposals:
-                _fail(p.future, Unavailable(f"proposal dropped: {dropped}"))
+                fail(p.future, Unavailable(f"proposal dropped: {dropped}"))
 
     def _propose_conf(self, p: Proposal) -> None:
         """One membership change (the core takes one at a time; a busy core retries it)."""
@@ -646,27 +541,23 @@ class LogWriter:
         elif dropped.reason in _RETRY_DROPS or dropped.reason is DropReason.PENDING_CONF_CHANGE:
             self._stalled.append(p)
         else:
-            _fail(p.future, ValueError(f"membership change refused: {dropped}"))
+            fail(p.future, ValueError(f"membership change refused: {dropped}"))
 
     def _start_read_round(self) -> None:
         """One ReadIndex round for every reader waiting since the last round began."""
         if self.no_space is not None and self._conf.voters == {self._me}:
             # A single voter that cannot write cannot commit either: everything committed is
             # applied, so the applied index is a valid read index. Reads keep working.
-            readers, self._reads = self._reads, []
-            for r in readers:
-                if not r.future.done():
-                    r.future.set_result(self._applied)
+            self._reads.answer_now(self._applied)
             return
-        ctx = self._ctx_prefix + next(self._ctx).to_bytes(8, "big")
+        ctx = self._reads.next_context()
         core = self._core
         with core.lock:
             try:
                 core.node.read_index(ctx)
             except ProposalDropped:
                 return  # no leader yet: the readers wait for a later round (or their deadline)
-        self._rounds[ctx] = (time.monotonic(), self._reads)
-        self._reads = []
+        self._reads.started(ctx, time.monotonic())
         self.stats.read_rounds += 1
 
     # --- one write batch ------------------------------------------------------------------
@@ -758,7 +649,7 @@ class LogWriter:
                 core.node.advance(unadvanced)
         self._release(batch)
         for future, outcome in late:  # they got a done-callback meanwhile: run it now
-            _complete(future, outcome)
+            complete(future, outcome)
         return more
 
     def _note(self, rd: Ready, batch: _Batch) -> None:
@@ -877,13 +768,8 @@ class LogWriter:
                 self._hub.wake()
         answered = False
         if batch.read_states:
-            for rs in batch.read_states:
-                round_ = self._rounds.pop(rs.context, None)
-                if round_ is not None:
-                    self._released.append((rs.index, round_[1]))
-                    answered = answered or rs.index <= self._applied
-        if self._released:
-            self._release_reads()
+            answered = self._reads.on_read_states(batch.read_states, self._applied)
+        self._reads.release(self._applied)
         if batch.soft_state is not None:
             self._on_soft_state(batch.soft_state)
         for change in batch.conf_applied:
@@ -899,7 +785,7 @@ class LogWriter:
             p = self._pending.pop(origin[1], None)
             if p is not None and not p.future.done():
                 if change.refusal is None:
-                    p.future.set_result(change.conf_state)
+                    p.future.set_result(change)
                 else:
                     p.future.set_exception(
                         ValueError(f"membership change refused: {change.refusal}")
@@ -949,7 +835,7 @@ class LogWriter:
             if defer and type(future) is MemberFuture and not future._done_callbacks:
                 deferred.append((future, result))
             else:
-                _complete(future, result)  # done-callbacks (asyncio, leases) run now
+                complete(future, result)  # done-callbacks (asyncio, leases) run now
 
     def _wake_deferred(self) -> list[tuple[MemberFuture[Any], Any]]:
         """Complete the deferred futures without running done-callbacks (a write transaction
@@ -966,19 +852,7 @@ class LogWriter:
         deferred, self._deferred = self._deferred, []
         for future, outcome in deferred:
             if not future._finish_quietly(outcome):
-                _complete(future, outcome)
-
-    def _release_reads(self) -> None:
-        applied = self._applied
-        keep: list[tuple[int, list[ReadWaiter]]] = []
-        for index, waiters in self._released:
-            if index > applied:
-                keep.append((index, waiters))
-                continue
-            for r in waiters:
-                if not r.future.done():
-                    r.future.set_result(index)
-        self._released = keep
+                complete(future, outcome)
 
     def _on_soft_state(self, ss: SoftState) -> None:
         leader = ss.role is Role.LEADER
@@ -1010,43 +884,12 @@ class LogWriter:
                 elif in_order:
                     break  # the rest is younger
             for seq in expired:
-                _fail(pending.pop(seq).future, Unavailable(unavailable))
+                fail(pending.pop(seq).future, Unavailable(unavailable))
         else:
             self._pending_in_order = True
         if self._stalled:
-            self._stalled = self._expire(self._stalled, now, unavailable)
-        if self._reads:
-            self._reads = self._expire(self._reads, now, unavailable)
-        if self._rounds:
-            for ctx, (asked, waiters) in list(self._rounds.items()):
-                left = self._expire(waiters, now, unavailable)
-                if not left:
-                    del self._rounds[ctx]
-                elif asked + self._read_retry <= now:
-                    # The request or its answer may have been lost (a leader change, a dropped
-                    # message): ask again in a new round; a late answer to this one is ignored.
-                    del self._rounds[ctx]
-                    self._reads.extend(left)
-                else:
-                    self._rounds[ctx] = (asked, left)
-        if self._released:
-            released = []
-            for index, waiters in self._released:
-                left = self._expire(waiters, now, unavailable)
-                if left:
-                    released.append((index, left))
-            self._released = released
-
-    @staticmethod
-    def _expire(waiters: list[Any], now: float, why: str) -> list[Any]:
-        left = []
-        for w in waiters:
-            if w.deadline <= now:
-                _fail(w.future, Unavailable(why))
-            elif not w.future.done():
-                left.append(w)
-        return left
-
+            self._stalled = expire(self._stalled, now, unavailable)
+        self._reads.expire(now, unavailable)
     def _on_no_space(self, exc: NoSpace) -> None:
         """The disk is full and the batch was rolled back: refuse writes, restart the core
         from what is on disk (it may have counted entries that never became durable)."""
@@ -1062,10 +905,8 @@ class LogWriter:
         self._pending.clear()
         self._stalled = []
         for p in pending:
-            _fail(p.future, NoSpace(str(exc)))
-        for _, waiters in self._rounds.values():
-            self._reads.extend(waiters)
-        self._rounds.clear()
+            fail(p.future, NoSpace(str(exc)))
+        self._reads.ask_again()
         self._applied = self._dd.applied_index
         self._conf = self._dd.conf_state
         node = self._new_node()
@@ -1081,16 +922,9 @@ class LogWriter:
 
     def _fail_all(self, exc: Error) -> None:
         """Fail every proposal and read this writer holds (it has stopped)."""
-        waiting: list[Proposal | ReadWaiter] = [*self._pending.values(), *self._stalled,
-                                                *self._reads]
-        for _, waiters in self._rounds.values():
-            waiting.extend(waiters)
-        for _, waiters in self._released:
-            waiting.extend(waiters)
+        waiting = [*self._pending.values(), *self._stalled]
         self._pending.clear()
         self._stalled = []
-        self._reads = []
-        self._rounds.clear()
-        self._released = []
         for item in waiting:
-            _fail(item.future, type(exc)(str(exc)))
+            fail(item.future, type(exc)(str(exc)))
+        self._reads.fail_all(exc)
