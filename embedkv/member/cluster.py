@@ -21,7 +21,8 @@ import contextlib
 import hashlib
 import logging
 import random
-from collections.abc import Awaitable, Callable, Mapping
+import secrets
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -33,6 +34,7 @@ from embedkv.net.transport import parse_address
 from embedkv.raft import (
     NONE,
     ConfChange,
+    ConfState,
     Message,
     MessageType,
     ProgressState,
@@ -40,7 +42,7 @@ from embedkv.raft import (
     Role,
     Snapshot,
 )
-from embedkv.storage import DataDir, PeerInfo
+from embedkv.storage import DataDir, Identity, LocalInfo, PeerInfo
 from embedkv.storage.codec import MAX_ID
 
 from .writer import LogWriter, NodeCall
@@ -54,6 +56,8 @@ PROMOTE_SLACK = 64
 """A learner within this many entries of the leader's commit index counts as caught up."""
 
 Handler = Callable[[int, Any], Awaitable[Any]]
+
+_ids = random.SystemRandom()
 
 
 def check_name(name: object) -> str:
@@ -203,6 +207,130 @@ def join_cluster(
         raise Unavailable("could not join through any of " + "; ".join(errors))
 
     return asyncio.run(ask())
+
+
+# --- opening: founding, joining, growing, restarting ------------------------------------
+
+
+def random_id() -> int:
+    """A random positive int64 (cluster, member and lease ids, as in etcd)."""
+    return _ids.randint(1, MAX_ID)
+
+
+def new_identity() -> Identity:
+    """A new cluster with a new member (a fresh data dir, or a restored backup)."""
+    return Identity(random_id(), random_id())
+
+
+@dataclass(frozen=True, slots=True)
+class ClusterOptions:
+    """What `open` was told about the cluster (all None: a one-member store, as before)."""
+
+    name: str | None = None
+    listen: str | None = None
+    peers: Mapping[str, str] | None = None
+    token: str | None = None
+    join: Sequence[str] | None = None
+
+    @property
+    def wanted(self) -> bool:
+        return any(v is not None for v in (self.name, self.listen, self.peers, self.join))
+
+
+def check_cluster_options(opts: ClusterOptions) -> None:
+    """Every cluster option checked before anything is created or changed."""
+    if opts.name is not None:
+        check_name(opts.name)
+    if opts.listen is not None:
+        check_address(opts.listen, "listen")
+    if opts.token is not None and (not isinstance(opts.token, str) or not 0 < len(opts.token)
+                                   <= 256):
+        raise ValueError(f"cluster must be a token of 1 to 256 characters, not {opts.token!r}")
+    if opts.peers is not None:
+        if not isinstance(opts.peers, Mapping) or not opts.peers:
+            raise TypeError("peers must be a non-empty dict of member name -> 'host:port'")
+        for n, a in opts.peers.items():
+            check_name(n)
+            check_address(a, f"the address of {n}")
+        if len(set(opts.peers.values())) != len(opts.peers):
+            raise ValueError("two peers share one address")
+    if opts.join is not None:
+        if isinstance(opts.join, str) or not opts.join:
+            raise TypeError("join must be a non-empty list of 'host:port' addresses")
+        for a in opts.join:
+            check_address(a, "a join address")
+        if opts.peers is not None:
+            raise ValueError("give peers (to found a cluster) or join (to join one), not both")
+
+
+def local_info(opts: ClusterOptions, token: str | None) -> LocalInfo:
+    if opts.listen is None:
+        raise ValueError("a clustered member needs listen='host:port' (its peer address)")
+    return LocalInfo(opts.name or "default", opts.listen,
+                     token or opts.token or secrets.token_hex(16))
+
+
+def bootstrap_founder(dd: DataDir, opts: ClusterOptions) -> None:
+    """A founding member: the same `peers` on every founder give the same ids and cluster."""
+    peers = dict(opts.peers or {})
+    if opts.name is None:
+        raise ValueError("a founding member needs name= (one of the peers)")
+    if opts.name not in peers:
+        raise ValueError(f"name {opts.name!r} is not one of the peers {sorted(peers)}")
+    if opts.token is None:
+        raise ValueError("founding a cluster needs cluster='token': it keeps two clusters "
+                         "with the same addresses apart")
+    listen = opts.listen if opts.listen is not None else peers[opts.name]
+    token = opts.token
+    ids = {n: founder_id(token, n) for n in peers}
+    members = {ids[n]: PeerInfo(n, a) for n, a in peers.items()}
+    identity = Identity(cluster_id_for(token, peers), ids[opts.name])
+    dd.bootstrap(identity, ConfState(voters=frozenset(ids.values())), members=members,
+                 local=LocalInfo(opts.name, listen, token))
+
+
+def bootstrap_joiner(dd: DataDir, opts: ClusterOptions, timeout: float) -> None:
+    """A fresh member asks a running one to add it (as a learner, promoted once caught up)."""
+    if opts.name is None or opts.listen is None:
+        raise ValueError("joining a cluster needs name= and listen=")
+    member_id = random_id()
+    reply = join_cluster(list(opts.join or ()), name=opts.name, listen=opts.listen,
+                         member_id=member_id, timeout=timeout)
+    if opts.token is not None and opts.token != reply.token:
+        raise ValueError("the cluster reached through join has another cluster token")
+    # An empty configuration: the leader's log (or snapshot) brings the real one. The id is
+    # ours, or the one add_member gave this name and address beforehand.
+    dd.bootstrap(Identity(reply.cluster_id, reply.member_id), ConfState(), members=reply.members,
+                 local=LocalInfo(opts.name, opts.listen, reply.token))
+
+
+def check_reopen(dd: DataDir, opts: ClusterOptions) -> None:
+    """A dir with data: options given again must agree with what it persisted."""
+    local = dd.local
+    if opts.join is not None:
+        raise ValueError(f"{dd.path} already holds a member: join is only for a fresh dir")
+    if local is None:
+        if opts.peers is not None and set(opts.peers) != {opts.name or "default"}:
+            raise ValueError(f"{dd.path} holds a one-member store: it cannot found a cluster "
+                             "with other peers; open it with listen= and join the others to it")
+        if opts.wanted:
+            dd.set_local(local_info(opts, None))  # grows: it takes joins from now on
+        return
+    if opts.name is not None and opts.name != local.name:
+        raise ValueError(f"{dd.path} holds member {local.name!r}, not {opts.name!r}")
+    if opts.token is not None and opts.token != local.token:
+        raise ValueError(f"{dd.path} belongs to another cluster (its token differs)")
+    if opts.peers is not None:
+        known = {info.name: info.address for info in dd.members().values()}
+        for n, a in opts.peers.items():
+            if n == local.name and opts.listen is not None:
+                continue
+            if known.get(n) != a:
+                raise ValueError(
+                    f"peers disagree with the membership {dd.path} holds: {n!r} is "
+                    f"{known.get(n)!r} there, not {a!r} (give only the path to restart)")
+    if opts.listen is not None and opts.listen != local.listen:
+        dd.set_local(LocalInfo(local.name, opts.listen, local.token))
 
 
 # --- the links -------------------------------------------------------------------------------

@@ -15,12 +15,10 @@ import itertools
 import logging
 import os
 import random
-import secrets
 import threading
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable
 from concurrent.futures import Future
-from dataclasses import dataclass
 from os import PathLike
 from typing import Any, TypeVar, cast
 
@@ -36,7 +34,7 @@ from embedkv.raft import (
     Role,
     Status,
 )
-from embedkv.storage import DataDir, Identity, LocalInfo, PeerInfo
+from embedkv.storage import DataDir, PeerInfo
 from embedkv.storage.codec import MAX_ID, encode_proposal
 from embedkv.storage.directory import members_rows
 from embedkv.storage.requests import (
@@ -51,16 +49,21 @@ from embedkv.storage.requests import (
 
 from .cluster import (
     PROMOTE_SLACK,
+    ClusterOptions,
     Links,
     MemberInfo,
+    bootstrap_founder,
+    bootstrap_joiner,
     check_address,
+    check_cluster_options,
     check_name,
-    cluster_id_for,
+    check_reopen,
     context_member,
     context_origin,
     encode_context,
-    founder_id,
-    join_cluster,
+    local_info,
+    new_identity,
+    random_id,
 )
 from .engine import Engine
 from .futures import MemberFuture
@@ -82,7 +85,7 @@ log = logging.getLogger("embedkv.member")
 
 _T = TypeVar("_T")
 
-_ids = random.SystemRandom()
+_ids = random.SystemRandom()  # the per-run base of proposal numbers
 
 
 def _progress_of(status: Status) -> tuple[int, dict[int, int]]:
@@ -96,127 +99,6 @@ def _quiet(task: asyncio.Task[Any]) -> None:
         exc = task.exception()
         if exc is not None:
             log.debug("a forwarded keep-alive failed: %s", exc)
-
-
-def _random_id() -> int:
-    """A random positive int64 (cluster, member and lease ids, as in etcd)."""
-    return _ids.randint(1, MAX_ID)
-
-
-def new_identity() -> Identity:
-    """A new cluster with a new member (a fresh data dir, or a restored backup)."""
-    return Identity(_random_id(), _random_id())
-
-
-@dataclass(frozen=True, slots=True)
-class ClusterOptions:
-    """What `open` was told about the cluster (all None: a one-member store, as before)."""
-
-    name: str | None = None
-    listen: str | None = None
-    peers: Mapping[str, str] | None = None
-    token: str | None = None
-    join: Sequence[str] | None = None
-
-    @property
-    def wanted(self) -> bool:
-        return any(v is not None for v in (self.name, self.listen, self.peers, self.join))
-
-
-def check_cluster_options(opts: ClusterOptions) -> None:
-    """Every cluster option checked before anything is created or changed."""
-    if opts.name is not None:
-        check_name(opts.name)
-    if opts.listen is not None:
-        check_address(opts.listen, "listen")
-    if opts.token is not None and (not isinstance(opts.token, str) or not 0 < len(opts.token)
-                                   <= 256):
-        raise ValueError(f"cluster must be a token of 1 to 256 characters, not {opts.token!r}")
-    if opts.peers is not None:
-        if not isinstance(opts.peers, Mapping) or not opts.peers:
-            raise TypeError("peers must be a non-empty dict of member name -> 'host:port'")
-        for n, a in opts.peers.items():
-            check_name(n)
-            check_address(a, f"the address of {n}")
-        if len(set(opts.peers.values())) != len(opts.peers):
-            raise ValueError("two peers share one address")
-    if opts.join is not None:
-        if isinstance(opts.join, str) or not opts.join:
-            raise TypeError("join must be a non-empty list of 'host:port' addresses")
-        for a in opts.join:
-            check_address(a, "a join address")
-        if opts.peers is not None:
-            raise ValueError("give peers (to found a cluster) or join (to join one), not both")
-
-
-def _local_for(opts: ClusterOptions, token: str | None) -> LocalInfo:
-    if opts.listen is None:
-        raise ValueError("a clustered member needs listen='host:port' (its peer address)")
-    return LocalInfo(opts.name or "default", opts.listen,
-                     token or opts.token or secrets.token_hex(16))
-
-
-def _found(dd: DataDir, opts: ClusterOptions) -> None:
-    """A founding member: the same `peers` on every founder give the same ids and cluster."""
-    peers = dict(opts.peers or {})
-    if opts.name is None:
-        raise ValueError("a founding member needs name= (one of the peers)")
-    if opts.name not in peers:
-        raise ValueError(f"name {opts.name!r} is not one of the peers {sorted(peers)}")
-    if opts.token is None:
-        raise ValueError("founding a cluster needs cluster='token': it keeps two clusters "
-                         "with the same addresses apart")
-    listen = opts.listen if opts.listen is not None else peers[opts.name]
-    token = opts.token
-    ids = {n: founder_id(token, n) for n in peers}
-    members = {ids[n]: PeerInfo(n, a) for n, a in peers.items()}
-    identity = Identity(cluster_id_for(token, peers), ids[opts.name])
-    dd.bootstrap(identity, ConfState(voters=frozenset(ids.values())), members=members,
-                 local=LocalInfo(opts.name, listen, token))
-
-
-def _join(dd: DataDir, opts: ClusterOptions, timeout: float) -> None:
-    """A fresh member asks a running one to add it (as a learner, promoted once caught up)."""
-    if opts.name is None or opts.listen is None:
-        raise ValueError("joining a cluster needs name= and listen=")
-    member_id = _random_id()
-    reply = join_cluster(list(opts.join or ()), name=opts.name, listen=opts.listen,
-                         member_id=member_id, timeout=timeout)
-    if opts.token is not None and opts.token != reply.token:
-        raise ValueError("the cluster reached through join has another cluster token")
-    # An empty configuration: the leader's log (or snapshot) brings the real one. The id is
-    # ours, or the one add_member gave this name and address beforehand.
-    dd.bootstrap(Identity(reply.cluster_id, reply.member_id), ConfState(), members=reply.members,
-                 local=LocalInfo(opts.name, opts.listen, reply.token))
-
-
-def _reopen(dd: DataDir, opts: ClusterOptions) -> None:
-    """A dir with data: options given again must agree with what it persisted."""
-    local = dd.local
-    if opts.join is not None:
-        raise ValueError(f"{dd.path} already holds a member: join is only for a fresh dir")
-    if local is None:
-        if opts.peers is not None and set(opts.peers) != {opts.name or "default"}:
-            raise ValueError(f"{dd.path} holds a one-member store: it cannot found a cluster "
-                             "with other peers; open it with listen= and join the others to it")
-        if opts.wanted:
-            dd.set_local(_local_for(opts, None))  # grows: it takes joins from now on
-        return
-    if opts.name is not None and opts.name != local.name:
-        raise ValueError(f"{dd.path} holds member {local.name!r}, not {opts.name!r}")
-    if opts.token is not None and opts.token != local.token:
-        raise ValueError(f"{dd.path} belongs to another cluster (its token differs)")
-    if opts.peers is not None:
-        known = {info.name: info.address for info in dd.members().values()}
-        for n, a in opts.peers.items():
-            if n == local.name and opts.listen is not None:
-                continue
-            if known.get(n) != a:
-                raise ValueError(
-                    f"peers disagree with the membership {dd.path} holds: {n!r} is "
-                    f"{known.get(n)!r} there, not {a!r} (give only the path to restart)")
-    if opts.listen is not None and opts.listen != local.listen:
-        dd.set_local(LocalInfo(local.name, opts.listen, local.token))
 
 
 class Member:
@@ -337,18 +219,18 @@ class Member:
         try:
             if dd.identity is None:
                 if opts.peers is not None:
-                    _found(dd, opts)
+                    bootstrap_founder(dd, opts)
                 elif opts.join is not None:
-                    _join(dd, opts, float(request_timeout))
+                    bootstrap_joiner(dd, opts, float(request_timeout))
                 else:
                     identity = new_identity()
                     local = None
                     if opts.wanted:
-                        local = _local_for(opts, None)
+                        local = local_info(opts, None)
                     dd.bootstrap(identity, ConfState(voters=frozenset({identity.member_id})),
                                  local=local)
             else:
-                _reopen(dd, opts)
+                check_reopen(dd, opts)
             member = cls(
                 dd,
                 request_timeout=float(request_timeout),
@@ -510,7 +392,7 @@ class Member:
         """Grant a lease of `ttl` seconds (a random id unless given)."""
         if type(ttl) is not int:
             raise TypeError(f"lease ttl must be an int, not {type(ttl).__name__}")
-        lid = _random_id() if lease_id is None else lease_id
+        lid = random_id() if lease_id is None else lease_id
         return cast("Future[LeaseGrantResult]", self.propose(LeaseGrant(lid, ttl)))
 
     def revoke_lease(self, lease_id: int) -> Future[LeaseRevokeResult]:
@@ -553,7 +435,8 @@ class Member:
         leader = self._leader_elsewhere()
         if leader is None:
             return self._leases.keepalive(lease_id)
-        answer = self._call(leader, "lease.keepalive", [lease_id], self._timeout)
+        answer = self._call(leader, "lease.keepalive", [self.applied_index, lease_id],
+                            self._timeout)
         ttl = answer[0] if isinstance(answer, list) and len(answer) == 1 else 0
         if not ttl:
             raise LeaseNotFound(lease_id)
@@ -573,7 +456,7 @@ class Member:
         leader = self._leader_elsewhere()
         if leader is None:
             return self._leases.time_to_live(lease_id)
-        answer = self._call(leader, "lease.ttl", lease_id, self._timeout)
+        answer = self._call(leader, "lease.ttl", [self.applied_index, lease_id], self._timeout)
         if answer is None:
             return None
         return int(answer[0]), float(answer[1])
@@ -705,7 +588,7 @@ class Member:
                     raise ValueError(f"a member named {name!r} exists already")
                 if info.address == address:
                     raise ValueError(f"member {info.name!r} has address {address!r} already")
-        mid = _random_id() if member_id is None else member_id
+        mid = random_id() if member_id is None else member_id
         kind = ConfChangeType.ADD_LEARNER if learner else ConfChangeType.ADD_VOTER
         conf = self.change_membership(ConfChange(kind, mid),
                                       PeerInfo(name, address, promote=promote))
@@ -920,12 +803,21 @@ class Member:
                                         f"cluster (at index {body}, told by {caller:#x})"))
         return None
 
-    async def _serve_keepalive(self, caller: int, body: Any) -> Any:
+    async def _caught_up(self, body: Any) -> list[int]:
+        """A lease call: [the caller's applied index, lease ids...]. Answered once this leader
+        has applied as much as the caller: a lease granted through a follower (which may
+        apply before the leader does) is then known here too."""
         self._require_leader()
-        if not isinstance(body, list) or not all(type(i) is int for i in body):
-            raise ValueError("a keep-alive names lease ids")
+        if (not isinstance(body, list) or not body
+                or not all(type(i) is int and i >= 0 for i in body)):
+            raise ValueError("a lease call is [applied index, lease ids...]")
+        if self.applied_index < body[0]:
+            await asyncio.wrap_future(self.read_barrier())
+        return body[1:]
+
+    async def _serve_keepalive(self, caller: int, body: Any) -> Any:
         out = []  # the TTL of each lease, in order; 0: not found
-        for lease_id in body:
+        for lease_id in await self._caught_up(body):
             try:
                 out.append(self._leases.keepalive(lease_id))
             except LeaseNotFound:
@@ -933,10 +825,10 @@ class Member:
         return out
 
     async def _serve_ttl(self, caller: int, body: Any) -> Any:
-        self._require_leader()
-        if type(body) is not int:
+        ids = await self._caught_up(body)
+        if len(ids) != 1:
             raise ValueError("a TTL query names one lease id")
-        found = self._leases.time_to_live(body)
+        found = self._leases.time_to_live(ids[0])
         return None if found is None else [found[0], found[1]]
 
     async def _serve_progress(self, caller: int, body: Any) -> Any:
@@ -957,7 +849,8 @@ class Member:
         if links is None or leader == NONE or leader == self.member_id:
             return
         task = self._engine.loop.create_task(
-            links.call(leader, "lease.keepalive", lease_ids, self._timeout))
+            links.call(leader, "lease.keepalive", [self.applied_index, *lease_ids],
+                       self._timeout))
         task.add_done_callback(_quiet)
 
     # --- shutdown -----------------------------------------------------------------------------
