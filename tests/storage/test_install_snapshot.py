@@ -15,6 +15,7 @@ from embedkv.storage import DataDir, Identity, LocalInfo, PeerInfo, lmdbenv
 from embedkv.storage.requests import Compaction, Delete, Get, LeaseGrant, Put
 
 from .harness import Member
+from .test_snapshot import _reads as snapshot_reads
 
 EVERYTHING = Get(b"\x00", end=b"\x00")
 SOURCE_MEMBERS = {1: PeerInfo("n1", "127.0.0.1:7001"), 2: PeerInfo("n2", "127.0.0.1:7002"),
@@ -54,21 +55,10 @@ def _target(path: Path) -> Member:
 
 
 def _reads(dd: DataDir) -> tuple[object, ...]:
+    """test_snapshot's reads at this file's revisions, and what an install adds to them."""
     kv = dd.kv
-    return (
-        kv.revision,
-        kv.compact_revision,
-        kv.range(EVERYTHING),
-        [kv.range(Get(b"\x00", end=b"\x00", revision=r)) for r in (60, 120, kv.revision)],
-        kv.leases(),
-        kv.lease(5),
-        kv.lease(6),
-        kv.lease(9),
-        list(kv.events(60, b"\x00", end=b"\x00")),
-        dd.applied_index,
-        dd.conf_state,
-        dd.members(),
-    )
+    return (*snapshot_reads(dd, (60, 120, kv.revision)), kv.lease(6), kv.lease(9),
+            dd.applied_index, dd.members())
 
 
 def _raw_tables(dd: DataDir) -> dict[bytes, list[tuple[bytes, bytes]]]:
@@ -81,6 +71,12 @@ def _raw_tables(dd: DataDir) -> dict[bytes, list[tuple[bytes, bytes]]]:
 def _snapshot(dd: DataDir, chunk_size: int = 1 << 20) -> Snapshot:
     meta, chunks = dd.snapshot_stream(chunk_size)
     return Snapshot(meta, b"".join(chunks))
+
+
+def _pair(tmp_path: Path, n: int) -> tuple[Member, Snapshot, Member]:
+    """A source with `n` puts, its snapshot, and a follower with other data."""
+    src = _source(tmp_path / "src", n=n)
+    return src, _snapshot(src.dd), _target(tmp_path / "dst")
 
 
 def test_install_replaces_everything(tmp_path: Path) -> None:
@@ -122,9 +118,7 @@ def test_install_replaces_everything(tmp_path: Path) -> None:
 
 
 def test_install_with_entries_after_it_in_the_same_batch(tmp_path: Path) -> None:
-    src = _source(tmp_path / "src", n=20)
-    snap = _snapshot(src.dd)
-    dst = _target(tmp_path / "dst")
+    src, snap, dst = _pair(tmp_path, 20)
     i = snap.meta.index
     with dst.dd.write() as w:
         w.install_snapshot(snap)
@@ -138,31 +132,30 @@ def test_install_with_entries_after_it_in_the_same_batch(tmp_path: Path) -> None
 
 
 def _refused(dst: Member, snap: Snapshot, match: str | None) -> None:
-    before = _reads(dst.dd)
-    raw = _raw_tables(dst.dd)
-    first_last = (dst.dd.log.first_index(), dst.dd.log.last_index())
-    kv = dst.dd.kv
-    with pytest.raises(CorruptData, match=match), dst.dd.write() as w:
+    dd = dst.dd
+    before = _reads(dd)
+    raw = _raw_tables(dd)
+    kept = (dd.kv.lease(9), dd.conf_state, dd.members(), dd.log.first_index())
+    last = dd.log.last_index()
+    kv = dd.kv
+    with pytest.raises(CorruptData, match=match), dd.write() as w:
         w.install_snapshot(snap)
-    assert _reads(dst.dd) == before
-    assert _raw_tables(dst.dd) == raw
-    assert (dst.dd.log.first_index(), dst.dd.log.last_index()) == first_last
-    assert dst.dd.kv is kv
+    assert _reads(dd) == before
+    assert _raw_tables(dd) == raw
+    assert (dd.log.first_index(), dd.log.last_index()) == (kept[-1], last)
+    assert dd.kv is kv
     dst.propose(Put("still-writable", 1))  # the batch aborted cleanly
     dst.reopen()
-    assert dst.dd.kv.get("still-writable") is not None
-    assert dst.dd.kv.lease(9) == before[7]
-    assert (dst.dd.conf_state, dst.dd.members()) == before[-2:]
-    assert dst.dd.log.first_index() == first_last[0]
+    dd = dst.dd
+    assert dd.kv.get("still-writable") is not None
+    assert (dd.kv.lease(9), dd.conf_state, dd.members(), dd.log.first_index()) == kept
 
 
 @pytest.mark.parametrize("where", [3, 10, 200, -40, -5, -1])
 def test_a_damaged_stream_changes_nothing(tmp_path: Path, where: int) -> None:
-    src = _source(tmp_path / "src", n=60)
-    snap = _snapshot(src.dd)
+    src, snap, dst = _pair(tmp_path, 60)
     damaged = bytearray(snap.data)
     damaged[where] ^= 0x20
-    dst = _target(tmp_path / "dst")
     _refused(dst, Snapshot(snap.meta, bytes(damaged)), None)
     _refused(dst, Snapshot(snap.meta, snap.data[:-10]), "truncated")
     _refused(dst, Snapshot(snap.meta, snap.data + b"x"), "after its end")
@@ -171,10 +164,8 @@ def test_a_damaged_stream_changes_nothing(tmp_path: Path, where: int) -> None:
 
 
 def test_a_stream_at_another_point_is_refused(tmp_path: Path) -> None:
-    src = _source(tmp_path / "src", n=30)
-    snap = _snapshot(src.dd)
+    src, snap, dst = _pair(tmp_path, 30)
     meta = snap.meta
-    dst = _target(tmp_path / "dst")
     for other in (
         SnapshotMeta(meta.index + 1, meta.term, meta.conf_state),
         SnapshotMeta(meta.index - 1, meta.term, meta.conf_state),
@@ -211,9 +202,7 @@ def test_an_install_bigger_than_the_map(tmp_path: Path, monkeypatch: pytest.Monk
 def test_a_stream_without_members_installs_an_empty_directory(tmp_path: Path) -> None:
     from .test_directory import _without_members
 
-    src = _source(tmp_path / "src", n=10)
-    snap = _snapshot(src.dd)
-    dst = _target(tmp_path / "dst")
+    src, snap, dst = _pair(tmp_path, 10)
     with dst.dd.write() as w:
         w.install_snapshot(Snapshot(snap.meta, _without_members(snap.data)))
     assert dst.dd.members() == {}
