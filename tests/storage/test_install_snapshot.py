@@ -100,6 +100,8 @@ def test_install_replaces_everything(tmp_path: Path) -> None:
     assert dst.dd.identity == Identity(7, 2)  # not replicated: stays the follower's
     assert dst.dd.local == LocalInfo("n2", "127.0.0.1:7002", "t")
     assert dst.dd.verify().ok
+    # It can serve the same snapshot on (a new leader): byte for byte the source's stream.
+    assert _snapshot(dst.dd) == snap
     dst.reopen()
     assert _reads(dst.dd) == expected
     log = dst.dd.log
