@@ -115,7 +115,9 @@ class _Watch:
         self.exact = exact
         self.prev_kv = prev_kv
         self.first_live = first_live
-        self.start = first_live  # the first revision it asked for (a replay starts earlier)
+        # The first revision it asked for (a replay starts earlier), or after a reset the one
+        # its replay of the installed history starts at.
+        self.start = first_live
         # The last event delivered: its revision and how many events of that revision (a txn
         # makes several) were delivered, so that a reset resumes exactly after it.
         self.last_rev = 0
@@ -334,6 +336,9 @@ class WatchHub:
             # What the dispatcher delivered is final here (it runs the callbacks): at most
             # one event of the floor's revision can have been delivered after the freeze.
             start = w.floor or w.last_rev or w.start
+            if w.last_rev != start:
+                w.last_rev = w.last_n = 0  # nothing of `start` delivered yet
+            w.start = start  # what a later reset falls back to while this replay runs
             replay: Iterator[Event] | None = None
             if start <= reset.revision:
                 try:

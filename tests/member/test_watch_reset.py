@@ -362,3 +362,34 @@ def test_fake_history_selects_like_the_key_space() -> None:
                                                       and e.kv.key.startswith(b"t")])
     with pytest.raises(Compacted):
         h.events(2, "a")
+
+
+def test_a_second_reset_before_a_resumed_watch_delivered_anything() -> None:
+    """The first reset resumed the watch from revision 12 (all it may have missed); a second
+    one comes before it delivered anything: it resumes from 12 again, not from where it was
+    registered (compacted in both installed histories)."""
+    history = FakeHistory([])
+    hub = _hub(history)
+    a = Blocker(stop_at=(1, b"a"))
+    hub.watch("a", a)
+    g = Blocker(stop_at=(19, b"g"))
+    hub.watch("g", g)
+    c = Collector()
+    hc = hub.watch("q", c)  # registered at revision 0
+    _publish(hub, history, OLD)  # no q
+    assert a.stopped.wait(10)
+    first = [*OLD, *(_ev(r, "q") for r in range(12, 19))]
+    history.install(first, compact=12)
+    hub.reset(18)
+    _publish(hub, history, [_ev(19, "g")])  # g's turn comes after the first resume
+    a.release()
+    assert g.stopped.wait(10)  # the first reset resumed c; its turn is next
+    history.install([*first, _ev(19, "g"), *(_ev(r, "q") for r in range(20, 31))], compact=12)
+    hub.reset(30)
+    g.release()
+    want = [(r, b"q") for r in (*range(12, 19), *range(20, 31))]
+    wait_for(lambda: len(c.events) >= len(want) or hc.error, what="the replay or an error")
+    assert hc.error is None
+    assert _ids(c.wait(len(want))) == want
+    hub.close(5)
+    assert len(c.events) == len(want)
