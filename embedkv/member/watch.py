@@ -292,8 +292,9 @@ class WatchHub:
 
     def reset(self, revision: int) -> None:
         """A snapshot replaced the key space and its history (now at `revision`): every watch
-        resumes after the last event it delivered, replayed from the installed history, or
-        ends with Compacted if that history no longer reaches back so far. The dispatcher
+        resumes after the last event it delivered (from the first revision it may have
+        missed), replayed from the installed history, or ends with Compacted if that history
+        no longer reaches back so far. The dispatcher
         does the work, between two callbacks, so nothing is delivered twice or skipped."""
         with self._lock:
             published = self._revision
