@@ -383,6 +383,11 @@ class Member:
         """Call `callback(event)` on the dispatcher thread for every change in the selection."""
         if self._closed:
             raise Closed("the member is closed")
+        if not start_revision and type(start_revision) is not bool:
+            # "From now": after what a read would see now. The hub's revision trails the key
+            # space's from a batch's commit to its publish; a watch from the hub's revision
+            # would report a change the caller may already have read.
+            start_revision = self._dd.kv.revision + 1
         return self._hub.watch(key, callback, prefix=prefix, end=end,
                                start_revision=start_revision, prev_kv=prev_kv)
 
