@@ -262,8 +262,10 @@ def services_backend_dies(stores: Stores, name: str) -> None:
     """Backends registered on different members; a client on each sees the same endpoints,
     and a dead backend's leave, in the same order."""
     changes: list[list[tuple[str, Endpoint]]] = [[] for _ in stores]
-    watches = [s.services(name).watch(lambda kind, ep, c=c: c.append((kind, ep)))
-               for s, c in zip(stores, changes, strict=True)]
+    def recorder(c: list[tuple[str, Endpoint]]) -> Callable[[str, Endpoint], None]:
+        return lambda kind, ep: c.append((kind, ep))
+
+    watches = [s.services(name).watch(recorder(c)) for s, c in zip(stores, changes, strict=True)]
     regs = [stores[i % len(stores)].services(name).register(f"10.0.0.{i}:80", {"i": i}, ttl=1)
             for i in range(3)]
     expect = [f"10.0.0.{i}:80" for i in range(3)]
@@ -271,10 +273,11 @@ def services_backend_dies(stores: Stores, name: str) -> None:
         assert [e.address for e in s.services(name).endpoints()] == expect
     regs[1].session.orphan()  # the backend's process dies
     for s in stores:
-        wait_for(lambda s=s: len(s.services(name).endpoints()) == 2, what="dead backend gone")
+        svc = s.services(name)
+        wait_for(lambda: len(svc.endpoints()) == 2, what="dead backend gone")  # noqa: B023
         assert "10.0.0.1:80" not in {s.services(name).pick().address for _ in range(4)}
     for c in changes:
-        wait_for(lambda c=c: len(c) >= 4, what="3 joins and a leave")
+        wait_for(lambda: len(c) >= 4, what="3 joins and a leave")  # noqa: B023
     kinds: list[Any] = [[(k, ep.id) for k, ep in c] for c in changes]
     assert all(k == kinds[0] for k in kinds)  # every member reports the same, in order
     assert [k for k, _ in kinds[0]] == ["join", "join", "join", "leave"]
