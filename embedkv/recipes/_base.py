@@ -10,7 +10,17 @@ import threading
 import time
 from collections.abc import Callable
 
-from embedkv import Closed, Error, Event, KeyValue, LeaseNotFound, RangeResult, Store, TxnResult
+from embedkv import (
+    Closed,
+    Error,
+    Event,
+    KeyValue,
+    LeaseNotFound,
+    RangeResult,
+    Store,
+    TxnResult,
+    Watch,
+)
 
 ROOT = "_embedkv/"
 """Every recipe keeps its keys under this prefix: ``_embedkv/<kind>/<name>/...``."""
@@ -88,11 +98,17 @@ def remaining(deadline: float | None) -> float | None:
 
 
 def wait_set(
-    store: Store, event: threading.Event, deadline: float | None, session: Session | None = None
+    store: Store,
+    event: threading.Event,
+    deadline: float | None,
+    session: Session | None = None,
+    watch: Watch | None = None,
 ) -> bool:
-    """Wait for `event` until `deadline`; Closed if the store closes meanwhile (its watches
-    then end without an event, and a waiter must not hang), SessionLost if `session` ends
-    (checked every half second at most)."""
+    """Wait for `event` until `deadline`: True when it is set, or when the store ended
+    `watch` on its own (a compaction overtook it: the caller must look again, as after an
+    event), False at the deadline. Closed if the store closes meanwhile (its watches then
+    end without an event, and a waiter must not hang), SessionLost if `session` ends.
+    Each is checked every half second at most."""
     while True:
         left = remaining(deadline)
         if event.wait(0.5 if left is None else min(0.5, left)):
@@ -101,6 +117,8 @@ def wait_set(
             raise Closed("the store is closed")
         if session is not None and not session.alive:
             raise SessionLost("the lease ended while waiting")
+        if watch is not None and watch.cancelled:
+            return True
         if remaining(deadline) == 0.0:
             return False
 

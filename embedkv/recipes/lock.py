@@ -14,6 +14,7 @@ from collections.abc import Callable
 from types import TracebackType
 
 from embedkv import (
+    Compacted,
     Compare,
     CreateRevision,
     Event,
@@ -97,10 +98,14 @@ def wait_turn(
             return False
         gone = threading.Event()
         watched = (pred, False) if slots == 1 else (pfx, True)
-        with store.watch(watched[0], _setter(gone), prefix=watched[1],
-                         start_revision=revision + 1):
+        try:
+            watch = store.watch(watched[0], _setter(gone), prefix=watched[1],
+                                start_revision=revision + 1)
+        except Compacted:
+            continue  # compacted since our listing: look again
+        with watch:
             # Any event on the predecessor's key (its delete) means: look again.
-            if not wait_set(store, gone, deadline, session):
+            if not wait_set(store, gone, deadline, session, watch):
                 return False
 
 

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from embedkv import (
+    Compacted,
     CreateRevision,
     Delete,
     Get,
@@ -153,9 +154,13 @@ class Queue:
     def _wait_change(self, seen: int, deadline: float | None) -> bool:
         """Wait for any change under the queue after revision `seen`; False at the deadline."""
         changed = threading.Event()
-        with self._store.watch(self._prefix, lambda e: changed.set(), prefix=True,
-                               start_revision=seen + 1):
-            return wait_set(self._store, changed, deadline)
+        try:
+            watch = self._store.watch(self._prefix, lambda e: changed.set(), prefix=True,
+                                      start_revision=seen + 1)
+        except Compacted:
+            return True  # changed and compacted since `seen`: look again
+        with watch:
+            return wait_set(self._store, changed, deadline, watch=watch)
 
     def task_done(self, item: Item) -> None:
         """Acknowledge `item`: it is deleted, never delivered again."""

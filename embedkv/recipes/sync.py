@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import time
 from collections.abc import Callable
 from typing import Any
 
 from embedkv import (
+    Compacted,
     Delete,
     Event,
     EventType,
@@ -57,30 +59,45 @@ class DoubleBarrier:
             raise RuntimeError("already entered")
         session = Session(self._store, self.ttl)
         mine = f"{self._waiting}{session.id:016x}"
-        r = self._store.txn(success=[Put(mine, "", lease=session.id),
-                                     Get(self._waiting, prefix=True, count_only=True),
-                                     Get(self._ready)])
-        if ranged(r, 2).kvs or ranged(r, 1).count >= self.n:
-            self._store.put(self._ready, True)
-            self._session = session
-            return True
+        try:
+            r = self._store.txn(success=[Put(mine, "", lease=session.id),
+                                         Get(self._waiting, prefix=True, count_only=True),
+                                         Get(self._ready)])
+            if ranged(r, 2).kvs or ranged(r, 1).count >= self.n:
+                self._store.put(self._ready, True)
+                ok = True
+            else:
+                ok = self._wait_ready(r.revision, deadline)
+        except BaseException:
+            session.close()
+            raise
+        if not ok:
+            session.close()
+            return False
+        self._session = session
+        return True
+
+    def _wait_ready(self, seen: int, deadline: float | None) -> bool:
+        """Wait for the ready key to be put after revision `seen`: True, False at the
+        deadline. A watch the store ends (compaction) is replaced after a fresh look."""
         arrived = threading.Event()
 
         def on_ready(e: Event) -> None:
             if e.type is EventType.PUT:
                 arrived.set()
 
-        with self._store.watch(self._ready, on_ready, start_revision=r.revision + 1):
-            try:
-                ok = wait_set(self._store, arrived, deadline)
-            except BaseException:
-                session.close()
-                raise
-        if not ok:
-            session.close()
-            return False
-        self._session = session
-        return True
+        while True:
+            with contextlib.suppress(Compacted), self._store.watch(
+                self._ready, on_ready, start_revision=seen + 1
+            ) as watch:
+                if not wait_set(self._store, arrived, deadline, watch=watch):
+                    return False
+            if arrived.is_set():
+                return True
+            r = self._store.txn(success=[Get(self._ready)])  # the watch ended: look again
+            if ranged(r, 0).kvs:
+                return True
+            seen = r.revision
 
     def leave(self, timeout: float | None = None) -> bool:
         """Depart and wait until every participant has departed: True, or False on timeout."""
@@ -96,9 +113,10 @@ class DoubleBarrier:
                 self._store.txn(compare=[Version(self._ready) > 0], success=[Delete(self._ready)])
                 return True
             empty.clear()
-            with self._store.watch(self._waiting, lambda e: empty.set(), prefix=True,
-                                   start_revision=r.revision + 1):
-                if not wait_set(self._store, empty, deadline):
+            with contextlib.suppress(Compacted), self._store.watch(
+                self._waiting, lambda e: empty.set(), prefix=True, start_revision=r.revision + 1
+            ) as watch:
+                if not wait_set(self._store, empty, deadline, watch=watch):
                     return False
 
 
