@@ -116,10 +116,21 @@ class Queue:
             if not first:
                 return
             group = key_text(first[0])[: len(self._items) + 20]  # "<items><prio>/"
-            for kv in self._store.range(prefix=group, sort="create", limit=len(claimed) + 16,
-                                        keys_only=True):
-                if key_text(kv)[len(self._items):] not in claimed:
-                    yield kv
+            # Items claimed since our read of the claims fill the page too: while a page is
+            # full, read a longer one (the group's keys are in create order only sorted, so
+            # there is no key to continue from), so a raced group is never skipped.
+            limit, tried = len(claimed) + 16, set()
+            while True:
+                page = self._store.range(prefix=group, sort="create", limit=limit,
+                                         keys_only=True)
+                for kv in page:
+                    key = key_text(kv)
+                    if key not in tried and key[len(self._items):] not in claimed:
+                        tried.add(key)
+                        yield kv
+                if len(page) < limit:
+                    break
+                limit *= 2
             start = group[:-1] + "0"  # just past every key of this group
 
     def get(self, timeout: float | None = None) -> Item:

@@ -83,3 +83,34 @@ def test_a_barrier_whose_watch_the_store_ends_still_opens(
     assert store.barrier("w", 2, ttl=5).wait(timeout=5)
     t.join(10)
     assert got == [True]
+
+
+def test_a_priority_group_raced_by_many_consumers_is_not_skipped(
+    store: embedkv.Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Between a consumer's read of the claims and its read of the first priority group, 20
+    other consumers claim 20 of its 24 items: the consumer must still get one of the 4 left
+    in that group, not an item of a later priority."""
+    q = store.queue("race")
+    for i in range(24):
+        q.put(f"urgent-{i}", priority=0)
+    q.put("later", priority=9)
+    others = [store.queue("race", ttl=5) for _ in range(20)]
+    real = store.range
+    raced = False
+
+    def range_(*args: Any, **kwargs: Any) -> list[embedkv.KeyValue]:
+        nonlocal raced
+        if kwargs.get("sort") == "create" and not raced:
+            raced = True
+            for other in others:  # they claim while we are between our two reads
+                assert other.get(timeout=5).priority == 0
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(store, "range", range_)
+    consumer = store.queue("race", ttl=5)
+    item = consumer.get(timeout=5)
+    assert raced
+    assert (item.priority, item.value.startswith("urgent-")) == (0, True)
+    for other in [consumer, *others]:
+        other.close()
