@@ -214,23 +214,46 @@ class Party:
             return self._join()
 
     def _join(self) -> str:
-        session = Session(self._store, self.ttl)
+        session, key = self._enter()
         self._session = session
-        key, _, _ = enqueue(self._store, self._prefix, session, self._value)
         self.id = key[len(self._prefix):]
-        session.on_lost(lambda: self._on_lost(session))
+        self._rejoin_on_loss(session)
         return self.id
 
-    def _on_lost(self, session: Session) -> None:
-        with self._mu:
-            if self._session is not session or not self._rejoin:
-                return
-            while not self._store.closed:
-                try:
-                    self._join()
+    def _rejoin_on_loss(self, session: Session) -> None:
+        session.on_lost(lambda: self._on_lost(session))
+
+    def _enter(self) -> tuple[Session, str]:
+        """A new lease with our member key on it (not yet ours: see _join, _on_lost)."""
+        session = Session(self._store, self.ttl)
+        try:
+            key, _, _ = enqueue(self._store, self._prefix, session, self._value)
+        except BaseException:
+            session.close()
+            raise
+        return session, key
+
+    def _on_lost(self, lost: Session) -> None:
+        """Rejoin with a new lease, retrying while the store is unavailable, without holding
+        the party's lock between attempts (``leave()`` must not wait for a quorum), and
+        giving up once the party was left or rejoined otherwise."""
+        while not self._store.closed:
+            with self._mu:
+                if self._session is not lost or not self._rejoin:
                     return
-                except Exception:  # the store may be unavailable for a while
-                    time.sleep(min(1.0, self.ttl / 3))
+            try:
+                session, key = self._enter()
+            except Exception:  # the store may be unavailable for a while
+                time.sleep(min(1.0, self.ttl / 3))
+                continue
+            with self._mu:
+                if self._session is not lost:  # left (or rejoined) meanwhile
+                    session.close()
+                    return
+                self._session = session
+                self.id = key[len(self._prefix):]
+            self._rejoin_on_loss(session)
+            return
 
     @property
     def present(self) -> bool:

@@ -114,3 +114,27 @@ def test_a_priority_group_raced_by_many_consumers_is_not_skipped(
     assert (item.priority, item.value.startswith("urgent-")) == (0, True)
     for other in [consumer, *others]:
         other.close()
+
+
+def test_leave_does_not_wait_for_a_lost_party_retrying_its_rejoin(
+    store: embedkv.Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    party = store.party("retry", ttl=1)
+    party.join("me")
+    attempts: list[int] = []
+
+    def no_lease(*args: Any, **kwargs: Any) -> embedkv.Lease:
+        attempts.append(1)
+        raise embedkv.Unavailable("no quorum (test)")
+
+    monkeypatch.setattr(store, "lease", no_lease)
+    party.session.stall()  # lost; every rejoin fails while leases cannot be granted
+    wait_for(lambda: len(attempts) >= 2, what="rejoin retries")
+    t, _ = _in_thread(party.leave)
+    t.join(5)
+    assert not t.is_alive(), "leave() blocked behind the rejoin retries"
+    monkeypatch.undo()
+    tried = len(attempts)
+    # Once left, the retries stop: a later grant succeeding must not bring the party back.
+    wait_for(lambda: not party.present and store.party("retry").members() == {}, what="gone")
+    assert len(attempts) <= tried + 1
