@@ -311,25 +311,29 @@ class Child:
 
     # --- coordination recipes (a holder whose process is killed) ------------------------------
 
+    def _keep(self, what: str, held: Any) -> None:
+        with self._lock:
+            self._held[what] = held
+
+    def _holding(self, what: str, *, drop: bool = False) -> Any:
+        with self._lock:
+            return self._held.pop(what) if drop else self._held[what]
+
     def op_lock_acquire(self, name: str, ttl: int, wait: float | None = None) -> int | None:
         """Acquire lock `name` and keep holding it (until ``lock_release`` or death): its
         fencing token, or None if not acquired within `wait` seconds (None: no limit)."""
         lock = self.store.lock(name, ttl=ttl)
         if not lock.acquire(timeout=wait):
             return None
-        with self._lock:
-            self._held[f"lock/{name}"] = lock
+        self._keep(f"lock/{name}", lock)
         return lock.token
 
     def op_lock_release(self, name: str) -> None:
-        with self._lock:
-            lock = self._held.pop(f"lock/{name}")
-        lock.release()
+        self._holding(f"lock/{name}", drop=True).release()
 
     def op_fenced_put(self, name: str, key: str, value: Any) -> bool:
         """Put under the guard of the lock `name` this member holds: did the store accept it?"""
-        with self._lock:
-            lock = self._held[f"lock/{name}"]
+        lock = self._holding(f"lock/{name}")
         return bool(self.store.txn(compare=[lock.held()], success=[Put(key, value)]).succeeded)
 
     def op_campaign(self, name: str, value: Any, ttl: int, wait: float | None = None) -> bool:
@@ -337,8 +341,7 @@ class Child:
         election = self.store.election(name, ttl=ttl)
         if not election.campaign(value, timeout=wait):
             return False
-        with self._lock:
-            self._held[f"election/{name}"] = election
+        self._keep(f"election/{name}", election)
         return True
 
     def op_election_leader(self, name: str) -> Any:
@@ -350,14 +353,11 @@ class Child:
     def op_queue_get(self, name: str, ttl: int, wait: float | None = None) -> Any:
         """Claim the next item of queue `name` without acking it (``queue_ack`` does)."""
         item = self.store.queue(name, ttl=ttl).get(timeout=wait)
-        with self._lock:
-            self._held[f"item/{name}"] = item
+        self._keep(f"item/{name}", item)
         return item.value
 
     def op_queue_ack(self, name: str) -> None:
-        with self._lock:
-            item = self._held.pop(f"item/{name}")
-        item.ack()
+        self._holding(f"item/{name}", drop=True).ack()
 
     # --- membership (the cluster API of issue 13) ---------------------------------------------
 
