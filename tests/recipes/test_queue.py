@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import collections
 import threading
 
 import pytest
@@ -10,71 +9,16 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import embedkv
-from embedkv.recipes import SessionLost
+from tests.recipes.safety import queue_exactly_once, queue_redelivery
 from tests.waiting import wait_for
 
 
 def test_every_item_consumed_exactly_once_4_producers_4_consumers(store: embedkv.Store) -> None:
-    per, producers = 40, 4
-    total = per * producers
-    consumed: list[object] = []
-    guard = threading.Lock()
-    errors: list[BaseException] = []
-
-    def produce(p: int) -> None:
-        q = store.queue("jobs")
-        for i in range(per):
-            q.put(f"{p}-{i}")
-
-    def consume() -> None:
-        q = store.queue("jobs", ttl=5)
-        try:
-            while True:
-                with guard:
-                    if len(consumed) >= total:
-                        return
-                try:
-                    item = q.get(timeout=0.2)
-                except TimeoutError:
-                    continue
-                item.ack()
-                with guard:
-                    consumed.append(item.value)
-        except BaseException as e:  # pragma: no cover
-            errors.append(e)
-        finally:
-            q.close()
-
-    threads = [threading.Thread(target=produce, args=(p,)) for p in range(producers)]
-    threads += [threading.Thread(target=consume) for _ in range(4)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(120)
-    assert not errors, errors
-    counts = collections.Counter(consumed)
-    assert len(consumed) == total and all(c == 1 for c in counts.values())
-    assert store.queue("jobs").qsize() == 0 and store.count("_embedkv/queue/jobs/") == 0
+    queue_exactly_once([store], "jobs")
 
 
 def test_an_item_is_redelivered_when_its_consumer_dies_before_ack(store: embedkv.Store) -> None:
-    producer = store.queue("w")
-    producer.put("job-1")
-    producer.put("job-2")
-    dying, other = store.queue("w", ttl=1), store.queue("w", ttl=1)
-    item = dying.get(timeout=5)
-    assert item.value == "job-1"
-    assert other.get(timeout=5).value == "job-2"  # job-1 is claimed: not delivered twice
-    dying.session.orphan()  # the consumer dies mid-item
-    again = other.get(timeout=10)
-    assert again.value == "job-1"
-    with pytest.raises(SessionLost):
-        item.ack()  # the dead consumer's late ack is refused
-    again.ack()
-    assert producer.qsize() == 0  # job-2 is claimed, not waiting
-    other.close()  # hands job-2 back at once
-    assert producer.qsize() == 1
-    assert producer.get(timeout=5).value == "job-2"
+    queue_redelivery([store], "w")
 
 
 def test_priority_then_fifo(store: embedkv.Store) -> None:
