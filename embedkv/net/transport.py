@@ -227,8 +227,12 @@ class _Link:
         frames = _Reader(reader, self.t.max_frame)
         try:
             frame = await frames.next()
-        except (ProtocolError, OSError) as exc:
+        except ProtocolError as exc:
             return f"garbage on the link: {exc}"
+        except OSError:
+            # Reset rather than closed: a peer that died with unread data in its receive
+            # buffer resets the connection. It is gone all the same (on_peer_lost).
+            return None
         if isinstance(frame, Refused):
             return frame.reason
         if frame is not None:
