@@ -73,10 +73,11 @@ def test_cut_off_member_installs_a_snapshot_live_and_its_watch_continues(
     cluster, leader, lagging = lagging_cluster(make_cluster)
     pid = lagging.call("ping")
     wids = {m.name: m.call("watch_start", key="s/", prefix=True) for m in cluster}
-    behind = lagging.call("log_bounds")["applied"]
     # Cut off, not stopped: a stopped process still gets every entry the leader pipelines
     # into its socket buffers before the log is compacted, and would not need a snapshot.
     cluster.partition([lagging])
+    # What it holds, applied or not: the entries after it must be compacted away.
+    behind = lagging.call("log_bounds")["last"]
     compact_past(cluster, leader, behind, "s/", lagging)
     last = leader.put("s/last", "end")
     cluster.heal()
@@ -96,10 +97,11 @@ def test_watch_ends_with_compacted_when_the_snapshot_skips_its_next_revision(
 ) -> None:
     cluster, leader, lagging = lagging_cluster(make_cluster)
     wid = lagging.call("watch_start", key="c/", prefix=True)
-    behind = lagging.call("log_bounds")["applied"]
     # Cut off by the fault hook, not frozen: a frozen member would still read the appends
     # its socket buffered, and see the revisions this test wants compacted away from it.
     cluster.partition([lagging])
+    # What it holds, applied or not: the entries after it must be compacted away.
+    behind = lagging.call("log_bounds")["last"]
     compact_past(cluster, leader, behind, "c/", lagging)
     leader.call("compact", revision=leader.call("revision"))  # history below it is gone
     compact_past(cluster, leader, leader.call("log_bounds")["applied"], "c/", lagging)
