@@ -1,5 +1,6 @@
 """Drives a DataDir the way a single-voter member does: each request becomes a Raft entry that
-is appended and applied in one write transaction."""
+is appended and applied in one write transaction, which also runs one bounded step of pending
+compaction work (as the member's writer does)."""
 
 from __future__ import annotations
 
@@ -15,6 +16,9 @@ from embedkv.storage.requests import Request, Result
 
 class Member:
     """A data dir plus the entry index and term a one-member Raft log would use."""
+
+    STEP = 64
+    """History changes each batch's compaction step visits."""
 
     def __init__(self, path: str | os.PathLike[str], *, durable: bool = False) -> None:
         self.path = os.fspath(path)
@@ -35,12 +39,24 @@ class Member:
         with self.dd.write() as w:
             w.append_entries(entries)
             w.set_hard_state(HardState(self.term, 1, entries[-1].index if entries else start))
-            return [w.apply(e) for e in entries]
+            applied = [w.apply(e) for e in entries]
+            w.compact_step(self.STEP)
+            return applied
 
     def propose(self, request: Request) -> Result | Error:
         applied = self.propose_many([request])[0]
         assert applied.result is not None
         return applied.result
+
+    def finish_compaction(self, step: int = 1000) -> int:
+        """Run compaction steps (each in its own batch) until no work is left; the number of
+        batches that did some."""
+        batches = 0
+        while self.dd.compaction_pending:
+            with self.dd.write() as w:
+                w.compact_step(step)
+            batches += 1
+        return batches
 
     def reopen(self) -> None:
         self.dd.close()
