@@ -23,7 +23,6 @@ from embedkv.errors import Closed, CorruptData, DataDirLocked, NoSpace
 from embedkv.raft.types import ConfState, Entry, EntryType, HardState, Snapshot, SnapshotMeta
 
 from .codec import (
-    COMPACTION_WORK,
     PUT_TAG,
     U64X2,
     U64X3,
@@ -43,7 +42,6 @@ from .directory import (
     encode_members,
 )
 from .lmdbenv import (
-    COMPACTING,
     MARKER_FILE,
     META_STATE,
     STATE_DB,
@@ -58,6 +56,7 @@ from .mvcc import (
     Tables,
     read_compaction_work,
     read_state,
+    write_compaction_work,
 )
 from .raftlog import CONF_STATE, RaftLog
 
@@ -673,13 +672,8 @@ class WriteBatch:
                     txn.put(META_STATE, U64X3.pack(
                         self._applied, self._applier.revision, self._applier.compact
                     ), db=self._dd._tables.state)
-                work = self._applier.work
-                if work is not self._dd._compaction_work:
-                    if work is None:
-                        txn.delete(COMPACTING, db=self._dd._tables.state)
-                    else:
-                        txn.put(COMPACTING, COMPACTION_WORK.pack(*work),
-                                db=self._dd._tables.state)
+                if self._applier.work is not self._dd._compaction_work:
+                    write_compaction_work(txn, self._dd._tables.state, self._applier.work)
                 self._log.flush(txn)
                 txn.commit()
                 break

@@ -254,6 +254,37 @@ class CompactionWork(NamedTuple):
         return self
 
 
+def write_compaction_work(
+    txn: lmdb.Transaction[bytes], state_db: lmdb._Database, work: CompactionWork | None
+) -> None:
+    """Record `work` (None: none left) in `txn`."""
+    if work is None:
+        txn.delete(COMPACTING, db=state_db)
+    else:
+        txn.put(COMPACTING, COMPACTION_WORK.pack(*work), db=state_db)
+
+
+def finish_compaction(env: Env, max_changes: int = 10_000) -> int:
+    """Do all pending compaction work of an environment nobody else writes to (defrag), in
+    transactions of `max_changes` visits; the number of transactions."""
+    t = Tables(env)
+    done = 0
+    while True:
+        try:
+            with env.env.begin(write=True) as txn:
+                _, revision, compact = read_state(txn, t.state)
+                work = read_compaction_work(txn, t.state, compact)
+                if work is None:
+                    return done
+                applier = Applier(txn, t, revision, compact, work)
+                applier.compact_step(max_changes)
+                write_compaction_work(txn, t.state, applier.work)
+        except lmdb.MapFullError:
+            env.grow()
+            continue
+        done += 1
+
+
 def read_compaction_work(
     txn: lmdb.Transaction[bytes], state_db: lmdb._Database, compact: int
 ) -> CompactionWork | None:

@@ -412,3 +412,17 @@ def test_verify_checks_the_work_record(tmp_path: Path) -> None:
     assert not report.ok and "b'compacting'" in report.problems[0], report
     with pytest.raises(CorruptData, match="compaction work"):
         DataDir.open(tmp_path)
+
+
+def test_defrag_finishes_pending_work(tmp_path: Path) -> None:
+    """A store closed with compaction work pending: defrag does the work, then copies."""
+    a, b = _filled(tmp_path / "a"), _filled(tmp_path / "b")
+    for m in (a, b):
+        m.propose(Compaction(m.dd.kv.revision - 5))
+    b.finish_compaction()
+    a.close()
+    backup.defrag(tmp_path / "a")
+    a = Member(tmp_path / "a")
+    assert not a.dd.compaction_pending and _tables(a.dd) == _tables(b.dd)
+    a.close()
+    b.close()
