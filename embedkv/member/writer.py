@@ -66,6 +66,10 @@ LOG_RETAIN = 5000
 LOG_COMPACT_EVERY = 10000
 """Compact the Raft log once this many applied entries beyond LOG_RETAIN have accumulated."""
 
+COMPACT_STEP = 512
+"""History changes one write batch visits for a pending compaction (a few ms on a loaded
+machine): compaction proceeds in bounded steps, never as one long transaction."""
+
 NO_SPACE_RETRY = 1.0
 """Seconds between attempts to write again after the disk was full."""
 
@@ -575,6 +579,8 @@ class LogWriter:
             leading = node.role is Role.LEADER
         if rd is None:
             self._complete_deferred()
+            if self._dd.compaction_pending:
+                return self._compact_while_idle()
             return False
         batch = _Batch(self._applied, self._conf)
         if leading and rd.messages and self.send is not None and self._conf.voters != self._solo:
@@ -630,6 +636,9 @@ class LogWriter:
                         if batch.hard_state is not None:
                             w.set_hard_state(batch.hard_state)
                         self._compact_log(w, batch.applied_index, batch.conf_state)
+                # A bounded part of the history a compaction left to drop (outside the core's
+                # lock: ticks and reports never wait for it).
+                w.compact_step(COMPACT_STEP)
                 if self._deferred:
                     # The previous batch is durable: its callers run while this one commits
                     # (the GIL is free during the write-out and fsync) instead of competing
@@ -650,6 +659,18 @@ class LogWriter:
         self._release(batch)
         for future, outcome in late:  # they got a done-callback meanwhile: run it now
             complete(future, outcome)
+        return more
+
+    def _compact_while_idle(self) -> bool:
+        """One bounded compaction step in a transaction of its own; True: look again soon
+        (queued requests get in between steps)."""
+        try:
+            with self._dd.write() as w:
+                more = w.compact_step(COMPACT_STEP)
+        except NoSpace as exc:
+            self._on_no_space(exc)
+            return False
+        self.stats.batches += 1
         return more
 
     def _note(self, rd: Ready, batch: _Batch) -> None:

@@ -41,8 +41,23 @@ from .directory import (
     encode_local,
     encode_members,
 )
-from .lmdbenv import MARKER_FILE, META_STATE, STATE_DB, Env, is_disk_full, no_space
-from .mvcc import Applied, Applier, KeySpace, Tables, read_state
+from .lmdbenv import (
+    MARKER_FILE,
+    META_STATE,
+    STATE_DB,
+    Env,
+    is_disk_full,
+    no_space,
+)
+from .mvcc import (
+    Applied,
+    Applier,
+    KeySpace,
+    Tables,
+    read_compaction_work,
+    read_state,
+    write_compaction_work,
+)
 from .raftlog import CONF_STATE, RaftLog
 
 if TYPE_CHECKING:
@@ -114,6 +129,7 @@ class DataDir:
         self._closed = False
         with env.read() as txn:
             applied, revision, compact = read_state(txn, env.dbs[STATE_DB])
+            self._compaction_work = read_compaction_work(txn, env.dbs[STATE_DB], compact)
             raw = txn.get(IDENTITY, db=env.dbs[b"raft_state"])
             self._identity = (
                 None if raw is None else Identity(*unpack_exact(U64X2, raw, "identity"))
@@ -189,6 +205,12 @@ class DataDir:
     def conf_state(self) -> ConfState:
         """The membership as of the applied index."""
         return self.log.conf_state
+
+    @property
+    def compaction_pending(self) -> bool:
+        """Whether a compaction left physical work to do (as of the last commit): the writer
+        then runs ``WriteBatch.compact_step`` until this is False."""
+        return self._compaction_work is not None
 
     def members(self) -> dict[int, PeerInfo]:
         """The member directory (id -> name, address) as of the applied index (a copy)."""
@@ -361,7 +383,8 @@ class WriteBatch:
             self._txn = self._env.env.begin(write=True)
         except lmdb.Error as exc:
             raise self._translate(exc) from None
-        self._applier = Applier(self._txn, dd._tables, dd.kv.revision, dd.kv.compact_revision)
+        self._applier = Applier(self._txn, dd._tables, dd.kv.revision, dd.kv.compact_revision,
+                                dd._compaction_work)
         self._applied = dd.log.applied
         self._conf_state = dd.log.conf_state
         self._members = dd._members
@@ -436,6 +459,23 @@ class WriteBatch:
 
     def bootstrap(self, identity: Identity, conf_state: ConfState) -> None:
         self._run(self._bootstrap, (identity, conf_state))
+
+    def compact_step(self, max_keys: int) -> bool:
+        """Do a bounded part of the physical compaction work left by Compaction entries:
+        visit at most `max_keys` history changes (key versions), dropping those the
+        compaction drops; True while work remains (False at once when there is none).
+
+        Reads never depend on it: the compact revision is recorded when the Compaction is
+        applied, and what the work drops is below it. Deterministic and safe to replay, like
+        every batch operation; a compaction applied earlier in this batch counts."""
+        if type(max_keys) is not int or max_keys < 1:
+            raise ValueError(f"max_keys must be a positive int, not {max_keys!r}")
+        if self._txn is None:
+            raise Closed(_ABORTED)
+        if self._applier.work is None:
+            return False
+        result: bool = self._run(self._compact_step, (max_keys,))
+        return result
 
     # --- implementations, run (and re-run after map growth) against self._txn -------------
 
@@ -528,12 +568,16 @@ class WriteBatch:
             txn.drop(dbs[table], delete=False)
         for table, key, value in stream_records(reader, header):
             txn.put(key, value, db=dbs[table])
-        self._applier = Applier(txn, self._dd._tables, header["revision"], header["compact"])
+        self._applier = Applier(txn, self._dd._tables, header["revision"], header["compact"],
+                                header.get("compacting"))
         self._applied = meta.index
         self._state_dirty = True
         self._log.install(txn, meta.index, meta.term)
         self._set_conf_state(meta.conf_state)
         self._put_members(header.get("members", {}))
+
+    def _compact_step(self, max_keys: int) -> bool:
+        return self._applier.compact_step(max_keys)  # the current applier (after a replay too)
 
     def _compact_log(self, index: int) -> None:
         assert self._txn is not None
@@ -627,6 +671,8 @@ class WriteBatch:
                     txn.put(META_STATE, U64X3.pack(
                         self._applied, self._applier.revision, self._applier.compact
                     ), db=self._dd._tables.state)
+                if self._applier.work is not self._dd._compaction_work:
+                    write_compaction_work(txn, self._dd._tables.state, self._applier.work)
                 self._log.flush(txn)
                 txn.commit()
                 break
@@ -645,3 +691,4 @@ class WriteBatch:
         log.trim_tail()
         dd.kv.revision = self._applier.revision
         dd.kv.compact_revision = self._applier.compact
+        dd._compaction_work = self._applier.work

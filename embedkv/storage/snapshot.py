@@ -3,8 +3,9 @@
 Stream: the magic ``EKVSNAP1``, then frames ``tag (1 byte) | length (u32) | payload``:
 
 * ``H`` once, first: CBOR map of format, applied index and its term, conf state (voters,
-  learners), revision and compact revision, and (when there is one) the member directory
-  ("members": rows of [id, name, address, promote]);
+  learners), revision and compact revision, (when there is one) the member directory
+  ("members": rows of [id, name, address, promote]), and the physical compaction work still
+  to do ("compacting", only when there is some);
 * ``R`` per record: ``table (1 byte) | key length (u16) | key | value``, the raw LMDB record of
   one of the key-space tables, in (table, key, value) order;
 * ``E`` last: the SHA-256 of every byte before this frame.
@@ -30,6 +31,7 @@ from embedkv.raft.types import ConfState, HardState, SnapshotMeta
 
 from .codec import (
     CHANGE,
+    COMPACTION_WORK,
     MAX_PROPOSAL_BYTES,
     RECORD,
     REV,
@@ -52,6 +54,7 @@ from .directory import (
     members_rows,
 )
 from .lmdbenv import (
+    COMPACTING,
     FORMAT_VERSION,
     LOG_START,
     META_STATE,
@@ -61,7 +64,7 @@ from .lmdbenv import (
     is_disk_full,
     no_space,
 )
-from .mvcc import read_state
+from .mvcc import CompactionWork, read_compaction_work, read_state
 from .raftlog import CONF_STATE, HARD_STATE
 from .requests import MAX_KEY_BYTES
 
@@ -145,6 +148,11 @@ def _write_snapshot(env: Env, out: IO[bytes]) -> dict[str, Any]:
             "revision": revision,
             "compact": compact,
         }
+        work = read_compaction_work(txn, env.dbs[STATE_DB], compact)
+        if work is not None:
+            # The history still holds what this work drops (invisible to reads): the
+            # receiver records the same work and finishes it (docs/internals/storage.md).
+            fields["compacting"] = list(work)
         raw = txn.get(MEMBERS, db=env.dbs[b"raft_state"])
         if raw is not None:
             # The member directory travels in the header: it is small, and a follower
@@ -245,6 +253,13 @@ def _header(payload: bytes) -> dict[str, Any]:
         raise CorruptData("snapshot header revisions are inconsistent")
     if "members" in header:
         header["members"] = members_from_rows(header["members"])
+    if "compacting" in header:
+        work = header["compacting"]
+        if (type(work) is not list or len(work) != len(CompactionWork._fields)
+                or any(type(n) is not int or not 0 <= n < 1 << 63 for n in work)
+                or work[2] >= 1 << 32):
+            raise CorruptData("snapshot header field compacting is invalid")
+        header["compacting"] = CompactionWork(*work).check(header["compact"])
     return header
 
 
@@ -353,6 +368,9 @@ def restore_into(
         # The same cluster: its directory comes along (a new membership, as a backup
         # restores to, makes a new cluster whose directory starts empty).
         pending.append((state_db, MEMBERS, encode_members(header["members"])))
+    if "compacting" in header:
+        pending.append((env.dbs[STATE_DB], COMPACTING,
+                        COMPACTION_WORK.pack(*header["compacting"])))
     if identity is not None:
         pending.append((state_db, b"identity", U64X2.pack(identity.cluster_id,
                                                           identity.member_id)))
