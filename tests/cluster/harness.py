@@ -524,7 +524,20 @@ class Cluster:
             with contextlib.suppress(Exception):
                 m.kill()
 
-    def stderr_report(self) -> str:
-        return "\n".join(
-            f"--- {m.name} ---\n{m.stderr_tail()}" for m in self
-        )
+    def state_report(self) -> str:
+        """One line per member: its process state and, if it answers within a second, its
+        term, leader, commit and applied index and revision (quoted when a test fails)."""
+        lines = []
+        for m in self:
+            if not m.alive or m.stopped:
+                lines.append(f"{m!r}")
+                continue
+            try:
+                s = m.call("status", timeout=1.0)
+            except Exception as exc:
+                lines.append(f"{m!r}: status failed: {str(exc).splitlines()[0]}")
+                continue
+            lines.append(f"{m!r}: term {s.get('term')} leader {s.get('leader')} commit "
+                         f"{s.get('commit_index')} applied {s.get('applied_index')} revision "
+                         f"{s.get('revision')}")
+        return "\n".join(lines)
