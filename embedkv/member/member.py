@@ -383,6 +383,11 @@ class Member:
         """Call `callback(event)` on the dispatcher thread for every change in the selection."""
         if self._closed:
             raise Closed("the member is closed")
+        if not start_revision and type(start_revision) is not bool:
+            # "From now": after what a read would see now. The hub's revision trails the key
+            # space's from a batch's commit to its publish; a watch from the hub's revision
+            # would report a change the caller may already have read.
+            start_revision = self._dd.kv.revision + 1
         return self._hub.watch(key, callback, prefix=prefix, end=end,
                                start_revision=start_revision, prev_kv=prev_kv)
 
@@ -435,7 +440,8 @@ class Member:
         leader = self._leader_elsewhere()
         if leader is None:
             return self._leases.keepalive(lease_id)
-        answer = self._call(leader, "lease.keepalive", [lease_id], self._timeout)
+        answer = self._call(leader, "lease.keepalive", [self.applied_index, lease_id],
+                            self._timeout)
         ttl = answer[0] if isinstance(answer, list) and len(answer) == 1 else 0
         if not ttl:
             raise LeaseNotFound(lease_id)
@@ -455,7 +461,7 @@ class Member:
         leader = self._leader_elsewhere()
         if leader is None:
             return self._leases.time_to_live(lease_id)
-        answer = self._call(leader, "lease.ttl", lease_id, self._timeout)
+        answer = self._call(leader, "lease.ttl", [self.applied_index, lease_id], self._timeout)
         if answer is None:
             return None
         return int(answer[0]), float(answer[1])
@@ -802,12 +808,21 @@ class Member:
                                         f"cluster (at index {body}, told by {caller:#x})"))
         return None
 
-    async def _serve_keepalive(self, caller: int, body: Any) -> Any:
+    async def _caught_up(self, body: Any) -> list[int]:
+        """A lease call: [the caller's applied index, lease ids...]. Answered once this leader
+        has applied as much as the caller: a lease granted through a follower (which may
+        apply before the leader does) is then known here too."""
         self._require_leader()
-        if not isinstance(body, list) or not all(type(i) is int for i in body):
-            raise ValueError("a keep-alive names lease ids")
+        if (not isinstance(body, list) or not body
+                or not all(type(i) is int and i >= 0 for i in body)):
+            raise ValueError("a lease call is [applied index, lease ids...]")
+        if self.applied_index < body[0]:
+            await asyncio.wrap_future(self.read_barrier())
+        return body[1:]
+
+    async def _serve_keepalive(self, caller: int, body: Any) -> Any:
         out = []  # the TTL of each lease, in order; 0: not found
-        for lease_id in body:
+        for lease_id in await self._caught_up(body):
             try:
                 out.append(self._leases.keepalive(lease_id))
             except LeaseNotFound:
@@ -815,10 +830,10 @@ class Member:
         return out
 
     async def _serve_ttl(self, caller: int, body: Any) -> Any:
-        self._require_leader()
-        if type(body) is not int:
+        ids = await self._caught_up(body)
+        if len(ids) != 1:
             raise ValueError("a TTL query names one lease id")
-        found = self._leases.time_to_live(body)
+        found = self._leases.time_to_live(ids[0])
         return None if found is None else [found[0], found[1]]
 
     async def _serve_progress(self, caller: int, body: Any) -> Any:
@@ -839,7 +854,8 @@ class Member:
         if links is None or leader == NONE or leader == self.member_id:
             return
         task = self._engine.loop.create_task(
-            links.call(leader, "lease.keepalive", lease_ids, self._timeout))
+            links.call(leader, "lease.keepalive", [self.applied_index, *lease_ids],
+                       self._timeout))
         task.add_done_callback(_quiet)
 
     # --- shutdown -----------------------------------------------------------------------------

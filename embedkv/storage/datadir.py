@@ -204,7 +204,6 @@ class DataDir:
         a cluster), in one write transaction."""
         with self.write() as w:
             w.set_local(local)
-        self._local = local
 
     def bootstrap(
         self,
@@ -227,8 +226,6 @@ class DataDir:
             if local is not None:
                 w.set_local(local)
         self._identity = identity
-        if local is not None:
-            self._local = local
 
     def clear_no_space(self) -> None:
         """Accept writes again after the operator has freed space."""
@@ -368,6 +365,7 @@ class WriteBatch:
         self._applied = dd.log.applied
         self._conf_state = dd.log.conf_state
         self._members = dd._members
+        self._local = dd._local
         self._state_dirty = False
 
     # --- the operations -----------------------------------------------------------------
@@ -510,6 +508,7 @@ class WriteBatch:
     def _set_local(self, local: LocalInfo) -> None:
         assert self._txn is not None
         self._txn.put(LOCAL, encode_local(local), db=self._env.dbs[b"raft_state"])
+        self._local = local
 
     def _install_snapshot(self, snapshot: Snapshot) -> None:
         from .snapshot import TABLES, open_stream, stream_records
@@ -642,6 +641,7 @@ class WriteBatch:
         log.applied = self._applied
         log.conf_state = self._conf_state
         dd._members = self._members
+        dd._local = self._local
         log.trim_tail()
         dd.kv.revision = self._applier.revision
         dd.kv.compact_revision = self._applier.compact

@@ -71,7 +71,10 @@ def decode_members(raw: bytes) -> dict[int, PeerInfo]:
         rows = cbor2.loads(body, max_depth=3)
     except Exception as exc:
         raise CorruptData(f"raft_state record b'members' does not decode: {exc}") from None
-    return members_from_rows(rows)
+    try:
+        return members_from_rows(rows)
+    except CorruptData as exc:
+        raise CorruptData(f"raft_state record b'members' is invalid: {exc}") from None
 
 
 def encode_local(local: LocalInfo) -> bytes:

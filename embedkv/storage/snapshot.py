@@ -3,7 +3,8 @@
 Stream: the magic ``EKVSNAP1``, then frames ``tag (1 byte) | length (u32) | payload``:
 
 * ``H`` once, first: CBOR map of format, applied index and its term, conf state (voters,
-  learners), revision and compact revision;
+  learners), revision and compact revision, and (when there is one) the member directory
+  ("members": rows of [id, name, address, promote]);
 * ``R`` per record: ``table (1 byte) | key length (u16) | key | value``, the raw LMDB record of
   one of the key-space tables, in (table, key, value) order;
 * ``E`` last: the SHA-256 of every byte before this frame.
@@ -43,7 +44,13 @@ from .codec import (
     unpack_change,
     unseal,
 )
-from .directory import MEMBERS, decode_members, members_from_rows, members_rows
+from .directory import (
+    MEMBERS,
+    decode_members,
+    encode_members,
+    members_from_rows,
+    members_rows,
+)
 from .lmdbenv import (
     FORMAT_VERSION,
     LOG_START,
@@ -342,6 +349,10 @@ def restore_into(
         (env.dbs[STATE_DB], LOG_START, U64X2.pack(applied, header["term"])),
         (env.dbs[STATE_DB], HARD_STATE, encode_hard_state_for(applied, header["term"])),
     ]
+    if conf_state is None and header.get("members"):
+        # The same cluster: its directory comes along (a new membership, as a backup
+        # restores to, makes a new cluster whose directory starts empty).
+        pending.append((state_db, MEMBERS, encode_members(header["members"])))
     if identity is not None:
         pending.append((state_db, b"identity", U64X2.pack(identity.cluster_id,
                                                           identity.member_id)))

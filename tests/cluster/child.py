@@ -111,6 +111,7 @@ class Child:
         self._leases: dict[int, embedkv.Lease] = {}
         self._loads: dict[str, tuple[threading.Event, list[threading.Thread], dict[str, Any]]] = {}
         self._next_watch = 1
+        self._held: dict[str, Any] = {}  # recipe holdings by name: locks, claimed queue items
         self._pool = ThreadPoolExecutor(max_workers=256, thread_name_prefix="cmd")
 
     # --- the protocol ------------------------------------------------------------------------
@@ -307,6 +308,56 @@ class Child:
 
     def op_lease_revoke(self, lease: int) -> None:
         self._lease(lease).revoke()
+
+    # --- coordination recipes (a holder whose process is killed) ------------------------------
+
+    def _keep(self, what: str, held: Any) -> None:
+        with self._lock:
+            self._held[what] = held
+
+    def _holding(self, what: str, *, drop: bool = False) -> Any:
+        with self._lock:
+            return self._held.pop(what) if drop else self._held[what]
+
+    def op_lock_acquire(self, name: str, ttl: int, wait: float | None = None) -> int | None:
+        """Acquire lock `name` and keep holding it (until ``lock_release`` or death): its
+        fencing token, or None if not acquired within `wait` seconds (None: no limit)."""
+        lock = self.store.lock(name, ttl=ttl)
+        if not lock.acquire(timeout=wait):
+            return None
+        self._keep(f"lock/{name}", lock)
+        return lock.token
+
+    def op_lock_release(self, name: str) -> None:
+        self._holding(f"lock/{name}", drop=True).release()
+
+    def op_fenced_put(self, name: str, key: str, value: Any) -> bool:
+        """Put under the guard of the lock `name` this member holds: did the store accept it?"""
+        lock = self._holding(f"lock/{name}")
+        return bool(self.store.txn(compare=[lock.held()], success=[Put(key, value)]).succeeded)
+
+    def op_campaign(self, name: str, value: Any, ttl: int, wait: float | None = None) -> bool:
+        """Campaign in election `name` until leading (True) or `wait` passes (False)."""
+        election = self.store.election(name, ttl=ttl)
+        if not election.campaign(value, timeout=wait):
+            return False
+        self._keep(f"election/{name}", election)
+        return True
+
+    def op_election_leader(self, name: str) -> Any:
+        return self.store.election(name).leader()
+
+    def op_queue_put(self, name: str, value: Any) -> str:
+        return self.store.queue(name).put(value)
+
+    def op_queue_get(self, name: str, ttl: int, wait: float | None = None) -> Any:
+        """Claim the next item of queue `name` without acking it (``queue_ack`` does)."""
+        item = self.store.queue(name, ttl=ttl).get(timeout=wait)
+        self._keep(f"item/{name}", item)
+        return item.value
+
+    def op_queue_ack(self, name: str) -> None:
+        self._holding(f"item/{name}", drop=True).ack()
 
     # --- membership (the cluster API of issue 13) ---------------------------------------------
 

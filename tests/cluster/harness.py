@@ -42,8 +42,9 @@ REQUEST_TIMEOUT = 30.0
 """Default seconds the parent waits for an answer; the store's own request_timeout is
 shorter, so a member that cannot reach a quorum answers Unavailable well within it."""
 
-FAST = {"tick_interval": 0.05, "election_tick": 10, "heartbeat_tick": 1, "request_timeout": 3.0}
-"""Raft timing for the suite: a 0.5 s election timeout keeps failover tests short."""
+FAST = {"tick_interval": 0.05, "election_tick": 20, "heartbeat_tick": 2, "request_timeout": 6.0}
+"""Raft timing for the suite: the default 1 s election timeout (shorter ones make members on a
+loaded 2-core CI machine call elections that drop forwarded writes), with ticks of 50 ms."""
 
 STDERR_TAIL = 4000
 

@@ -56,7 +56,7 @@ def test_member_down_while_the_log_is_compacted_catches_up_by_snapshot(
     converged = cluster.wait_converged()
     assert converged["count"] > 100
     # It caught up by a snapshot: it did not replay the entries it missed.
-    assert lagging.call("installs") == 1
+    assert lagging.call("installs") >= 1
     assert lagging.call("log_bounds")["first"] > behind + 1
     lagging.put("after", 1)
     assert leader.get("after") == 1
@@ -82,7 +82,7 @@ def test_cut_off_member_installs_a_snapshot_live_and_its_watch_continues(
     cluster.heal()
     cluster.wait_converged()
     assert lagging.call("ping") == pid  # installed without a restart
-    assert lagging.call("installs") == 1
+    assert lagging.call("installs") >= 1
 
     expected = leader.watch_until(wids[leader.name], last)
     # Every event once, in order, across the install.
@@ -106,7 +106,7 @@ def test_watch_ends_with_compacted_when_the_snapshot_skips_its_next_revision(
     assert lagging.call("revision") == 2  # it saw none of it
     cluster.heal()
     cluster.wait_converged()
-    assert lagging.call("installs") == 1
+    assert lagging.call("installs") >= 1
     ended = wait_for(lambda: (r := events(lagging, wid))["error"] and r,
                      what="the watch to end")
     assert ended["error"] == "Compacted", ended

@@ -39,13 +39,13 @@ def source(tmp_path_factory: pytest.TempPathFactory) -> list[bytes]:
     return chunks
 
 
-def _reads(dd: DataDir) -> tuple[object, ...]:
+def _reads(dd: DataDir, revisions: tuple[int, ...] = (100, 150, 250)) -> tuple[object, ...]:
     kv = dd.kv
     return (
         kv.revision,
         kv.compact_revision,
         kv.range(EVERYTHING),
-        [kv.range(Get(b"\x00", end=b"\x00", revision=r)) for r in (100, 150, 250)],
+        [kv.range(Get(b"\x00", end=b"\x00", revision=r)) for r in revisions],
         kv.leases(),
         kv.lease(5),
         list(kv.events(100, b"\x00", end=b"\x00")),
