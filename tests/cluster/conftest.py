@@ -58,6 +58,7 @@ def pytest_runtest_makereport(
     report = outcome.get_result()
     if report.failed:
         for cluster in getattr(item, "cluster_list", []):
+            report.sections.append(("members at the failure", cluster.state_report()))
             for member in cluster:
                 tail = member.stderr_tail()
                 if tail:

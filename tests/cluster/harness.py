@@ -57,13 +57,22 @@ class PortInUse(ChildError):
     """The child could not listen on its address (another process took the port)."""
 
 
+def free_ports(n: int) -> list[int]:
+    """`n` distinct ports the kernel just handed out on 127.0.0.1 (all bound at once, then
+    released: one at a time, the kernel may hand the same port out twice). Free now, though
+    another process may take one before a child binds it (callers retry)."""
+    with contextlib.ExitStack() as stack:
+        ports = []
+        for _ in range(n):
+            s = stack.enter_context(socket.socket(socket.AF_INET, socket.SOCK_STREAM))
+            s.bind(("127.0.0.1", 0))
+            ports.append(int(s.getsockname()[1]))
+        return ports
+
+
 def free_port() -> int:
-    """A port the kernel just handed out on 127.0.0.1 (bind(0), then released): free now,
-    though another process may take it before the child binds it (callers retry)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
+    """One port as `free_ports` picks them."""
+    return free_ports(1)[0]
 
 
 def remote_error(reply: dict[str, Any], where: str) -> BaseException:
@@ -394,7 +403,8 @@ class Cluster:
         agree), with empty data dirs."""
         names = [f"n{i}" for i in range(1, self.size + 1)]
         for attempt in range(attempts):
-            peers = {name: f"127.0.0.1:{free_port()}" for name in names}
+            peers = {name: f"127.0.0.1:{port}"
+                     for name, port in zip(names, free_ports(len(names)), strict=True)}
             for name in names:
                 with contextlib.suppress(KeyError):
                     self.members.pop(name).kill()
@@ -525,7 +535,20 @@ class Cluster:
             with contextlib.suppress(Exception):
                 m.kill()
 
-    def stderr_report(self) -> str:
-        return "\n".join(
-            f"--- {m.name} ---\n{m.stderr_tail()}" for m in self
-        )
+    def state_report(self) -> str:
+        """One line per member: its process state and, if it answers within a second, its
+        term, leader, commit and applied index and revision (quoted when a test fails)."""
+        lines = []
+        for m in self:
+            if not m.alive or m.stopped:
+                lines.append(f"{m!r}")
+                continue
+            try:
+                s = m.call("status", timeout=1.0)
+            except Exception as exc:
+                lines.append(f"{m!r}: status failed: {str(exc).splitlines()[0]}")
+                continue
+            lines.append(f"{m!r}: term {s.get('term')} leader {s.get('leader')} commit "
+                         f"{s.get('commit_index')} applied {s.get('applied_index')} revision "
+                         f"{s.get('revision')}")
+        return "\n".join(lines)

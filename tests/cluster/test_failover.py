@@ -12,7 +12,7 @@ import embedkv
 from tests.waiting import wait_for
 
 from .conftest import MakeCluster
-from .harness import ChildError, Member, free_port
+from .harness import ChildError, Member, free_port, free_ports
 
 
 def test_leader_killed_new_leader_writes_resume_killed_member_catches_up(
@@ -92,7 +92,8 @@ def test_member_restarted_on_a_new_address_is_reached_there(make_cluster: MakeCl
     moved, other = cluster.followers(leader)
     moved.kill()
     leader.put("while/away", 1)
-    new_address = f"127.0.0.1:{free_port()}"
+    new_address = next(a for port in free_ports(2)
+                       if (a := f"127.0.0.1:{port}") != moved.address)
     moved.restart(listen=new_address, insecure=True)
 
     def knows(m: Member) -> bool:

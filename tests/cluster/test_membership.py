@@ -10,7 +10,7 @@ import embedkv
 from tests.waiting import wait_for
 
 from .conftest import MakeCluster
-from .harness import ChildError, Member, free_port
+from .harness import ChildError, Member, free_port, free_ports
 
 KEYS = 5000
 """Keys in the cluster a new member joins (the bench does it with 100k)."""
@@ -164,9 +164,8 @@ def test_join_through_an_address_nobody_listens_on_fails_clearly(
     make_cluster: MakeCluster,
 ) -> None:
     cluster = make_cluster(3)
-    dead = f"127.0.0.1:{free_port()}"  # nobody listens there
-    lonely: Member = cluster.member("n9", dict(cluster.options, name="n9",
-                                               listen=f"127.0.0.1:{free_port()}",
+    dead, listen = (f"127.0.0.1:{port}" for port in free_ports(2))  # nobody listens on dead
+    lonely: Member = cluster.member("n9", dict(cluster.options, name="n9", listen=listen,
                                                join=[dead], insecure=True,
                                                request_timeout=1.0))
     with pytest.raises(ChildError, match="failed to open"):
