@@ -10,6 +10,7 @@ Every write goes through a Raft core (a cluster of one today), is fsync'd and ap
 MVCC state machine in LMDB; reads, watches, leases and transactions follow etcd v3.
 """
 
+from .aio import AsyncStore, open_async
 from .errors import (
     Closed,
     Compacted,
@@ -20,9 +21,13 @@ from .errors import (
     LeaseExists,
     LeaseNotFound,
     NoSpace,
+    Removed,
     Unavailable,
     UnsupportedFormat,
 )
+from .leases import AsyncLease, Lease
+from .member import MemberInfo
+from .operations import Deleted
 from .storage.backup import DefragResult
 from .storage.requests import (
     MAX_KEY_BYTES,
@@ -53,21 +58,8 @@ from .storage.requests import (
     Version,
 )
 from .storage.verify import VerifyReport, check
-from .store import (
-    AsyncLease,
-    AsyncStore,
-    AsyncWatch,
-    Deleted,
-    Lease,
-    Status,
-    Store,
-    Watch,
-    WatchIterator,
-    defrag,
-    open,
-    open_async,
-    restore,
-)
+from .store import Status, Store, defrag, open, restore
+from .watches import AsyncWatch, Watch, WatchIterator
 
 __version__ = "0.1.0"
 
@@ -103,11 +95,13 @@ __all__ = [
     "LeaseNotFound",
     "LeaseOf",
     "LeaseRevokeResult",
+    "MemberInfo",
     "ModRevision",
     "NoSpace",
     "Put",
     "PutResult",
     "RangeResult",
+    "Removed",
     "SortOrder",
     "SortTarget",
     "Status",

@@ -42,6 +42,11 @@ class Unavailable(Error):
     have been applied, exactly as with etcd."""
 
 
+class Removed(Unavailable):
+    """This member was removed from its cluster: it serves nothing any more (open a fresh data
+    dir and join again to come back). The other members are not disturbed by it."""
+
+
 class LeaseNotFound(Error):
     """The lease does not exist (never granted, revoked, or expired)."""
 

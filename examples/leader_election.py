@@ -2,9 +2,9 @@
 
     python examples/leader_election.py [DATA_DIR] [--short]
 
-Today the candidates are threads of one process (a data dir belongs to one process until
-clustering lands); "killing" the leader stops its lease keep-alives, which is what the store
-sees when a process dies.
+Three members of one cluster: node-a campaigns on n1, node-b on n2, the observer watches on
+n3. "Killing" node-a stops its lease keep-alives, which is what the cluster sees when its
+process dies (tests/recipes/test_killed_holder.py SIGKILLs a real one).
 """
 
 from __future__ import annotations
@@ -12,14 +12,14 @@ from __future__ import annotations
 import threading
 import time
 
-from _common import args, store
+from _common import args, cluster
 
 import embedkv
 
 
 def main() -> None:
     a = args(__doc__)
-    with store(a.data_dir) as s:
+    with cluster(a) as (n1, n2, n3):
         changes: list[object] = []
         seen = threading.Condition()
 
@@ -27,10 +27,11 @@ def main() -> None:
             with seen:
                 changes.append(value)
                 seen.notify_all()
-            print(f"  observer: leader is now {value}")
+            print(f"  observer (on n3): leader is now {value}")
 
-        obs = s.election("scheduler").observe(on_leader)
-        candidates = {name: s.election("scheduler", ttl=1) for name in ("node-a", "node-b")}
+        obs = n3.election("scheduler").observe(on_leader)
+        candidates = {"node-a": n1.election("scheduler", ttl=a.ttl),
+                      "node-b": n2.election("scheduler", ttl=a.ttl)}
         won = {name: threading.Event() for name in candidates}
 
         def run(name: str, e: embedkv.recipes.Election) -> None:
@@ -47,7 +48,7 @@ def main() -> None:
         died = time.monotonic()
         leader.session.orphan()
         threads[1].join(30)
-        print(f"node-b took over {time.monotonic() - died:.1f} s later (TTL 1 s);"
+        print(f"node-b took over {time.monotonic() - died:.1f} s later (TTL {a.ttl} s);"
               f" node-a leader? {leader.is_leader}")
         candidates["node-b"].resign()
         with seen:

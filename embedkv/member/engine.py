@@ -39,6 +39,8 @@ class Engine:
         self._interval = tick_interval
         self.transport: Transport | None = None
         """Called on the engine loop with each durable batch's messages (clustering)."""
+        self.on_tick: Callable[[], None] | None = None
+        """Called every tick, on this loop, with the core lock held (the leader's chores)."""
         self._loop = asyncio.new_event_loop()
         self._next = 0.0
         self._thread = threading.Thread(target=self._run, name="embedkv-engine", daemon=True)
@@ -70,6 +72,8 @@ class Engine:
             core = self._core
             with core.lock:
                 core.node.tick()
+                if self.on_tick is not None:
+                    self.on_tick()
             self._writer.submit(Signal.TICK)
             self._leases.tick()
             self._writer.stats.ticks += 1

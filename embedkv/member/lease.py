@@ -54,6 +54,9 @@ class LeaseKeeper:
         self._revoking: dict[int, float] = {}  # id -> when to propose again if still there
         self._auto: dict[int, float] = {}  # id -> next automatic refresh
         self._refresh: list[tuple[float, int]] = []  # (next refresh, id); stale entries skipped
+        self.forward: Callable[[list[int]], None] | None = None
+        """On a member of a cluster: sends automatic keep-alives to the leader while another
+        member leads (called from `tick`, with the ids due)."""
 
     # --- from the log writer: what was applied, who leads -----------------------------------
 
@@ -151,12 +154,28 @@ class LeaseKeeper:
 
     # --- from the engine thread, every tick ---------------------------------------------------
 
+    def reload(self) -> None:
+        """The lease table was replaced (a snapshot was installed): track what it holds now."""
+        leases = self._table.leases()
+        with self._lock:
+            now = self._clock()
+            known = {lease_id for lease_id, _ in leases}
+            for lease_id in list(self._ttl):
+                if lease_id not in known:
+                    self._untrack(lease_id)
+            for lease_id, ttl in leases:
+                if lease_id not in self._ttl:
+                    self._track(lease_id, ttl, now)
+
     def tick(self) -> None:
         """Refresh auto keep-alive leases; as leader, propose a revoke for each expired lease."""
         with self._lock:
             now = self._clock()
-            self._refresh_due(now)
+            refreshed = self._refresh_due(now)
             if not self._leader:
+                forward = self.forward
+                if refreshed and forward is not None:
+                    forward(refreshed)
                 return
             due = self._expired(now)
         for lease_id in due:
@@ -170,8 +189,9 @@ class LeaseKeeper:
                 continue
             future.add_done_callback(functools.partial(self._revoked, lease_id))
 
-    def _refresh_due(self, now: float) -> None:
+    def _refresh_due(self, now: float) -> list[int]:
         heap = self._refresh
+        refreshed: list[int] = []
         while heap and heap[0][0] <= now:
             due, lease_id = heapq.heappop(heap)
             if self._auto.get(lease_id) != due:
@@ -180,6 +200,8 @@ class LeaseKeeper:
                 self._auto.pop(lease_id, None)
                 continue
             self._track(lease_id, self._ttl[lease_id], now)
+            refreshed.append(lease_id)
+        return refreshed
 
     def _expired(self, now: float) -> list[int]:
         heap = self._expiry

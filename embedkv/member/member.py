@@ -9,6 +9,8 @@ write goes through the same path as in a cluster. See docs/internals/runtime.md.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import itertools
 import logging
 import os
@@ -18,12 +20,23 @@ import time
 from collections.abc import Callable
 from concurrent.futures import Future
 from os import PathLike
-from typing import Any, cast
+from typing import Any, TypeVar, cast
 
-from embedkv.errors import Closed, NoSpace, Unavailable
-from embedkv.raft import Config, ConfState, RaftNode
-from embedkv.storage import DataDir, Identity
+from embedkv.errors import Closed, LeaseNotFound, NoSpace, Removed, Unavailable
+from embedkv.net import RemoteError
+from embedkv.raft import (
+    NONE,
+    ConfChange,
+    ConfChangeType,
+    Config,
+    ConfState,
+    RaftNode,
+    Role,
+    Status,
+)
+from embedkv.storage import DataDir, PeerInfo
 from embedkv.storage.codec import MAX_ID, encode_proposal
+from embedkv.storage.directory import members_rows
 from embedkv.storage.requests import (
     Key,
     LeaseGrant,
@@ -34,24 +47,58 @@ from embedkv.storage.requests import (
     Result,
 )
 
+from .cluster import (
+    PROMOTE_SLACK,
+    ClusterOptions,
+    Links,
+    MemberInfo,
+    bootstrap_founder,
+    bootstrap_joiner,
+    check_address,
+    check_cluster_options,
+    check_name,
+    check_reopen,
+    context_member,
+    context_origin,
+    encode_context,
+    local_info,
+    new_identity,
+    random_id,
+)
 from .engine import Engine
+from .futures import MemberFuture
 from .lease import LeaseKeeper
+from .reads import ReadWaiter
 from .watch import WatchCallback, WatchHandle, WatchHub
-from .writer import Core, LogWriter, MemberFuture, MemberStats, Proposal, ReadWaiter, Signal
+from .writer import (
+    ConfApplied,
+    Core,
+    LogWriter,
+    MemberStats,
+    NodeCall,
+    Proposal,
+    Removal,
+    Signal,
+)
 
 log = logging.getLogger("embedkv.member")
 
-_ids = random.SystemRandom()
+_T = TypeVar("_T")
+
+_ids = random.SystemRandom()  # the per-run base of proposal numbers
 
 
-def _random_id() -> int:
-    """A random positive int64 (cluster, member and lease ids, as in etcd)."""
-    return _ids.randint(1, MAX_ID)
+def _progress_of(status: Status) -> tuple[int, dict[int, int]]:
+    """(the leader's last index, match per member) from a leader's Status."""
+    matches = {mid: pr.match for mid, pr in status.progress.items()}
+    return max(matches.values(), default=status.commit), matches
 
 
-def new_identity() -> Identity:
-    """A new cluster with a new member (a fresh data dir, or a restored backup)."""
-    return Identity(_random_id(), _random_id())
+def _quiet(task: asyncio.Task[Any]) -> None:
+    with contextlib.suppress(asyncio.CancelledError):
+        exc = task.exception()
+        if exc is not None:
+            log.debug("a forwarded keep-alive failed: %s", exc)
 
 
 class Member:
@@ -73,7 +120,9 @@ class Member:
         self._dd = dd
         self._identity = identity
         self._member_id = identity.member_id
+        self._local = dd.local
         self._timeout = request_timeout
+        self._tick_interval = tick_interval
         self._election_tick = election_tick
         self._heartbeat_tick = heartbeat_tick
         # A new random base per run: an entry proposed before a restart and applied after it
@@ -98,6 +147,34 @@ class Member:
         )
         self._engine = Engine(self._core, self._writer, self._leases, tick_interval)
         self._writer.send = self._engine.send
+        self._writer.conf_origin = context_origin
+        self._writer.conf_member = context_member
+        self._writer.on_conf_applied = self._on_conf_applied
+        self._writer.on_installed = self._on_installed
+        self._links: Links | None = None
+        self._promoting = False
+        if self._local is not None:
+            self._links = Links(
+                dd=dd,
+                writer=self._writer,
+                node=lambda: self._core.node,
+                member_id=identity.member_id,
+                token=self._local.token,
+                listen=self._local.listen,
+                tick_interval=tick_interval,
+                handlers={
+                    "join": self._serve_join,
+                    "lease.keepalive": self._serve_keepalive,
+                    "lease.ttl": self._serve_ttl,
+                    "progress": self._serve_progress,
+                    "removed": self._serve_removed,
+                    "change": self._serve_change,
+                    "moved": self._serve_moved,
+                },
+            )
+            self._engine.transport = self._links.send
+            self._engine.on_tick = self._leader_chores
+            self._leases.forward = self._forward_keepalives
 
     def _new_node(self) -> RaftNode:
         """A RaftNode restored from what is on disk (at open, and after a failed batch)."""
@@ -121,20 +198,39 @@ class Member:
         election_tick: int = 10,
         heartbeat_tick: int = 1,
         clock: Callable[[], float] = time.monotonic,
+        cluster: ClusterOptions | None = None,
     ) -> Member:
-        """Open (bootstrapping a fresh dir as a one-member cluster) and wait until it serves.
+        """Open (bootstrapping a fresh dir) and start the member.
 
+        Without `cluster` options a fresh dir becomes a one-member cluster and open waits until
+        it leads. With them (docs/internals/runtime.md "Clusters"): a fresh dir founds a cluster
+        with `peers`, or joins one through `join`; a one-member dir given `listen` starts
+        taking joins; a clustered dir restarts with what it persisted. A clustered member does
+        not wait for a leader: its operations wait (up to request_timeout) instead.
         `clock` is the monotonic clock lease deadlines are measured with (tests inject one).
         """
         for name, value in (("request_timeout", request_timeout),
                             ("tick_interval", tick_interval)):
             if isinstance(value, bool) or not isinstance(value, int | float) or not value > 0:
                 raise ValueError(f"{name} must be a positive number, not {value!r}")
+        opts = cluster if cluster is not None else ClusterOptions()
+        check_cluster_options(opts)
         dd = DataDir.open(path, durable=durable)
         try:
             if dd.identity is None:
-                identity = new_identity()
-                dd.bootstrap(identity, ConfState(voters=frozenset({identity.member_id})))
+                if opts.peers is not None:
+                    bootstrap_founder(dd, opts)
+                elif opts.join is not None:
+                    bootstrap_joiner(dd, opts, float(request_timeout))
+                else:
+                    identity = new_identity()
+                    local = None
+                    if opts.wanted:
+                        local = local_info(opts, None)
+                    dd.bootstrap(identity, ConfState(voters=frozenset({identity.member_id})),
+                                 local=local)
+            else:
+                check_reopen(dd, opts)
             member = cls(
                 dd,
                 request_timeout=float(request_timeout),
@@ -155,16 +251,40 @@ class Member:
 
     def _start(self) -> None:
         _track(self)
+        conf = self._dd.conf_state
+        me = self.member_id
+        if (conf.voters or conf.learners) and me not in conf.voters | conf.learners:
+            raise Removed(f"member {me:#x} was removed from its cluster: it cannot serve "
+                          f"again; open a fresh data dir and join to come back")
         self._hub.start()
         self._writer.start()
         self._engine.start()
-        if self._dd.conf_state.voters == {self.member_id}:
+        links = self._links
+        if links is not None:
+            # Listening before open returns: a port in use or a bad host is the caller's error.
+            asyncio.run_coroutine_threadsafe(links.start(), self._engine.loop).result(
+                self._timeout)
+        if conf.voters == {me}:
             # The only voter need not wait out an election timeout.
             with self._core.lock:
                 self._core.node.campaign()
             self._writer.submit(Signal.WAKE)
-        if not self._writer.leader_known.wait(self._timeout):
-            raise Unavailable(f"no leader within the request timeout ({self._timeout}s)")
+            if not self._writer.leader_known.wait(self._timeout):
+                raise Unavailable(f"no leader within the request timeout ({self._timeout}s)")
+            self._publish_self()
+        elif links is None:
+            # Other voters and no way to reach them: nothing could ever be served.
+            if not self._writer.leader_known.wait(self._timeout):
+                raise Unavailable(f"no leader within the request timeout ({self._timeout}s)")
+        elif self._local is not None:
+            info = self._dd.members().get(me)
+            if info is not None and info.address != self._local.listen:
+                # The others still dial the old address: tell them where we are (they follow
+                # at once), then record it in the replicated directory.
+                asyncio.run_coroutine_threadsafe(self._announce(self._local.listen),
+                                                 self._engine.loop)
+                threading.Thread(target=self._publish_self, daemon=True,
+                                 name="embedkv-address-update").start()
 
     # --- identity and state ---------------------------------------------------------------
 
@@ -197,6 +317,8 @@ class Member:
     def _check_running(self) -> None:
         if self._closed:
             raise Closed("the member is closed")
+        if self._writer.removed is not None:
+            raise Removed(self._writer.removed)
         failure = self._writer.failure
         if failure is not None:
             raise Unavailable(f"the member stopped after an internal error: {failure!r}")
@@ -261,6 +383,11 @@ class Member:
         """Call `callback(event)` on the dispatcher thread for every change in the selection."""
         if self._closed:
             raise Closed("the member is closed")
+        if not start_revision and type(start_revision) is not bool:
+            # "From now": after what a read would see now. The hub's revision trails the key
+            # space's from a batch's commit to its publish; a watch from the hub's revision
+            # would report a change the caller may already have read.
+            start_revision = self._dd.kv.revision + 1
         return self._hub.watch(key, callback, prefix=prefix, end=end,
                                start_revision=start_revision, prev_kv=prev_kv)
 
@@ -270,7 +397,7 @@ class Member:
         """Grant a lease of `ttl` seconds (a random id unless given)."""
         if type(ttl) is not int:
             raise TypeError(f"lease ttl must be an int, not {type(ttl).__name__}")
-        lid = _random_id() if lease_id is None else lease_id
+        lid = random_id() if lease_id is None else lease_id
         return cast("Future[LeaseGrantResult]", self.propose(LeaseGrant(lid, ttl)))
 
     def revoke_lease(self, lease_id: int) -> Future[LeaseRevokeResult]:
@@ -289,11 +416,36 @@ class Member:
         future.add_done_callback(done)
         return future
 
+    def _leader_elsewhere(self) -> int | None:
+        """The leader's id when another member leads (leases are timed there only)."""
+        if self._links is None:
+            return None
+        leader = self._core.node.leader
+        if leader == self.member_id:
+            return None
+        if leader == NONE:
+            if not self._writer.leader_known.wait(self._timeout):
+                raise Unavailable(f"no leader within the request timeout ({self._timeout}s)")
+            leader = self._core.node.leader
+            if leader in (NONE, self.member_id):
+                return None
+        return leader
+
     def keepalive(self, lease_id: int) -> int:
-        """Restart the lease's countdown; returns its TTL (LeaseNotFound if it is gone)."""
-        if self._closed:
-            raise Closed("the member is closed")
-        return self._leases.keepalive(lease_id)
+        """Restart the lease's countdown; returns its TTL (LeaseNotFound if it is gone).
+        On a follower the leader does it (a keep-alive is not a Raft entry, as in etcd)."""
+        self._check_running()
+        if type(lease_id) is not int:
+            raise TypeError(f"lease ids are ints, not {type(lease_id).__name__}")
+        leader = self._leader_elsewhere()
+        if leader is None:
+            return self._leases.keepalive(lease_id)
+        answer = self._call(leader, "lease.keepalive", [self.applied_index, lease_id],
+                            self._timeout)
+        ttl = answer[0] if isinstance(answer, list) and len(answer) == 1 else 0
+        if not ttl:
+            raise LeaseNotFound(lease_id)
+        return int(ttl)
 
     def set_auto_keepalive(self, lease_id: int, enabled: bool) -> None:
         """Have the engine refresh the lease every ttl/3 while `enabled`."""
@@ -303,9 +455,408 @@ class Member:
 
     def lease_time_to_live(self, lease_id: int) -> tuple[int, float] | None:
         """(granted TTL, seconds remaining), or None if the lease does not exist."""
-        if self._closed:
-            raise Closed("the member is closed")
-        return self._leases.time_to_live(lease_id)
+        self._check_running()
+        if type(lease_id) is not int:
+            raise TypeError(f"lease ids are ints, not {type(lease_id).__name__}")
+        leader = self._leader_elsewhere()
+        if leader is None:
+            return self._leases.time_to_live(lease_id)
+        answer = self._call(leader, "lease.ttl", [self.applied_index, lease_id], self._timeout)
+        if answer is None:
+            return None
+        return int(answer[0]), float(answer[1])
+
+    # --- the cluster ----------------------------------------------------------------------
+
+    @property
+    def name(self) -> str:
+        """This member's name ("default" for a store never given one)."""
+        return self._local.name if self._local is not None else "default"
+
+    @property
+    def clustered(self) -> bool:
+        """Whether this member has peer links (it was given a listen address)."""
+        return self._links is not None
+
+    def raft_status(self) -> Status:
+        """The Raft node's Status (term, leader, commit, progress on the leader)."""
+        with self._core.lock:
+            return self._core.node.status()
+
+    def _name_of(self, member_id: int) -> str:
+        info = self._dd.members().get(member_id)
+        if info is not None:
+            return info.name
+        return self.name if member_id == self.member_id else f"{member_id:x}"
+
+    @property
+    def leader_name(self) -> str | None:
+        """The leader's name as this member knows it (None while there is none)."""
+        leader = self._core.node.leader
+        if self._writer.removed is not None or leader == NONE:
+            return None
+        return self._name_of(leader)
+
+    def _progress(self) -> tuple[int, dict[int, int]] | None:
+        """(leader's last index, match per member) from the leader: here or asked of it."""
+        status = self.raft_status()
+        if status.role is Role.LEADER:
+            return _progress_of(status)
+        if self._links is None or status.leader == NONE:
+            return None
+        try:
+            body = self._call(status.leader, "progress", None, min(self._timeout, 1.0))
+            last, matches = body
+            return int(last), {int(k): int(v) for k, v in matches.items()}
+        except Exception as exc:
+            log.debug("no progress from the leader: %s", exc)
+            return None
+
+    def members(self, *, ask_leader: bool = True) -> list[MemberInfo]:
+        """Every member of the configuration, with its name, address and role; how far each
+        is behind comes from the leader (asked over the network unless `ask_leader` is
+        False, when only a leader fills it in)."""
+        self._check_running()
+        status = self.raft_status()
+        conf = status.conf_state
+        directory = self._dd.members()
+        progress = (self._progress() if ask_leader or status.role is Role.LEADER else None)
+        out = []
+        for mid in sorted(conf.voters | conf.learners):
+            info = directory.get(mid)
+            address = info.address if info is not None else (
+                self._local.listen if self._local is not None and mid == self.member_id else "")
+            behind = None
+            if progress is not None and mid in progress[1]:
+                behind = max(0, progress[0] - progress[1][mid])
+            out.append(MemberInfo(self._name_of(mid), mid, address, mid in conf.voters,
+                                  mid == status.leader, behind))
+        return sorted(out, key=lambda m: m.name)
+
+    def _id_of(self, name: str) -> int:
+        check_name(name)
+        conf = self._dd.conf_state
+        for mid, info in self._dd.members().items():
+            if info.name == name and mid in conf.voters | conf.learners:
+                return mid
+        if name == self.name:
+            return self.member_id
+        raise KeyError(f"no member named {name!r}")
+
+    def change_membership(self, cc: ConfChange, info: PeerInfo | None = None) -> ConfState:
+        """Make one membership change and wait until it is applied here.
+
+        The leader proposes it (a follower asks it to): only the leader knows whether another
+        change is still pending, and retries until it is not; a change forwarded inside Raft
+        would be dropped silently instead."""
+        self._check_writable()
+        leader = self._leader_elsewhere()
+        if leader is None:
+            return self._change_here(cc, info).conf_state
+        body = {"type": int(cc.type), "id": cc.node_id,
+                "peer": None if info is None else [info.name, info.address, info.promote]}
+        try:
+            index = self._call(leader, "change", body, self._timeout)
+        except RemoteError as exc:
+            if str(exc).startswith("membership change refused"):
+                raise ValueError(str(exc)) from None
+            raise Unavailable(f"the leader could not make the change: {exc}") from None
+        if type(index) is not int:
+            raise Unavailable(f"a malformed answer from the leader: {index!r:.100}")
+        while self._writer.applied_index < index:  # applied there: wait until it is here too
+            self._wait(self.read_barrier())
+        return self._dd.conf_state
+
+    def _change_here(self, cc: ConfChange, info: PeerInfo | None) -> ConfApplied:
+        seq = next(self._seq)
+        cc = ConfChange(cc.type, cc.node_id, encode_context(info, (self.member_id, seq)))
+        future: Future[ConfApplied] = MemberFuture()
+        self._writer.submit(Proposal(seq, b"", future, time.monotonic() + self._timeout, cc))
+        if self._writer.stopping:
+            self._writer.drain()
+        return self._wait(future)
+
+    def _wait(self, future: Future[_T]) -> _T:
+        try:
+            return future.result(self._timeout + 1.0)
+        except TimeoutError:
+            raise Unavailable(f"no result within the request timeout ({self._timeout}s)") from None
+
+    def add_member(self, name: str, address: str, *, learner: bool = False,
+                   member_id: int | None = None, promote: bool = False) -> MemberInfo:
+        """Add a member (a voter, or a learner that votes only once promoted)."""
+        check_name(name)
+        check_address(address)
+        for mid, info in self._dd.members().items():
+            if mid in self._dd.conf_state.voters | self._dd.conf_state.learners:
+                if info.name == name:
+                    raise ValueError(f"a member named {name!r} exists already")
+                if info.address == address:
+                    raise ValueError(f"member {info.name!r} has address {address!r} already")
+        mid = random_id() if member_id is None else member_id
+        kind = ConfChangeType.ADD_LEARNER if learner else ConfChangeType.ADD_VOTER
+        conf = self.change_membership(ConfChange(kind, mid),
+                                      PeerInfo(name, address, promote=promote))
+        return MemberInfo(name, mid, address, mid in conf.voters, False, None)
+
+    def remove_member(self, name: str) -> None:
+        """Remove a member; removing this one leaves it unable to serve (Removed)."""
+        mid = self._id_of(name)
+        self.change_membership(ConfChange(ConfChangeType.REMOVE, mid))
+
+    def promote_member(self, name: str) -> MemberInfo:
+        """Make a learner a voter (refused until it has caught up with the leader)."""
+        mid = self._id_of(name)
+        if mid in self._dd.conf_state.voters:
+            raise ValueError(f"member {name!r} is a voter already")
+        progress = self._progress()
+        if progress is not None and mid in progress[1]:
+            behind = progress[0] - progress[1][mid]
+            if behind > PROMOTE_SLACK:
+                raise ValueError(f"member {name!r} is {behind} entries behind the leader: "
+                                 "promote it once it has caught up")
+        info = self._dd.members().get(mid)
+        self.change_membership(ConfChange(ConfChangeType.ADD_VOTER, mid),
+                               PeerInfo(name, info.address) if info is not None else None)
+        return next(m for m in self.members() if m.id == mid)
+
+    def transfer_leadership(self, to: str | None = None) -> str:
+        """Hand leadership to `to` (default: the most caught-up other voter); returns the new
+        leader's name once this member sees it lead."""
+        self._check_running()
+        return self._transfer(to)
+
+    def _transfer(self, to: str | None, limit: float | None = None) -> str:
+        status = self.raft_status()
+        if to is None:
+            progress = self._progress()
+            candidates = [mid for mid in status.conf_state.voters if mid != status.leader]
+            if not candidates:
+                raise ValueError("there is no other voter to hand leadership to")
+            matches = progress[1] if progress is not None else {}
+            target = max(candidates, key=lambda mid: (matches.get(mid, 0), -mid))
+        else:
+            target = self._id_of(to)
+            if target not in status.conf_state.voters:
+                raise ValueError(f"member {to!r} is not a voter")
+        if status.leader == target:
+            return self._name_of(target)
+        deadline = time.monotonic() + (self._timeout if limit is None else limit)
+        while time.monotonic() < deadline and not self._writer.stopping:
+            self._writer.submit(NodeCall(lambda n: n.transfer_leader(target)))
+            step_end = min(deadline, time.monotonic() + self._election_tick *
+                           self._tick_interval)
+            with self._writer.leadership:
+                if self._writer.leadership.wait_for(
+                        lambda: self._core.node.leader == target,
+                        max(0.0, step_end - time.monotonic())):
+                    return self._name_of(target)
+        waited = self._timeout if limit is None else limit
+        raise Unavailable(f"leadership did not move to {self._name_of(target)!r} within "
+                          f"{waited:g}s")
+
+    def _publish_self(self) -> None:
+        """Record (or correct) this member's name and address in the replicated directory."""
+        local = self._local
+        if local is None:
+            return
+        info = self._dd.members().get(self.member_id)
+        if info is not None and info.name == local.name and info.address == local.listen:
+            return
+        conf = self._dd.conf_state
+        kind = (ConfChangeType.ADD_VOTER if self.member_id in conf.voters
+                else ConfChangeType.ADD_LEARNER)
+        change = ConfChange(kind, self.member_id)
+        peer = PeerInfo(local.name, local.listen, promote=info is not None and info.promote)
+        while not self._closed:
+            try:
+                self.change_membership(change, peer)
+                return
+            except (Closed, Removed):
+                return
+            except Exception as exc:  # no quorum yet: the others must learn it eventually
+                log.warning("could not record this member's address %s yet: %s",
+                            local.listen, exc)
+                if conf.voters == {self.member_id}:
+                    return  # alone, the next open tries again
+                self._close_done.wait(self._election_tick * self._tick_interval)
+
+    def _call(self, target: int | str, method: str, body: Any, timeout: float) -> Any:
+        links = self._links
+        if links is None:
+            raise Unavailable("this member has no peers")
+        future = asyncio.run_coroutine_threadsafe(links.call(target, method, body, timeout),
+                                                  self._engine.loop)
+        try:
+            return future.result(timeout + 1.0)
+        except TimeoutError:
+            future.cancel()
+            raise Unavailable(f"no answer to {method} within {timeout}s") from None
+
+    # --- from the log writer and the engine -------------------------------------------------
+
+    def _on_conf_applied(self, change: ConfApplied) -> None:
+        links = self._links
+        if links is not None:
+            loop = self._engine.loop
+            cc = change.change
+            if (change.refusal is None and cc.type is ConfChangeType.REMOVE
+                    and cc.node_id != self.member_id):
+                loop.call_soon_threadsafe(links.notify_removed, cc.node_id, change.index)
+            loop.call_soon_threadsafe(links.follow, self._dd.members())
+
+    def _on_installed(self) -> None:
+        """A snapshot replaced the state machine: watches, leases and peers follow it."""
+        self._hub.reset(self._dd.kv.revision)
+        self._leases.reload()
+        conf = self._dd.conf_state
+        me = self.member_id
+        if me not in conf.voters | conf.learners and (conf.voters or conf.learners):
+            members = self._dd.members()
+            if me not in members:
+                self._writer.set_removed(f"member {me:#x} is not in the configuration of the "
+                                         "snapshot it installed: it was removed")
+        if self._links is not None:
+            self._engine.loop.call_soon_threadsafe(self._links.follow, self._dd.members())
+
+    def _leader_chores(self) -> None:
+        """Every tick, on the engine loop (the core lock held): promote caught-up learners."""
+        links = self._links
+        if links is None or self._writer.removed is not None:
+            return
+        ready = links.learners_to_promote()
+        if ready and not self._promoting:
+            self._promoting = True
+            threading.Thread(target=self._promote, args=(ready[0],), daemon=True,
+                             name="embedkv-promote").start()
+
+    def _promote(self, member_id: int) -> None:
+        try:
+            info = self._dd.members().get(member_id)
+            self.change_membership(ConfChange(ConfChangeType.ADD_VOTER, member_id),
+                                   PeerInfo(info.name, info.address) if info else None)
+            log.info("member %s caught up: promoted to voter", self._name_of(member_id))
+        except Exception as exc:
+            log.info("promoting member %#x failed (will retry): %s", member_id, exc)
+        finally:
+            self._promoting = False
+
+    # --- calls from other members (on the engine loop) -----------------------------------------
+
+    async def _serve_join(self, caller: int, body: Any) -> Any:
+        if not isinstance(body, dict):
+            raise ValueError("a join request is a map")
+        name, address, mid = body.get("name"), body.get("address"), body.get("id")
+        check_name(name)
+        check_address(address)
+        if type(mid) is not int or not 0 < mid <= MAX_ID or mid != caller:
+            raise ValueError("a join request needs the joiner's own positive id")
+        assert isinstance(name, str) and isinstance(address, str)
+        conf = self._dd.conf_state
+        added = None  # a member added by name and address already (add_member, or a retry)
+        for known_id, known in self._dd.members().items():
+            if (known.name == name and known.address == address
+                    and known_id in conf.learners | conf.voters):
+                added = known_id
+        if added is None:
+            await asyncio.to_thread(self.add_member, name, address, learner=True,
+                                    member_id=mid, promote=True)
+            added = mid
+        local = self._local
+        assert local is not None
+        members = self._dd.members()
+        return {"cluster_id": self.cluster_id, "token": local.token, "id": added,
+                "members": members_rows(members)}
+
+    async def _serve_change(self, caller: int, body: Any) -> Any:
+        """A member asks the leader to make a membership change; answers its index."""
+        self._require_leader()
+        try:
+            kind = ConfChangeType(body["type"])
+            node_id, peer = body["id"], body["peer"]
+            if kind is ConfChangeType.BOOTSTRAP or type(node_id) is not int or node_id <= 0:
+                raise ValueError
+            info = None if peer is None else PeerInfo(check_name(peer[0]),
+                                                      check_address(peer[1]), bool(peer[2]))
+        except (KeyError, TypeError, ValueError, IndexError):
+            raise ValueError(f"a malformed membership change: {body!r:.100}") from None
+        applied = await asyncio.to_thread(self._change_here, ConfChange(kind, node_id), info)
+        return applied.index
+
+    async def _announce(self, address: str) -> None:
+        links = self._links
+        assert links is not None
+        others = [mid for mid in self._dd.members() if mid != self.member_id]
+        calls = [links.call(mid, "moved", address, self._timeout) for mid in others]
+        for outcome in await asyncio.gather(*calls, return_exceptions=True):
+            if isinstance(outcome, BaseException):
+                log.info("could not tell a peer our new address: %s", outcome)
+
+    async def _serve_moved(self, caller: int, body: Any) -> Any:
+        """A member restarted on a new address: dial it there until the directory says so."""
+        conf = self._dd.conf_state
+        if caller in conf.voters | conf.learners and self._links is not None:
+            self._links.transport.set_peer(caller, check_address(body))
+        return None
+
+    async def _serve_removed(self, caller: int, body: Any) -> Any:
+        """A member applied our removal (at index `body`): believe a member of our own
+        configuration, and stop serving."""
+        conf = self._dd.conf_state
+        if caller in conf.voters | conf.learners and type(body) is int:
+            self._writer.submit(Removal(f"member {self.member_id:#x} was removed from its "
+                                        f"cluster (at index {body}, told by {caller:#x})"))
+        return None
+
+    async def _caught_up(self, body: Any) -> list[int]:
+        """A lease call: [the caller's applied index, lease ids...]. Answered once this leader
+        has applied as much as the caller: a lease granted through a follower (which may
+        apply before the leader does) is then known here too."""
+        self._require_leader()
+        if (not isinstance(body, list) or not body
+                or not all(type(i) is int and i >= 0 for i in body)):
+            raise ValueError("a lease call is [applied index, lease ids...]")
+        if self.applied_index < body[0]:
+            await asyncio.wrap_future(self.read_barrier())
+        return body[1:]
+
+    async def _serve_keepalive(self, caller: int, body: Any) -> Any:
+        out = []  # the TTL of each lease, in order; 0: not found
+        for lease_id in await self._caught_up(body):
+            try:
+                out.append(self._leases.keepalive(lease_id))
+            except LeaseNotFound:
+                out.append(0)
+        return out
+
+    async def _serve_ttl(self, caller: int, body: Any) -> Any:
+        ids = await self._caught_up(body)
+        if len(ids) != 1:
+            raise ValueError("a TTL query names one lease id")
+        found = self._leases.time_to_live(ids[0])
+        return None if found is None else [found[0], found[1]]
+
+    async def _serve_progress(self, caller: int, body: Any) -> Any:
+        status = self.raft_status()
+        if status.role is not Role.LEADER:
+            raise ValueError("not the leader")
+        last, matches = _progress_of(status)
+        return [last, {str(mid): match for mid, match in matches.items()}]
+
+    def _require_leader(self) -> None:
+        if self._core.node.role is not Role.LEADER:
+            raise ValueError("not the leader")
+
+    def _forward_keepalives(self, lease_ids: list[int]) -> None:
+        """On a follower, on the engine loop: automatic keep-alives go to the leader."""
+        links = self._links
+        leader = self._core.node.leader
+        if links is None or leader == NONE or leader == self.member_id:
+            return
+        task = self._engine.loop.create_task(
+            links.call(leader, "lease.keepalive", [self.applied_index, *lease_ids],
+                       self._timeout))
+        task.add_done_callback(_quiet)
 
     # --- shutdown -----------------------------------------------------------------------------
 
@@ -329,6 +880,12 @@ class Member:
                 self._close_done.wait()
             return
         try:
+            self._hand_over()
+            links = self._links
+            if links is not None and self._engine.thread.is_alive():
+                with contextlib.suppress(Exception):
+                    asyncio.run_coroutine_threadsafe(links.close(), self._engine.loop).result(
+                        self._timeout)
             self._engine.stop()
             self._writer.stop()
             # Bounded: a watch callback that never returns must not hang close() (or exit).
@@ -337,6 +894,26 @@ class Member:
             self._dd.close()
             _untrack(self)
             self._close_done.set()
+
+    def _hand_over(self) -> None:
+        """A leader with other voters hands leadership over before it goes, so the cluster
+        does not wait out an election timeout (bounded by the request timeout)."""
+        if self._links is None or self._writer.failure is not None:
+            return
+        try:
+            status = self.raft_status()
+            if status.role is not Role.LEADER or len(status.conf_state.voters) < 2:
+                return
+            if threading.current_thread() in (self._engine.thread, self._writer.thread):
+                return
+            active = [mid for mid, pr in status.progress.items()
+                      if mid != self.member_id and mid in status.conf_state.voters
+                      and pr.recent_active]
+            if not active:
+                return  # nobody to hand over to (the others are gone already)
+            self._transfer(None, limit=2 * self._election_tick * self._tick_interval)
+        except Exception as exc:
+            log.info("closing without handing leadership over: %s", exc)
 
     def __enter__(self) -> Member:
         return self

@@ -80,14 +80,21 @@ class _Watch:
         "error",
         "exact",
         "first_live",
+        "floor",
+        "frozen",
+        "gen",
         "high",
+        "last_n",
+        "last_rev",
         "lock",
         "low",
+        "opening",
         "pending",
         "prev_kv",
         "replay",
         "replay_to",
         "scheduled",
+        "start",
         "wid",
     )
 
@@ -108,6 +115,19 @@ class _Watch:
         self.exact = exact
         self.prev_kv = prev_kv
         self.first_live = first_live
+        # The first revision it asked for (a replay starts earlier), or after a reset the one
+        # its replay of the installed history starts at.
+        self.start = first_live
+        # The last event delivered: its revision and how many events of that revision (a txn
+        # makes several) were delivered, so that a reset resumes exactly after it.
+        self.last_rev = 0
+        self.last_n = 0
+        self.frozen = False  # a reset is pending: deliver nothing until it is done
+        # Set by the reset that froze it: the first revision it may not have delivered in
+        # full (0: the one after last_rev, or start if it delivered nothing).
+        self.floor = 0
+        self.gen = 0  # the hub's reset count when it was registered
+        self.opening = False  # watch() is still reading the first chunk of its replay
         self.pending: collections.deque[Event] = collections.deque()
         self.replay: Iterator[Event] | None = None
         self.replay_to = 0
@@ -156,6 +176,25 @@ class WatchHandle:
         self.cancel()
 
 
+class _Reset:
+    """The dispatcher's cue to resume every watch after a snapshot install (WatchHub.reset)."""
+
+    __slots__ = ("gen", "revision")
+
+    def __init__(self, revision: int, gen: int) -> None:
+        self.revision = revision
+        self.gen = gen
+
+
+def _skip_delivered(events: Iterator[Event], revision: int, n: int) -> Iterator[Event]:
+    """`events` without the first `n` of `revision` (delivered before a reset)."""
+    for ev in events:
+        if ev.kv.mod_revision == revision and n > 0:
+            n -= 1
+            continue
+        yield ev
+
+
 class WatchHub:
     """Routes published events to matching watches and runs their callbacks on one thread."""
 
@@ -171,10 +210,11 @@ class WatchHub:
         self._count = 0
         self._waking: list[_Watch] = []  # scheduled by publish, for the next wake()
         self._ids = itertools.count(1)
+        self._resets = 0  # resets so far (a watch opening its replay meanwhile drops it)
         self._closed = False
         self._running: WatchCallback | None = None
         """The callback the dispatcher is running now, named if close() has to leave it."""
-        self._ready: queue.SimpleQueue[_Watch | None] = queue.SimpleQueue()
+        self._ready: queue.SimpleQueue[_Watch | _Reset | None] = queue.SimpleQueue()
         self._thread = threading.Thread(
             target=self._run, name="embedkv-watch-dispatcher", daemon=True
         )
@@ -216,7 +256,11 @@ class WatchHub:
             boundary = self._revision
             first_live = max(boundary + 1, start)
             w = _Watch(next(self._ids), callback, low, high, exact, prev_kv, first_live)
+            w.gen = self._resets
             replaying = 0 < start <= boundary
+            if replaying:
+                w.start = start
+                w.opening = True
             # A replaying watch stays off the dispatcher until its replay is attached: live
             # events queue up meanwhile, and are delivered after the replay.
             w.scheduled = replaying
@@ -229,13 +273,94 @@ class WatchHub:
             self._count += 1
         if replaying:
             try:
-                w.replay = self._open_replay(w, start)
+                replay = self._open_replay(w, start)
             except BaseException:
+                w.cancelled = True  # a pending reset must not resume it
                 self.remove(w)
                 raise
-            w.replay_to = boundary
+            with self._lock:
+                w.opening = False
+                if self._resets != w.gen:
+                    # A snapshot was installed while the replay was being opened: the reset
+                    # resumes this watch from the installed history; this replay may hold
+                    # the old one.
+                    return WatchHandle(self, w)
+                w.replay = replay
+                w.replay_to = boundary
             self._ready.put(w)
         return WatchHandle(self, w)
+
+    def reset(self, revision: int) -> None:
+        """A snapshot replaced the key space and its history (now at `revision`): every watch
+        resumes after the last event it delivered (from the first revision it may have
+        missed), replayed from the installed history, or ends with Compacted if that history
+        no longer reaches back so far. The dispatcher
+        does the work, between two callbacks, so nothing is delivered twice or skipped."""
+        with self._lock:
+            published = self._revision
+            self._revision = revision
+            self._resets += 1
+            for w in self._all():
+                if not w.frozen:  # (frozen: an earlier reset is pending, its floor holds)
+                    w.floor = self._floor(w, published)
+                    w.frozen = True
+                w.pending = collections.deque()  # what was queued is in the new history
+            self._ready.put(_Reset(revision, self._resets))
+
+    @staticmethod
+    def _floor(w: _Watch, published: int) -> int:
+        """The first revision `w` may not have delivered in full, as far as the hub knows
+        (under the lock, at a reset): its first queued event, or the one after the last
+        published (not its last delivered: that may lie in the compacted history while the
+        watch missed nothing). 0 while a replay runs (it delivers in its own time)."""
+        if w.replay is not None or w.opening:
+            return 0
+        if w.pending:
+            return w.pending[0].kv.mod_revision
+        return max(published + 1, w.first_live)
+
+    def _all(self) -> list[_Watch]:
+        watches = [w for ws in self._exact.values() for w in ws]
+        return watches + self._prefixes.values() + self._ranges.values()
+
+    def _resume(self, reset: _Reset) -> None:
+        """On the dispatcher thread: re-open each frozen watch's replay after a reset (the
+        watches registered since are at the installed revision already). Only the latest
+        reset does it: an earlier one's revision is no longer the history's."""
+        with self._lock:
+            if reset.gen != self._resets:
+                return
+            watches = [w for w in self._all() if w.frozen]
+        for w in watches:
+            if w.cancelled:
+                continue
+            # What the dispatcher delivered is final here (it runs the callbacks): at most
+            # one event of the floor's revision can have been delivered after the freeze.
+            start = w.floor or w.last_rev or w.start
+            if w.last_rev != start:
+                w.last_rev = w.last_n = 0  # nothing of `start` delivered yet
+            w.start = start  # what a later reset falls back to while this replay runs
+            replay: Iterator[Event] | None = None
+            if start <= reset.revision:
+                try:
+                    replay = self._open_replay(w, start)
+                except Exception as exc:
+                    log.warning("watch %d ended after a snapshot was installed: %s", w.wid, exc)
+                    w.error = exc
+                    WatchHandle(self, w).cancel()
+                    continue
+                if w.last_rev == start:
+                    replay = _skip_delivered(replay, w.last_rev, w.last_n)
+            with self._lock:
+                if self._resets != reset.gen:
+                    return  # another reset came meanwhile: it resumes the rest
+                w.replay = replay
+                w.replay_to = reset.revision
+                w.first_live = max(w.first_live, reset.revision + 1)
+                w.frozen = False
+                w.floor = 0
+                w.scheduled = False
+                self._schedule(w)
 
     def _open_replay(self, w: _Watch, start: int) -> Iterator[Event]:
         """Read the first chunk of history now, so Compacted is raised in the caller's thread."""
@@ -317,6 +442,9 @@ class WatchHub:
             w = ready.get()
             if w is None:
                 return
+            if isinstance(w, _Reset):
+                self._resume(w)
+                continue
             w.scheduled = False  # before draining: an event queued from now on reschedules it
             if w.cancelled:
                 continue
@@ -328,13 +456,15 @@ class WatchHub:
     def _turn(self, w: _Watch) -> bool:
         """Deliver up to _TURN events of `w` (replay first); True if it has more waiting."""
         budget = _TURN
+        if w.frozen:
+            return False  # a reset reschedules it
         replay = w.replay
         if replay is not None:
             try:
                 for ev in replay:
                     if ev.kv.mod_revision > w.replay_to:
                         break
-                    if not self._deliver(w, ev):
+                    if w.frozen or not self._deliver(w, ev):
                         return False
                     budget -= 1
                     if budget == 0:
@@ -349,7 +479,7 @@ class WatchHub:
             w.replay = None
         pending = w.pending
         while pending and budget:
-            if not self._deliver(w, pending.popleft()):
+            if w.frozen or not self._deliver(w, pending.popleft()):
                 return False
             budget -= 1
         return bool(pending)
@@ -362,6 +492,11 @@ class WatchHub:
             if w.cancelled:
                 return False
             self._running = w.callback
+            rev = ev.kv.mod_revision
+            if rev == w.last_rev:
+                w.last_n += 1
+            else:
+                w.last_rev, w.last_n = rev, 1
             try:
                 w.callback(ev)
             except Exception:

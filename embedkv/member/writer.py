@@ -20,27 +20,26 @@ from __future__ import annotations
 
 import contextlib
 import enum
-import itertools
 import logging
-import os
 import threading
 import time
 from collections import deque
 from collections.abc import Callable
 from concurrent.futures import Future
-from concurrent.futures._base import FINISHED, RUNNING
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
-from embedkv.errors import Closed, Error, NoSpace, Unavailable
+from embedkv.errors import Closed, Error, NoSpace, Removed, Unavailable
 from embedkv.raft import (
     NONE,
     ConfChange,
+    ConfChangeType,
     ConfState,
     DropReason,
     EntryType,
     HardState,
     Message,
+    MessageType,
     ProposalDropped,
     RaftNode,
     ReadState,
@@ -48,10 +47,12 @@ from embedkv.raft import (
     Role,
     SoftState,
 )
-from embedkv.storage import Applied, DataDir, WriteBatch
+from embedkv.storage import Applied, DataDir, PeerInfo, WriteBatch
 from embedkv.storage.requests import Event, LeaseGrantResult
 
+from .futures import MemberFuture, complete, expire, fail
 from .lease import LeaseKeeper
+from .reads import ReadRounds, ReadWaiter
 from .watch import WatchHub
 
 log = logging.getLogger("embedkv.member")
@@ -65,8 +66,16 @@ LOG_RETAIN = 5000
 LOG_COMPACT_EVERY = 10000
 """Compact the Raft log once this many applied entries beyond LOG_RETAIN have accumulated."""
 
+COMPACT_STEP = 512
+"""History changes one write batch visits for a pending compaction (a few ms on a loaded
+machine): compaction proceeds in bounded steps, never as one long transaction."""
+
 NO_SPACE_RETRY = 1.0
 """Seconds between attempts to write again after the disk was full."""
+
+_MEMBERS_ONLY = frozenset({MessageType.PROP, MessageType.READ_INDEX,
+                           MessageType.TRANSFER_LEADER})
+"""Requests the core takes from anyone, that only members of the configuration may make."""
 
 _RETRY_DROPS = frozenset(
     {DropReason.NO_LEADER, DropReason.TRANSFERRING, DropReason.UNCOMMITTED_SIZE}
@@ -78,88 +87,6 @@ MAX_CALLER_CYCLES = 8
 """Ready cycles a caller runs for its own request before leaving the rest to the writer."""
 
 _T = TypeVar("_T")
-
-
-class MemberFuture(Future[_T]):
-    """A `concurrent.futures.Future` created in the RUNNING state.
-
-    A proposal or read cannot be taken back once queued, so its future starts running:
-    the same state `set_running_or_notify_cancel()` would leave it in, without the extra
-    round through the future's condition (this is on every put's path). Everything else is
-    the standard Future: `cancel()` returns False, `result(timeout)`, done-callbacks,
-    `concurrent.futures.wait` and `asyncio.wrap_future` behave as usual.
-
-    `result()` and `exception()` wait on a plain lock (the gate) instead of the future's
-    Condition: a signal handler that raises in the main thread inside `Condition.wait` can
-    leave the Condition's lock held for good, and the writer, completing the future, would
-    then block forever. A gate left closed that way only delays that one future's waiters.
-    """
-
-    _done_callbacks: list[Callable[[Future[_T]], object]]  # Future's own, set by its __init__
-
-    def __init__(self) -> None:
-        super().__init__()
-        self._state = RUNNING
-        self._gate = threading.Lock()
-        self._gate.acquire()
-
-    def _open_gate(self) -> None:
-        with contextlib.suppress(RuntimeError):  # open already
-            self._gate.release()
-
-    def _wait_gate(self, timeout: float | None) -> None:
-        if self._state == FINISHED:
-            return
-        if not self._gate.acquire(timeout=-1 if timeout is None else timeout):
-            raise TimeoutError
-        self._gate.release()  # leave it open for the other waiters
-
-    def result(self, timeout: float | None = None) -> _T:
-        self._wait_gate(timeout)
-        return super().result(0)
-
-    def exception(self, timeout: float | None = None) -> BaseException | None:
-        self._wait_gate(timeout)
-        return super().exception(0)
-
-    def set_result(self, result: _T) -> None:
-        super().set_result(result)
-        self._open_gate()
-
-    def set_exception(self, exception: BaseException | None) -> None:
-        super().set_exception(exception)
-        self._open_gate()
-
-    def _finish_quietly(self, outcome: Any) -> bool:
-        """Complete with `outcome` (an exception fails the future) and wake the threads that
-        wait for it, unless a done-callback is registered. No callback runs here: the log
-        writer calls this with a write transaction open. False: nothing was done; complete
-        the future the usual way (set_result / set_exception) once the transaction is over.
-        """
-        with self._condition:
-            if self._done_callbacks or self._state != RUNNING:
-                return False
-            if isinstance(outcome, BaseException):
-                self._exception = outcome
-                self._state = FINISHED
-                for waiter in self._waiters:
-                    waiter.add_exception(self)
-            else:
-                self._result = outcome
-                self._state = FINISHED
-                for waiter in self._waiters:
-                    waiter.add_result(self)
-            self._condition.notify_all()
-        self._open_gate()
-        return True
-
-
-def _complete(future: Future[Any], outcome: Any) -> None:
-    """Resolve a future with a state-machine outcome (an Error instance fails it)."""
-    if isinstance(outcome, BaseException):
-        future.set_exception(outcome)
-    else:
-        future.set_result(outcome)
 
 
 class Core:
@@ -176,12 +103,34 @@ class Proposal:
     data: bytes
     future: Future[Any]
     deadline: float
+    conf: ConfChange | None = None  # a membership change (`data` is then unused)
 
 
-@dataclass(slots=True)
-class ReadWaiter:
-    future: Future[int]
-    deadline: float
+@dataclass(frozen=True, slots=True)
+class NodeCall:
+    """A call into the Raft node from another thread (the transport's reports, a transfer),
+    run by the Ready loop's owner under the core lock, so callers never wait for the lock."""
+
+    fn: Callable[[RaftNode], object]
+
+
+@dataclass(frozen=True, slots=True)
+class Removal:
+    """Another member told us we were removed (see LogWriter.set_removed)."""
+
+    why: str
+
+
+@dataclass(frozen=True, slots=True)
+class ConfApplied:
+    """A membership change was applied: the runtime updates its peers (and learns whether this
+    member is still in the cluster). `origin` is the proposal's (member id, seq) if known."""
+
+    index: int
+    change: ConfChange
+    conf_state: ConfState
+    refusal: str | None  # why the change was ignored, or None: it took effect
+    origin: tuple[int, int] | None
 
 
 class Signal(enum.Enum):
@@ -190,7 +139,10 @@ class Signal(enum.Enum):
     STOP = "stop"
 
 
-Item = Proposal | ReadWaiter | Signal
+Item = Proposal | ReadWaiter | Signal | Message | NodeCall | Removal
+
+ConfOrigin = Callable[[ConfChange], "tuple[int, int] | None"]
+"""Reads the proposer's (member id, seq) out of a membership change's context."""
 
 
 @dataclass(slots=True)
@@ -203,6 +155,7 @@ class MemberStats:
     proposals: int = 0  # proposals handed to the Raft core
     read_rounds: int = 0  # ReadIndex rounds started
     ticks: int = 0  # engine ticks done (Raft tick, deadlines, lease timers), counted by the engine
+    installs: int = 0  # snapshots installed from a leader
 
 
 @dataclass(slots=True)
@@ -219,11 +172,8 @@ class _Batch:
     read_states: list[ReadState] = field(default_factory=list)
     soft_state: SoftState | None = None
     settled: bool = True  # no Ready of this batch changed the term or the role
-
-
-def _fail(future: Future[Any], exc: BaseException) -> None:
-    if not future.done():
-        future.set_exception(exc)
+    conf_applied: list[ConfApplied] = field(default_factory=list)
+    installed: bool = False  # a snapshot replaced the state machine
 
 
 class LogWriter:
@@ -250,11 +200,22 @@ class LogWriter:
         self._hub = hub
         self._leases = leases
         self._timeout = request_timeout
-        self._read_retry = read_retry  # a ReadIndex round unanswered this long is asked again
         self.send: Callable[[list[Message]], None] | None = None
         """Where messages go once durable (the transport); None: there is nobody to send to."""
+        self.conf_origin: ConfOrigin = lambda cc: None
+        self.conf_member: Callable[[ConfChange], PeerInfo | None] = lambda cc: None
+        """The directory entry a membership change carries in its context, if any."""
+        """How to find the proposer of a membership change (the runtime's context format)."""
+        self.on_conf_applied: Callable[[ConfApplied], None] | None = None
+        """Called (on this thread, after the batch is durable) for each applied change."""
+        self.on_installed: Callable[[], None] | None = None
+        """Called (on this thread, after the batch is durable) when a snapshot was installed."""
+        self.removed: str | None = None
+        """Set when this member was removed from its cluster: it serves nothing any more."""
         self.stats = MemberStats()
         self.leader_known = threading.Event()
+        self.leadership = threading.Condition()
+        """Notified whenever this member sees the leader or its own role change."""
         self.no_space: NoSpace | None = None
         """Set while the disk is full: proposals are refused at once."""
         self.failure: BaseException | None = None
@@ -282,21 +243,13 @@ class LogWriter:
         self._pending: dict[int, Proposal] = {}  # seq -> proposal in the core
         self._pending_in_order = True  # insertion order is deadline order
         self._stalled: list[Proposal] = []  # dropped for want of a leader; retried
-        self._reads: list[ReadWaiter] = []  # not yet in a ReadIndex round
-        # ctx -> (when asked, waiters) of each ReadIndex round in flight
-        self._rounds: dict[bytes, tuple[float, list[ReadWaiter]]] = {}
-        self._released: list[tuple[int, list[ReadWaiter]]] = []  # answered; wait for apply
+        self._reads = ReadRounds(member_id, read_retry)
         # Outcomes of the last durable batch whose waiting callers are not woken yet: see
         # _wake_deferred (they are woken just before the next commit, or before we wait).
         self._deferred: list[tuple[MemberFuture[Any], Any]] = []
         # Only worth it when a commit waits for an fsync: without one the commit is too short
         # for the woken callers to run in, and they would delay the release instead.
         self._defer = dd.durable
-        # ReadIndex contexts never repeat, across members and runs: a stray answer to an
-        # earlier request (a duplicate, or one sent to our previous run) must never be taken
-        # for the answer to a later one. Member id + a random base per run + a counter.
-        self._ctx_prefix = member_id.to_bytes(8, "big") + os.urandom(8)
-        self._ctx = itertools.count(1)
         self._no_space_retry = 0.0
         self._disk_full = False  # since the last NoSpace, no batch has committed
         self._stopping = False
@@ -400,14 +353,28 @@ class LogWriter:
             except IndexError:
                 break
             if type(item) is Proposal or type(item) is ReadWaiter:
-                _fail(item.future, self._stopped_error())
+                fail(item.future, self._stopped_error())
             elif item is Signal.STOP:
                 stop = True
         if stop:  # not ours to take: the writer may still be waiting for it
             q.append(Signal.STOP)
             self._ring()
 
+    def set_removed(self, why: str) -> None:
+        """This member is no longer in its cluster: fail what waits and every later call with
+        Removed. The node keeps running (a removed leader still hands over leadership).
+        Only on the thread running the Ready loop; other threads submit a Removal."""
+        if self.removed is not None:
+            return
+        log.warning("%s: it serves nothing from now on", why)
+        self.removed = why
+        self.local_reads = False
+        self.leader_known.clear()
+        self._fail_all(Removed(why))
+
     def _stopped_error(self) -> Error:
+        if self.removed is not None:
+            return Removed(self.removed)
         if self.failure is not None:
             return Unavailable(f"the member stopped after an internal error: {self.failure!r}")
         return Closed("the member is closed")
@@ -465,12 +432,17 @@ class LogWriter:
     def _admit(self, items: list[Item]) -> bool:
         """Hand new proposals and reads to the core; True when told to stop."""
         proposals: list[Proposal] = []
+        inbound: list[Message | NodeCall] = []
         tick = stop = False
         for item in items:
             if type(item) is Proposal:
                 proposals.append(item)
             elif type(item) is ReadWaiter:
-                self._reads.append(item)
+                self._reads.waiting.append(item)
+            elif type(item) is Message or type(item) is NodeCall:
+                inbound.append(item)
+            elif type(item) is Removal:
+                self.set_removed(item.why)
             elif item is Signal.STOP:
                 stop = True
             elif item is Signal.TICK:
@@ -478,6 +450,13 @@ class LogWriter:
         if stop:
             self._stalled.extend(proposals)  # failed with Closed on the way out
             return True
+        if inbound:
+            self._step(inbound)
+        if self.removed is not None:
+            for p in proposals:
+                fail(p.future, self._stopped_error())
+            proposals = []
+            self._reads.fail_all(self._stopped_error())
         if tick:
             self._on_tick(time.monotonic())
         if self._stalled and self._leader_known():
@@ -486,9 +465,34 @@ class LogWriter:
             self._pending_in_order = False  # older deadlines now follow newer ones
         if proposals:
             self._propose(proposals)
-        if self._reads:
+        if self._reads.waiting:
             self._start_read_round()
         return False
+
+    def _step(self, inbound: list[Message | NodeCall]) -> None:
+        """Peers' messages and the transport's reports, into the node in arrival order."""
+        core = self._core
+        conf = self._conf
+        known = conf.voters | conf.learners
+        with core.lock:
+            node = core.node
+            for item in inbound:
+                try:
+                    if isinstance(item, NodeCall):
+                        item.fn(node)
+                    elif item.type not in _MEMBERS_ONLY or item.from_ in known or not known:
+                        node.step(item)
+                    else:
+                        # Not a member (removed, or never added): the core would take its
+                        # proposals and read requests like anyone's. Everything else a
+                        # stranger sends is judged by its term (a member that lags may not
+                        # know the current leader yet, and must take its appends).
+                        log.debug("dropped a %s from non-member %#x", item.type.name,
+                                  item.from_)
+                except Exception:
+                    # A message the core cannot take (it never should) costs that message,
+                    # never the member: the sender will retry or time out.
+                    log.exception("stepping %r failed", item)
 
     def _leader_known(self) -> bool:
         return self._core.node.leader != NONE
@@ -496,9 +500,16 @@ class LogWriter:
     def _propose(self, proposals: list[Proposal]) -> None:
         if self.no_space is not None:
             for p in proposals:
-                _fail(p.future, NoSpace(str(self.no_space)))
+                fail(p.future, NoSpace(str(self.no_space)))
             return
         core = self._core
+        if any(p.conf is not None for p in proposals):
+            changes = [p for p in proposals if p.conf is not None]
+            proposals = [p for p in proposals if p.conf is None]
+            for p in changes:
+                self._propose_conf(p)
+            if not proposals:
+                return
         dropped: ProposalDropped | None = None
         with core.lock:
             try:
@@ -514,27 +525,43 @@ class LogWriter:
             self._stalled.extend(proposals)
         else:
             for p in proposals:
-                _fail(p.future, Unavailable(f"proposal dropped: {dropped}"))
+                fail(p.future, Unavailable(f"proposal dropped: {dropped}"))
+
+    def _propose_conf(self, p: Proposal) -> None:
+        """One membership change (the core takes one at a time; a busy core retries it)."""
+        assert p.conf is not None
+        core = self._core
+        with core.lock:
+            try:
+                core.node.propose_conf_change(p.conf)
+            except ProposalDropped as exc:
+                dropped: ProposalDropped | None = exc
+            else:
+                dropped = None
+        if dropped is None:
+            self._pending[p.seq] = p
+            self._pending_in_order = False
+            self.stats.proposals += 1
+        elif dropped.reason in _RETRY_DROPS or dropped.reason is DropReason.PENDING_CONF_CHANGE:
+            self._stalled.append(p)
+        else:
+            fail(p.future, ValueError(f"membership change refused: {dropped}"))
 
     def _start_read_round(self) -> None:
         """One ReadIndex round for every reader waiting since the last round began."""
         if self.no_space is not None and self._conf.voters == {self._me}:
             # A single voter that cannot write cannot commit either: everything committed is
             # applied, so the applied index is a valid read index. Reads keep working.
-            readers, self._reads = self._reads, []
-            for r in readers:
-                if not r.future.done():
-                    r.future.set_result(self._applied)
+            self._reads.answer_now(self._applied)
             return
-        ctx = self._ctx_prefix + next(self._ctx).to_bytes(8, "big")
+        ctx = self._reads.next_context()
         core = self._core
         with core.lock:
             try:
                 core.node.read_index(ctx)
             except ProposalDropped:
                 return  # no leader yet: the readers wait for a later round (or their deadline)
-        self._rounds[ctx] = (time.monotonic(), self._reads)
-        self._reads = []
+        self._reads.started(ctx, time.monotonic())
         self.stats.read_rounds += 1
 
     # --- one write batch ------------------------------------------------------------------
@@ -549,10 +576,20 @@ class LogWriter:
         with core.lock:
             node = core.node
             rd = node.ready() if node.has_ready() else None
+            leading = node.role is Role.LEADER
         if rd is None:
             self._complete_deferred()
+            if self._dd.compaction_pending:
+                return self._compact_while_idle()
             return False
         batch = _Batch(self._applied, self._conf)
+        if leading and rd.messages and self.send is not None and self._conf.voters != self._solo:
+            # A leader sends while it writes (Raft thesis §10.2.1): its own entries count
+            # toward the commit only once durable (advance, after the commit below), and what
+            # it sends depends on nothing this batch makes durable (its term and vote were
+            # persisted before it could win).
+            self.send(rd.messages)
+            rd.messages = []
         if not (rd.entries or rd.hard_state or rd.committed_entries or rd.snapshot):
             # Nothing to persist or apply (read states, messages, a role change): no
             # transaction, so a linearizable read costs no write.
@@ -568,27 +605,40 @@ class LogWriter:
         late: list[tuple[MemberFuture[Any], Any]] = []
         try:
             with self._dd.write() as w:
-                with core.lock:
-                    self._handle(w, node, rd, batch)
-                    for _ in range(MAX_READIES_PER_BATCH):
-                        if batch.conf_state.voters != solo:
-                            # Others vote: our entries count for commit only once durable.
-                            unadvanced = rd
-                            break
-                        # The only voter: nothing is released before the commit below, so the
-                        # core may count these entries now and hand back what that commits, to
-                        # apply in this same transaction.
-                        node.advance(rd)
-                        if not node.has_ready():
-                            more = False  # a tick or a new item wakes us again
-                            break
-                        rd = node.ready()
-                        self._handle(w, node, rd, batch)
-                    else:
-                        unadvanced = rd
+                if self._conf.voters != solo:
+                    # Others vote: our entries count for commit only once durable, so one
+                    # Ready per batch, and the core's lock only for its own calls: ticks and
+                    # the transport's reports do not wait for this batch's applies.
+                    self._handle(w, node, rd, batch, core.lock)
+                    unadvanced = rd
                     if batch.hard_state is not None:
                         w.set_hard_state(batch.hard_state)
                     self._compact_log(w, batch.applied_index, batch.conf_state)
+                else:
+                    with core.lock:
+                        self._handle(w, node, rd, batch)
+                        for _ in range(MAX_READIES_PER_BATCH):
+                            if batch.conf_state.voters != solo:
+                                # Others vote: our entries count for commit only once durable.
+                                unadvanced = rd
+                                break
+                            # The only voter: nothing is released before the commit
+                            # below, so the core may count these entries now and hand back
+                            # what that commits, to apply in this same transaction.
+                            node.advance(rd)
+                            if not node.has_ready():
+                                more = False  # a tick or a new item wakes us again
+                                break
+                            rd = node.ready()
+                            self._handle(w, node, rd, batch)
+                        else:
+                            unadvanced = rd
+                        if batch.hard_state is not None:
+                            w.set_hard_state(batch.hard_state)
+                        self._compact_log(w, batch.applied_index, batch.conf_state)
+                # A bounded part of the history a compaction left to drop (outside the core's
+                # lock: ticks and reports never wait for it).
+                w.compact_step(COMPACT_STEP)
                 if self._deferred:
                     # The previous batch is durable: its callers run while this one commits
                     # (the GIL is free during the write-out and fsync) instead of competing
@@ -608,7 +658,19 @@ class LogWriter:
                 core.node.advance(unadvanced)
         self._release(batch)
         for future, outcome in late:  # they got a done-callback meanwhile: run it now
-            _complete(future, outcome)
+            complete(future, outcome)
+        return more
+
+    def _compact_while_idle(self) -> bool:
+        """One bounded compaction step in a transaction of its own; True: look again soon
+        (queued requests get in between steps)."""
+        try:
+            with self._dd.write() as w:
+                more = w.compact_step(COMPACT_STEP)
+        except NoSpace as exc:
+            self._on_no_space(exc)
+            return False
+        self.stats.batches += 1
         return more
 
     def _note(self, rd: Ready, batch: _Batch) -> None:
@@ -628,14 +690,20 @@ class LogWriter:
         if rd.read_states:
             batch.read_states.extend(rd.read_states)
 
-    def _handle(self, w: WriteBatch, node: RaftNode, rd: Ready, batch: _Batch) -> None:
-        """Write one Ready into the open transaction; keep what it releases in `batch`."""
+    def _handle(self, w: WriteBatch, node: RaftNode, rd: Ready, batch: _Batch,
+                lock: threading.Lock | None = None) -> None:
+        """Write one Ready into the open transaction; keep what it releases in `batch`.
+        `lock`: the core's lock, to take around calls into the core (None: held already)."""
         self._note(rd, batch)
         snap = rd.snapshot
         if snap is not None and not snap.is_empty():
-            w.install_snapshot_meta(snap.meta)
+            # The leader's image of its state machine: it replaces ours in this transaction
+            # (the data dir stays open; the hub and the lease keeper reload after the commit).
+            w.install_snapshot(snap)
             batch.applied_index = snap.meta.index
             batch.conf_state = snap.meta.conf_state
+            batch.installed = True
+            self.local_reads = False
         if rd.entries:
             w.append_entries(rd.entries)
             batch.entries += len(rd.entries)
@@ -645,16 +713,34 @@ class LogWriter:
             applied = batch.applied
             for e in rd.committed_entries:
                 if e.type is EntryType.CONF_CHANGE:
-                    cs = node.apply_conf_change(ConfChange.decode(e.data))
+                    cc = ConfChange.decode(e.data)
+                    with lock if lock is not None else contextlib.nullcontext():
+                        refusal = node.conf_change_refusal(cc)
+                        cs = node.apply_conf_change(cc)
                     if cs.voters != self._solo:
                         # Another voter from now on: it may soon commit without us. Reads
                         # take the barrier before any message can reach it (see local_reads).
                         self.local_reads = False
                     w.apply_conf_change(e.index, cs)
+                    if refusal is None:
+                        self._record_member(w, cc)
                     batch.conf_state = cs
+                    batch.conf_applied.append(
+                        ConfApplied(e.index, cc, cs, refusal, self.conf_origin(cc))
+                    )
                 else:
                     applied.append(w.apply(e))
             batch.applied_index = rd.committed_entries[-1].index
+
+    def _record_member(self, w: WriteBatch, cc: ConfChange) -> None:
+        """Keep the member directory (names and addresses) in step with the configuration,
+        in the transaction that applies the change, so it survives log compaction."""
+        if cc.type is ConfChangeType.REMOVE:
+            w.remove_member(cc.node_id)
+            return
+        info = self.conf_member(cc)
+        if info is not None:
+            w.set_member(cc.node_id, info)
 
     def _compact_log(self, w: WriteBatch, applied: int, conf: ConfState) -> None:
         """Keep the Raft log bounded: drop entries well behind the applied index. A member
@@ -683,11 +769,18 @@ class LogWriter:
         stats.applied += len(batch.applied)
         if batch.messages and self.send is not None:
             self.send(batch.messages)
+        if batch.installed:
+            stats.installs += 1
+        if batch.installed and self.on_installed is not None:
+            # Before any event of this batch: the hub replays the installed history (which
+            # holds the entries applied after the snapshot too) to every watch.
+            self.on_installed()
         if batch.applied:
             events: list[Event] = []
-            for a in batch.applied:
-                if a.events:
-                    events.extend(a.events)
+            if not batch.installed:
+                for a in batch.applied:
+                    if a.events:
+                        events.extend(a.events)
             if events:
                 self._hub.publish(events)
             try:
@@ -696,17 +789,37 @@ class LogWriter:
                 self._hub.wake()
         answered = False
         if batch.read_states:
-            for rs in batch.read_states:
-                round_ = self._rounds.pop(rs.context, None)
-                if round_ is not None:
-                    self._released.append((rs.index, round_[1]))
-                    answered = answered or rs.index <= self._applied
-        if self._released:
-            self._release_reads()
+            answered = self._reads.on_read_states(batch.read_states, self._applied)
+        self._reads.release(self._applied)
         if batch.soft_state is not None:
             self._on_soft_state(batch.soft_state)
+        for change in batch.conf_applied:
+            self._conf_applied(change)
         if answered and batch.settled:
             self._allow_local_reads()
+
+    def _conf_applied(self, change: ConfApplied) -> None:
+        """Resolve the proposer's future with the new configuration (or why it was refused)
+        and let the runtime follow the change."""
+        origin = change.origin
+        if origin is not None and origin[0] == self._me:
+            p = self._pending.pop(origin[1], None)
+            if p is not None and not p.future.done():
+                if change.refusal is None:
+                    p.future.set_result(change)
+                else:
+                    p.future.set_exception(
+                        ValueError(f"membership change refused: {change.refusal}")
+                    )
+        cc = change.change
+        if change.refusal is None and cc.type is ConfChangeType.REMOVE and cc.node_id == self._me:
+            self.set_removed(f"member {self._me:#x} was removed from its cluster "
+                             f"(at index {change.index})")
+        if self.on_conf_applied is not None:
+            try:
+                self.on_conf_applied(change)
+            except Exception:
+                log.exception("following the membership change at %d failed", change.index)
 
     def _allow_local_reads(self) -> None:
         """A ReadIndex was answered in this term, and applied, by a batch that changed neither
@@ -743,7 +856,7 @@ class LogWriter:
             if defer and type(future) is MemberFuture and not future._done_callbacks:
                 deferred.append((future, result))
             else:
-                _complete(future, result)  # done-callbacks (asyncio, leases) run now
+                complete(future, result)  # done-callbacks (asyncio, leases) run now
 
     def _wake_deferred(self) -> list[tuple[MemberFuture[Any], Any]]:
         """Complete the deferred futures without running done-callbacks (a write transaction
@@ -760,29 +873,19 @@ class LogWriter:
         deferred, self._deferred = self._deferred, []
         for future, outcome in deferred:
             if not future._finish_quietly(outcome):
-                _complete(future, outcome)
-
-    def _release_reads(self) -> None:
-        applied = self._applied
-        keep: list[tuple[int, list[ReadWaiter]]] = []
-        for index, waiters in self._released:
-            if index > applied:
-                keep.append((index, waiters))
-                continue
-            for r in waiters:
-                if not r.future.done():
-                    r.future.set_result(index)
-        self._released = keep
+                complete(future, outcome)
 
     def _on_soft_state(self, ss: SoftState) -> None:
         leader = ss.role is Role.LEADER
         if leader != self._leader:
             self._leader = leader
             self._leases.on_leadership(leader)
-        if ss.leader != NONE:
+        if ss.leader != NONE and self.removed is None:
             self.leader_known.set()
         else:
             self.leader_known.clear()
+        with self.leadership:
+            self.leadership.notify_all()
 
     # --- time, failures -----------------------------------------------------------------------
 
@@ -802,43 +905,12 @@ class LogWriter:
                 elif in_order:
                     break  # the rest is younger
             for seq in expired:
-                _fail(pending.pop(seq).future, Unavailable(unavailable))
+                fail(pending.pop(seq).future, Unavailable(unavailable))
         else:
             self._pending_in_order = True
         if self._stalled:
-            self._stalled = self._expire(self._stalled, now, unavailable)
-        if self._reads:
-            self._reads = self._expire(self._reads, now, unavailable)
-        if self._rounds:
-            for ctx, (asked, waiters) in list(self._rounds.items()):
-                left = self._expire(waiters, now, unavailable)
-                if not left:
-                    del self._rounds[ctx]
-                elif asked + self._read_retry <= now:
-                    # The request or its answer may have been lost (a leader change, a dropped
-                    # message): ask again in a new round; a late answer to this one is ignored.
-                    del self._rounds[ctx]
-                    self._reads.extend(left)
-                else:
-                    self._rounds[ctx] = (asked, left)
-        if self._released:
-            released = []
-            for index, waiters in self._released:
-                left = self._expire(waiters, now, unavailable)
-                if left:
-                    released.append((index, left))
-            self._released = released
-
-    @staticmethod
-    def _expire(waiters: list[Any], now: float, why: str) -> list[Any]:
-        left = []
-        for w in waiters:
-            if w.deadline <= now:
-                _fail(w.future, Unavailable(why))
-            elif not w.future.done():
-                left.append(w)
-        return left
-
+            self._stalled = expire(self._stalled, now, unavailable)
+        self._reads.expire(now, unavailable)
     def _on_no_space(self, exc: NoSpace) -> None:
         """The disk is full and the batch was rolled back: refuse writes, restart the core
         from what is on disk (it may have counted entries that never became durable)."""
@@ -854,10 +926,8 @@ class LogWriter:
         self._pending.clear()
         self._stalled = []
         for p in pending:
-            _fail(p.future, NoSpace(str(exc)))
-        for _, waiters in self._rounds.values():
-            self._reads.extend(waiters)
-        self._rounds.clear()
+            fail(p.future, NoSpace(str(exc)))
+        self._reads.ask_again()
         self._applied = self._dd.applied_index
         self._conf = self._dd.conf_state
         node = self._new_node()
@@ -873,16 +943,9 @@ class LogWriter:
 
     def _fail_all(self, exc: Error) -> None:
         """Fail every proposal and read this writer holds (it has stopped)."""
-        waiting: list[Proposal | ReadWaiter] = [*self._pending.values(), *self._stalled,
-                                                *self._reads]
-        for _, waiters in self._rounds.values():
-            waiting.extend(waiters)
-        for _, waiters in self._released:
-            waiting.extend(waiters)
+        waiting = [*self._pending.values(), *self._stalled]
         self._pending.clear()
         self._stalled = []
-        self._reads = []
-        self._rounds.clear()
-        self._released = []
         for item in waiting:
-            _fail(item.future, type(exc)(str(exc)))
+            fail(item.future, type(exc)(str(exc)))
+        self._reads.fail_all(exc)

@@ -1,9 +1,11 @@
-"""Peer transport: the wire codec (frames), asyncio links (transport) and a fault hook."""
+"""Peer transport: the wire codec (frames), asyncio links and calls (transport) and a fault
+hook."""
 
 from .faults import Direction, FaultPlan
 from .frames import (
     DEFAULT_MAX_FRAME,
     PROTOCOL_VERSION,
+    Call,
     Frame,
     FrameDecoder,
     FrameTooLarge,
@@ -11,17 +13,28 @@ from .frames import (
     ProtocolError,
     Purpose,
     Refused,
+    Reply,
     SnapshotAck,
     SnapshotChunk,
     SnapshotEnd,
     decode_payload,
     encode,
 )
-from .transport import LinkState, PeerTransport, backoff_delay, parse_address
+from .transport import (
+    JOIN,
+    LinkState,
+    OnCall,
+    PeerTransport,
+    RemoteError,
+    backoff_delay,
+    parse_address,
+)
 
 __all__ = [
     "DEFAULT_MAX_FRAME",
+    "JOIN",
     "PROTOCOL_VERSION",
+    "Call",
     "Direction",
     "FaultPlan",
     "Frame",
@@ -29,10 +42,13 @@ __all__ = [
     "FrameTooLarge",
     "Hello",
     "LinkState",
+    "OnCall",
     "PeerTransport",
     "ProtocolError",
     "Purpose",
     "Refused",
+    "RemoteError",
+    "Reply",
     "SnapshotAck",
     "SnapshotChunk",
     "SnapshotEnd",

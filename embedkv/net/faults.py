@@ -1,8 +1,9 @@
 """A fault hook for tests: drop, delay or partition traffic by peer and direction.
 
-The transport asks the plan about every message it is about to send and every message it has
-just received; the plan answers with a delay in seconds (0 = now) or None (drop). Nothing here
-touches sockets, so a partition is a silent loss as on a cut network, not a closed connection.
+The transport asks the plan about every message, call and reply it is about to send and every
+one it has just received; the plan answers with a delay in seconds (0 = now) or None (drop).
+Nothing here touches sockets, so a partition is a silent loss as on a cut network, not a closed
+connection. Peers are member ids, or "host:port" for calls dialed by address (a joiner's).
 """
 
 from __future__ import annotations
@@ -12,6 +13,11 @@ import random
 from dataclasses import dataclass, field
 
 from embedkv.raft.types import Message
+
+from .frames import Call, Reply
+
+Peer = int | str
+Traffic = Message | Call | Reply
 
 
 class Direction(enum.Flag):
@@ -31,10 +37,10 @@ class FaultPlan:
     """Per-peer rules for each direction; mutate it at any time from the transport's loop."""
 
     rng: random.Random = field(default_factory=random.Random)
-    _send: dict[int, _Rule] = field(default_factory=dict)
-    _recv: dict[int, _Rule] = field(default_factory=dict)
+    _send: dict[Peer, _Rule] = field(default_factory=dict)
+    _recv: dict[Peer, _Rule] = field(default_factory=dict)
 
-    def _rules(self, direction: Direction) -> list[dict[int, _Rule]]:
+    def _rules(self, direction: Direction) -> list[dict[Peer, _Rule]]:
         out = []
         if Direction.SEND in direction:
             out.append(self._send)
@@ -42,23 +48,23 @@ class FaultPlan:
             out.append(self._recv)
         return out
 
-    def partition(self, peer: int, direction: Direction = Direction.BOTH) -> None:
+    def partition(self, peer: Peer, direction: Direction = Direction.BOTH) -> None:
         """Drop every message to and/or from `peer`."""
         self.drop(peer, 1.0, direction)
 
-    def drop(self, peer: int, probability: float, direction: Direction = Direction.BOTH) -> None:
+    def drop(self, peer: Peer, probability: float, direction: Direction = Direction.BOTH) -> None:
         if not 0.0 <= probability <= 1.0:
             raise ValueError(f"probability must be within [0, 1], not {probability!r}")
         for rules in self._rules(direction):
             rules.setdefault(peer, _Rule()).drop = probability
 
-    def delay(self, peer: int, seconds: float, direction: Direction = Direction.BOTH) -> None:
+    def delay(self, peer: Peer, seconds: float, direction: Direction = Direction.BOTH) -> None:
         if not seconds >= 0:
             raise ValueError(f"delay must be non-negative, not {seconds!r}")
         for rules in self._rules(direction):
             rules.setdefault(peer, _Rule()).delay = seconds
 
-    def heal(self, peer: int | None = None, direction: Direction = Direction.BOTH) -> None:
+    def heal(self, peer: Peer | None = None, direction: Direction = Direction.BOTH) -> None:
         """Remove the rules for `peer` (every peer when None)."""
         for rules in self._rules(direction):
             if peer is None:
@@ -66,7 +72,7 @@ class FaultPlan:
             else:
                 rules.pop(peer, None)
 
-    def _verdict(self, rules: dict[int, _Rule], peer: int) -> float | None:
+    def _verdict(self, rules: dict[Peer, _Rule], peer: Peer) -> float | None:
         rule = rules.get(peer)
         if rule is None:
             return 0.0
@@ -74,10 +80,10 @@ class FaultPlan:
             return None
         return rule.delay
 
-    def on_send(self, peer: int, msg: Message) -> float | None:
+    def on_send(self, peer: Peer, msg: Traffic) -> float | None:
         """Delay before sending `msg` to `peer`, or None to drop it."""
         return self._verdict(self._send, peer)
 
-    def on_receive(self, peer: int, msg: Message) -> float | None:
+    def on_receive(self, peer: Peer, msg: Traffic) -> float | None:
         """Delay before delivering `msg` from `peer`, or None to drop it."""
         return self._verdict(self._recv, peer)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import enum
 import struct
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -36,7 +37,18 @@ DEFAULT_MAX_FRAME = 16 << 20
 MAX_TOKEN = 256
 """Longest cluster token (UTF-8 characters) a hello may carry."""
 
+MAX_METHOD = 64
+"""Longest call method name (characters)."""
+
+MAX_BODY_DEPTH = 16
+"""Deepest nesting of arrays and maps inside a call's or reply's body."""
+
+MAX_DEPTH = 1 + MAX_BODY_DEPTH
+"""Deepest nesting the CBOR decoder accepts in any frame: the frame's own array plus a body
+(a Raft message needs only 3), so a peer cannot make the decoder recurse further."""
+
 MAX_U64 = (1 << 64) - 1
+MIN_CBOR_INT = -(1 << 64)
 HEADER = struct.Struct(">I")
 
 NETWORK_TYPES = frozenset(t for t in MessageType if t >= MessageType.PROP)
@@ -56,6 +68,7 @@ class Purpose(enum.IntEnum):
 
     RAFT = 0
     SNAPSHOT = 1
+    CALL = 2
 
 
 class Kind(enum.IntEnum):
@@ -65,6 +78,8 @@ class Kind(enum.IntEnum):
     END = 3
     ACK = 4
     REFUSED = 5
+    CALL = 6
+    REPLY = 7
 
 
 @dataclass(frozen=True, slots=True)
@@ -105,7 +120,28 @@ class Refused:
     reason: str
 
 
-Frame = Hello | Message | SnapshotChunk | SnapshotEnd | SnapshotAck | Refused
+@dataclass(frozen=True, slots=True)
+class Call:
+    """A request on a call connection; the listener answers with a Reply of the same `call_id`.
+
+    `body` is plain CBOR data (see `check_body`), as is a successful reply's."""
+
+    call_id: int
+    method: str
+    body: object
+
+
+@dataclass(frozen=True, slots=True)
+class Reply:
+    """The answer to the Call `call_id`: the handler's result when `ok`, else its error message
+    (a str)."""
+
+    call_id: int
+    ok: bool
+    body: object
+
+
+Frame = Hello | Message | SnapshotChunk | SnapshotEnd | SnapshotAck | Refused | Call | Reply
 
 
 # ---------------------------------------------------------------------------------- encoding
@@ -150,13 +186,20 @@ def _payload(frame: Frame) -> list[Any]:
         return [Kind.END, frame.size]
     if isinstance(frame, SnapshotAck):
         return [Kind.ACK, frame.ok]
+    if isinstance(frame, Call):
+        return [Kind.CALL, _u64(frame.call_id, "call id"), _method(frame.method), _body(frame.body)]
+    if isinstance(frame, Reply):
+        return [Kind.REPLY, _u64(frame.call_id, "call id"), _bool(frame.ok, "ok"), _reply(frame)]
     return [Kind.REFUSED, frame.reason]
 
 
 def encode(frame: Frame, max_frame: int = DEFAULT_MAX_FRAME) -> bytes:
-    """One frame's bytes (header and payload); the peer validates, we only cap the size."""
+    """One frame's bytes (header and payload). The peer validates; we cap the size, and check
+    a call's method and body here so a bad one fails the caller instead of the connection."""
     try:
         payload = cbor2.dumps(_payload(frame))
+    except ProtocolError:
+        raise
     except Exception as exc:  # a field of the wrong type, e.g. str data
         raise ProtocolError(f"cannot encode {type(frame).__name__}: {exc}") from exc
     if len(payload) > max_frame:
@@ -209,6 +252,44 @@ def _list(v: object, what: str, n: int | None = None) -> list[Any]:
     if n is not None and len(v) != n:
         raise ProtocolError(f"{what} must have {n} items, not {len(v)}")
     return v
+
+
+def _method(v: object) -> str:
+    if type(v) is not str or not 0 < len(v) <= MAX_METHOD:
+        raise ProtocolError(f"a call method must be a string of 1 to {MAX_METHOD} chars")
+    return v
+
+
+def _body(v: object, what: str = "body", depth: int = 0) -> object:
+    """`v` if it is plain CBOR data: None, bool, int (CBOR's native range), float, str, bytes,
+    and lists and str-keyed dicts of those, nested at most MAX_BODY_DEPTH deep (which also
+    refuses a list containing itself); ProtocolError naming the first offender otherwise."""
+    if v is None or type(v) in (bool, float, str, bytes):
+        return v
+    if type(v) is int:
+        if not MIN_CBOR_INT <= v <= MAX_U64:
+            raise ProtocolError(f"{what} holds {_shown(v)}, beyond CBOR's 64-bit ints")
+        return v
+    if type(v) is not list and type(v) is not dict:
+        raise ProtocolError(f"{what} may hold only plain CBOR data, not a {type(v).__name__}")
+    if depth >= MAX_BODY_DEPTH:
+        raise ProtocolError(f"{what} nests deeper than {MAX_BODY_DEPTH} arrays or maps")
+    if type(v) is list:
+        for item in v:
+            _body(item, what, depth + 1)
+        return v
+    assert type(v) is dict
+    for key, item in v.items():
+        if type(key) is not str:
+            raise ProtocolError(f"{what} has a map key that is a {type(key).__name__}, not a str")
+        _body(item, what, depth + 1)
+    return v
+
+
+def _reply(frame: Reply) -> object:
+    if not frame.ok and type(frame.body) is not str:
+        raise ProtocolError("a failed reply's body must be its error message (a str)")
+    return _body(frame.body, "reply body")
 
 
 def _ids(v: object, what: str) -> frozenset[int]:
@@ -299,18 +380,79 @@ def _validate(p: object) -> Frame:
     if kind is Kind.ACK:
         _list(items, "ack", 2)
         return SnapshotAck(_bool(items[1], "ack"))
+    if kind is Kind.CALL:
+        _list(items, "call", 4)
+        return Call(_u64(items[1], "call id"), _method(items[2]), _body(items[3], "call body"))
+    if kind is Kind.REPLY:
+        _list(items, "reply", 4)
+        reply = Reply(_u64(items[1], "call id"), _bool(items[2], "ok"), items[3])
+        _reply(reply)
+        return reply
     _list(items, "refusal", 2)
     if type(items[1]) is not str:
         raise ProtocolError("refusal reason must be a string")
     return Refused(items[1])
 
 
+def _bignum(sign: int) -> Callable[[object, bool], int]:
+    """Decoder of CBOR tag 2 (sign 1) or 3 (sign -1): a plain int, range-checked like any."""
+
+    def decode(value: object, immutable: bool) -> int:
+        if type(value) is not bytes:
+            raise ValueError("a bignum must wrap a byte string")
+        n = int.from_bytes(value, "big")
+        return n if sign > 0 else -1 - n
+
+    return decode
+
+
+def _refuse_tag(tag: int) -> Callable[[object, bool], object]:
+    def refuse(value: object, immutable: bool) -> object:
+        raise ValueError(f"CBOR tag {tag} is not allowed")
+
+    return refuse
+
+
+_BIGNUMS: dict[int, Callable[[object, bool], object]] = {2: _bignum(1), 3: _bignum(-1)}
+
+
+class _OnlyBignums(Mapping[int, Callable[[object, bool], object]]):
+    """cbor2's decoders for tags, asked for every tag it meets: bignums decode to ints and any
+    other tag is refused before cbor2's own decoders run (no dates, regexes, shared or cyclic
+    references: a frame is plain data)."""
+
+    def __getitem__(self, tag: int) -> Callable[[object, bool], object]:
+        return _BIGNUMS.get(tag) or _refuse_tag(tag)
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(_BIGNUMS)
+
+    def __len__(self) -> int:
+        return len(_BIGNUMS)
+
+
+_TAGS = _OnlyBignums()
+
+
+def _refuse_unknown_tag(tag: cbor2.CBORTag, immutable: bool) -> object:
+    raise ValueError(f"CBOR tag {tag.tag} is not allowed")
+
+
 def decode_payload(payload: bytes) -> Frame:
     """Decode one frame's payload (without the length header)."""
     try:
-        value = cbor2.loads(payload)
+        value = cbor2.loads(
+            payload,
+            semantic_decoders=_TAGS,
+            tag_hook=_refuse_unknown_tag,  # in case a cbor2 bypasses the mapping above
+            max_depth=MAX_DEPTH,
+            allow_indefinite=False,
+            allow_duplicate_keys=False,
+            strict_hashable_types=True,  # map keys str or bytes: no crafted hash collisions
+        )
     except Exception as exc:  # CBORDecodeError, and whatever a tag decoder raises
-        raise ProtocolError(f"undecodable frame: {exc}") from None
+        cause = f" ({exc.__cause__})" if exc.__cause__ is not None else ""
+        raise ProtocolError(f"undecodable frame: {exc}{cause}") from None
     return _validate(value)
 
 

@@ -1,5 +1,6 @@
 """Peer links on an asyncio loop: one long-lived outbound connection per peer, inbound
-connections delivering decoded messages, and snapshot streams on connections of their own.
+connections delivering decoded messages, snapshot streams on connections of their own, and
+request/reply calls on pooled connections of their own.
 
 Everything runs on the loop the transport was started on (the member's engine loop); every
 public method except the constructor must be called there. Nothing a peer sends can raise out
@@ -13,25 +14,29 @@ import contextlib
 import dataclasses
 import enum
 import hmac
+import itertools
 import logging
 import random
 import ssl as _ssl
 from collections import deque
-from collections.abc import AsyncIterable, Callable, Iterable, Mapping
+from collections.abc import AsyncIterable, Awaitable, Callable, Coroutine, Iterable, Mapping
 from typing import Any
 
+from embedkv.errors import Error, Unavailable
 from embedkv.raft.types import Message, MessageType, Snapshot
 
 from .faults import FaultPlan
 from .frames import (
     DEFAULT_MAX_FRAME,
     PROTOCOL_VERSION,
+    Call,
     Frame,
     FrameDecoder,
     Hello,
     ProtocolError,
     Purpose,
     Refused,
+    Reply,
     SnapshotAck,
     SnapshotChunk,
     SnapshotEnd,
@@ -43,9 +48,31 @@ log = logging.getLogger("embedkv.net")
 OnMessage = Callable[[Message], None]
 OnPeer = Callable[[int], None]
 OnSnapshot = Callable[[int, bool], None]
+OnCall = Callable[[int, str, object], Awaitable[object]]
 Chunks = Iterable[bytes] | AsyncIterable[bytes]
+Target = int | str
 
 _READ_SIZE = 256 << 10
+
+JOIN = "join"
+"""The one method a call connection without the cluster token may carry."""
+
+
+class RemoteError(Error):
+    """The called member's handler raised (or there was none); the message is its str()."""
+
+
+def _target_name(target: Target) -> str:
+    return f"member {target}" if isinstance(target, int) else target
+
+
+def _describe(exc: BaseException) -> str:
+    """An exception's message for the caller: its str(), or its type when that says nothing."""
+    try:
+        text = str(exc)
+    except Exception:
+        text = ""
+    return text or type(exc).__name__
 
 
 def parse_address(address: str) -> tuple[str, int]:
@@ -200,13 +227,112 @@ class _Link:
         frames = _Reader(reader, self.t.max_frame)
         try:
             frame = await frames.next()
-        except (ProtocolError, OSError) as exc:
+        except ProtocolError as exc:
             return f"garbage on the link: {exc}"
+        except OSError:
+            # Reset rather than closed: a peer that died with unread data in its receive
+            # buffer resets the connection. It is gone all the same (on_peer_lost).
+            return None
         if isinstance(frame, Refused):
             return frame.reason
         if frame is not None:
             return f"unexpected {type(frame).__name__} frame on an outbound link"
         return None
+
+
+class _CallConn:
+    """One pooled connection carrying calls to a target; replies are matched by call id.
+
+    Never redials: once it fails (cannot connect, refused, closed, garbage) every pending call
+    gets Unavailable and it leaves the pool, so the next call dials afresh."""
+
+    def __init__(self, t: PeerTransport, target: Target, address: str) -> None:
+        self.t = t
+        self.target = target
+        self.address = address
+        self.token = t.cluster  # a changed token retires the connection (see PeerTransport.call)
+        self.pending: dict[int, asyncio.Future[object]] = {}
+        self.up = asyncio.Event()  # set once the hello is written, or once failed
+        self.error: str | None = None
+        self.writer: asyncio.StreamWriter | None = None
+        self.task = asyncio.get_running_loop().create_task(
+            self._run(), name=f"embedkv-net-calls-{target}"
+        )
+
+    def close(self, error: str) -> None:
+        """End the connection: every pending call and waiting caller gets Unavailable(error)."""
+        if self.error is None:
+            self.error = error
+        self.up.set()
+        pending, self.pending = self.pending, {}
+        for fut in pending.values():
+            if not fut.done():
+                fut.set_exception(Unavailable(error))
+        if self.t._calls.get(self.target) is self:
+            del self.t._calls[self.target]
+        if self.writer is not None:
+            self.writer.close()
+        if asyncio.current_task() is not self.task:
+            self.task.cancel()
+
+    def write(self, data: bytes) -> None:
+        if self.writer is not None and self.error is None and not self.writer.is_closing():
+            self.writer.write(data)
+
+    async def drain(self) -> None:
+        """Wait while the peer is behind; a broken connection ends it (and its calls)."""
+        if self.writer is None or self.error is not None:
+            return
+        try:
+            await self.writer.drain()
+        except (ConnectionError, OSError) as exc:
+            self.close(f"connection to {_target_name(self.target)} lost: {exc}")
+
+    def deliver(self, reply: Reply) -> None:
+        fut = self.pending.get(reply.call_id)
+        if fut is None or fut.done():  # its caller gave up (timeout) or it is not ours
+            log.debug("reply to unknown call %d from %s", reply.call_id, self.address)
+            return
+        if reply.ok:
+            fut.set_result(reply.body)
+        else:
+            assert isinstance(reply.body, str)  # the decoder checks it
+            fut.set_exception(RemoteError(reply.body))
+
+    async def _run(self) -> None:
+        t = self.t
+        name = _target_name(self.target)
+        error = f"connection to {name} closed"
+        try:
+            reader, self.writer = await t.dial(self.address)
+            self.writer.write(encode(Hello(t.member_id, self.token, Purpose.CALL), t.max_frame))
+            self.up.set()
+            frames = _Reader(reader, t.max_frame)
+            while True:
+                frame = await frames.next()
+                if frame is None:
+                    error = f"{name} closed the call connection"
+                    break
+                if isinstance(frame, Refused):
+                    error = f"{name} at {self.address} refused the call connection: {frame.reason}"
+                    log.warning("%s", error)
+                    break
+                if not isinstance(frame, Reply):
+                    raise ProtocolError(f"unexpected {type(frame).__name__} on a call connection")
+                t._receive_reply(self, frame)
+        except asyncio.CancelledError:
+            raise
+        except ProtocolError as exc:
+            error = f"dropped the call connection to {name}: {exc}"
+            log.warning("%s", error)
+        except (OSError, EOFError, TimeoutError) as exc:
+            error = f"cannot reach {name} at {self.address}: {_describe(exc)}"
+            log.info("%s", error)
+        except Exception as exc:  # a bug must fail the calls, not leave them hanging
+            error = f"call connection to {name} failed: {exc}"
+            log.exception("call connection to %s failed", name)
+        finally:
+            self.close(error)
 
 
 class PeerTransport:
@@ -217,6 +343,9 @@ class PeerTransport:
     `report_unreachable(peer)` when a message to `peer` was dropped (queue full or link down),
     `on_peer_lost(peer)` when an established link was closed by the peer, and
     `report_snapshot(peer, ok)` when a snapshot stream ends.
+
+    `call` sends a request to another member and awaits its reply; `on_call` (settable any
+    time) answers the calls other members make to this one.
     """
 
     def __init__(
@@ -230,6 +359,7 @@ class PeerTransport:
         report_unreachable: OnPeer,
         on_peer_lost: OnPeer,
         report_snapshot: OnSnapshot,
+        on_call: OnCall | None = None,
         server_ssl: _ssl.SSLContext | None = None,
         client_ssl: _ssl.SSLContext | None = None,
         max_frame: int = DEFAULT_MAX_FRAME,
@@ -243,6 +373,7 @@ class PeerTransport:
         connect_timeout: float = 5.0,
         hello_timeout: float = 5.0,
         snapshot_ack_timeout: float = 60.0,
+        max_calls: int = 1024,
         rng: random.Random | None = None,
         faults: FaultPlan | None = None,
     ) -> None:
@@ -250,6 +381,8 @@ class PeerTransport:
             raise ValueError(f"member_id must be positive, not {member_id!r}")
         if not 0 < snapshot_chunk < max_frame - 64:
             raise ValueError("snapshot_chunk must be positive and well below max_frame")
+        if max_calls < 1:
+            raise ValueError(f"max_calls must be positive, not {max_calls!r}")
         self.member_id = member_id
         self.cluster = cluster
         self.listen = parse_address(listen)
@@ -258,6 +391,7 @@ class PeerTransport:
         self.report_unreachable = report_unreachable
         self.on_peer_lost = on_peer_lost
         self.report_snapshot = report_snapshot
+        self.on_call = on_call
         self.server_ssl = server_ssl
         self.client_ssl = client_ssl
         self.max_frame = max_frame
@@ -271,12 +405,15 @@ class PeerTransport:
         self.connect_timeout = connect_timeout
         self.hello_timeout = hello_timeout
         self.snapshot_ack_timeout = snapshot_ack_timeout
+        self.max_calls = max_calls
         self.rng = rng if rng is not None else random.Random()
         self.faults = faults
         self._links: dict[int, _Link] = {}
         self._server: asyncio.Server | None = None
         self._tasks: set[asyncio.Task[None]] = set()
         self._inbound: set[asyncio.StreamWriter] = set()
+        self._calls: dict[Target, _CallConn] = {}
+        self._call_ids = itertools.count(1)  # unique per transport, so per connection too
         self._closed = False
 
     # ------------------------------------------------------------------------- lifecycle
@@ -305,7 +442,11 @@ class PeerTransport:
         self._closed = True
         if self._server is not None:
             self._server.close()
+        calls = list(self._calls.values())
+        for conn in calls:
+            conn.close("the transport is closed")
         tasks = [link.task for link in self._links.values()] + list(self._tasks)
+        tasks += [conn.task for conn in calls]
         self._links.clear()
         for w in list(self._inbound):
             w.close()
@@ -333,7 +474,7 @@ class PeerTransport:
             raise ValueError("a member is not its own peer")
         if self._peers.get(peer) == address and peer in self._links:
             return
-        self.remove_peer(peer)
+        self.remove_peer(peer)  # calls in flight to its old address fail with Unavailable
         self._peers[peer] = address
         if self._server is not None and not self._closed:
             self._links[peer] = _Link(self, peer, address)
@@ -343,6 +484,87 @@ class PeerTransport:
         link = self._links.pop(peer, None)
         if link is not None:
             link.task.cancel()
+        conn = self._calls.get(peer)
+        if conn is not None:
+            conn.close(f"member {peer} was removed or moved")
+
+    # ------------------------------------------------------------------------- calls
+
+    async def call(self, target: Target, method: str, body: object, *, timeout: float) -> object:
+        """Send `method(body)` to `target` (a peer id, or a "host:port" for a member whose id
+        is not known yet) and return its handler's reply body.
+
+        Raises Unavailable (cannot connect, connection lost or refused, transport closed, or
+        no reply within `timeout` seconds), RemoteError (the handler raised), ProtocolError
+        (`method` or `body` cannot be sent: see frames.check_body), ValueError (`timeout`)."""
+        if not timeout > 0:
+            raise ValueError(f"timeout must be positive, not {timeout!r}")
+        call = Call(next(self._call_ids), method, body)
+        data = encode(call, self.max_frame)  # a bad body fails here, before any dialing
+        name = _target_name(target)
+        if self._closed:
+            raise Unavailable(f"cannot call {name}: the transport is closed")
+        fut: asyncio.Future[object] | None = None
+        try:
+            async with asyncio.timeout(timeout):
+                conn = self._call_conn(target)
+                await conn.up.wait()
+                if conn.error is not None:
+                    raise Unavailable(conn.error)
+                fut = asyncio.get_running_loop().create_future()
+                conn.pending[call.call_id] = fut
+                try:
+                    self._send_call(conn, call, data)
+                    await conn.drain()
+                    return await fut
+                finally:
+                    conn.pending.pop(call.call_id, None)
+        except TimeoutError:
+            raise Unavailable(
+                f"no reply from {name} to {method!r} within {timeout:g} s"
+            ) from None
+        finally:
+            if fut is not None and fut.done() and not fut.cancelled():
+                fut.exception()  # retrieved: a failure nobody awaited is not worth a warning
+
+    def _call_conn(self, target: Target) -> _CallConn:
+        """The pooled call connection to `target`, dialing one if there is none."""
+        conn = self._calls.get(target)
+        if conn is not None and conn.token != self.cluster:  # e.g. a joiner that now has it
+            conn.close("the cluster token changed")
+            conn = None
+        if conn is None:
+            if isinstance(target, str):
+                parse_address(target)
+                address = target
+            else:
+                found = self._peers.get(target)
+                if found is None:
+                    raise Unavailable(f"no address for member {target}")
+                address = found
+            conn = self._calls[target] = _CallConn(self, target, address)
+        return conn
+
+    def _send_call(self, conn: _CallConn, call: Call, data: bytes) -> None:
+        """Write a call (through the fault plan: a dropped call is answered by the timeout)."""
+        if self.faults is not None:
+            verdict = self.faults.on_send(conn.target, call)
+            if verdict is None:
+                return
+            if verdict > 0:
+                asyncio.get_running_loop().call_later(verdict, conn.write, data)
+                return
+        conn.write(data)
+
+    def _receive_reply(self, conn: _CallConn, reply: Reply) -> None:
+        if self.faults is not None:
+            verdict = self.faults.on_receive(conn.target, reply)
+            if verdict is None:
+                return
+            if verdict > 0:
+                asyncio.get_running_loop().call_later(verdict, conn.deliver, reply)
+                return
+        conn.deliver(reply)
 
     # ------------------------------------------------------------------------- sending
 
@@ -472,6 +694,8 @@ class PeerTransport:
             assert isinstance(hello, Hello)
             if hello.purpose is Purpose.RAFT:
                 await self._receive_raft(hello.member, frames)
+            elif hello.purpose is Purpose.CALL:
+                await self._receive_calls(hello, frames, writer)
             else:
                 await self._receive_snapshot(hello.member, frames, writer)
         except ProtocolError as exc:
@@ -491,7 +715,10 @@ class PeerTransport:
             return f"expected a hello, got {type(hello).__name__}"
         if hello.version != PROTOCOL_VERSION:
             return f"protocol version {hello.version} (this member speaks {PROTOCOL_VERSION})"
-        if not hmac.compare_digest(hello.cluster.encode(), self.cluster.encode()):
+        if not hello.cluster:  # a joiner's: it may only call "join" (checked per call)
+            if hello.purpose is not Purpose.CALL:
+                return "a connection without the cluster token may only call join"
+        elif not hmac.compare_digest(hello.cluster.encode(), self.cluster.encode()):
             return "the member belongs to another cluster (cluster token differs)"
         if hello.member == self.member_id:
             return f"the dialer claims this member's own id {self.member_id}"
@@ -555,6 +782,102 @@ class PeerTransport:
         head.snapshot = Snapshot(head.snapshot.meta, b"".join(parts))
         writer.write(encode(SnapshotAck(self._deliver(sender, head))))
         await writer.drain()
+
+    async def _receive_calls(
+        self, hello: Hello, frames: _Reader, writer: asyncio.StreamWriter
+    ) -> None:
+        """Answer the calls on one connection, each in a task of its own so that a slow
+        handler holds up neither the other calls nor the Raft links."""
+        running: dict[int, asyncio.Task[None]] = {}
+        try:
+            while True:
+                frame = await frames.next()
+                if frame is None:
+                    return
+                if not isinstance(frame, Call):
+                    raise ProtocolError(f"expected a call, got {type(frame).__name__}")
+                if frame.call_id in running:
+                    raise ProtocolError(f"call id {frame.call_id} reused while in flight")
+                if self.faults is not None:
+                    verdict = self.faults.on_receive(hello.member, frame)
+                    if verdict is None:
+                        continue
+                    if verdict > 0:
+                        asyncio.get_running_loop().call_later(
+                            verdict, self._dispatch, hello, frame, writer, running
+                        )
+                        continue
+                self._dispatch(hello, frame, writer, running)
+        finally:  # nobody is left to hear the answers
+            for task in list(running.values()):
+                task.cancel()
+
+    def _dispatch(
+        self,
+        hello: Hello,
+        call: Call,
+        writer: asyncio.StreamWriter,
+        running: dict[int, asyncio.Task[None]],
+    ) -> None:
+        if self._closed or writer.is_closing():
+            return
+        refusal = None
+        if not hello.cluster and call.method != JOIN:
+            refusal = f"call {call.method!r} needs the cluster token; without it only join"
+            log.warning("refused a call from member %d: %s", hello.member, refusal)
+        elif len(running) >= self.max_calls:
+            refusal = f"busy: {len(running)} calls from member {hello.member} in flight"
+            log.warning("refused a call: %s", refusal)
+        if refusal is not None:
+            self._start(self._reply(hello.member, writer, Reply(call.call_id, False, refusal)))
+            return
+        task = self._start(self._answer(hello.member, call, writer))
+        running[call.call_id] = task
+        task.add_done_callback(lambda _: running.pop(call.call_id, None))
+
+    def _start(self, coro: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
+        """A task close() cancels and awaits."""
+        task = asyncio.get_running_loop().create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return task
+
+    async def _answer(self, sender: int, call: Call, writer: asyncio.StreamWriter) -> None:
+        handler = self.on_call
+        if handler is None:
+            reply = Reply(call.call_id, False, "no handler")
+        else:
+            try:
+                reply = Reply(call.call_id, True, await handler(sender, call.method, call.body))
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                log.debug("call %r from member %d failed: %r", call.method, sender, exc)
+                reply = Reply(call.call_id, False, _describe(exc))
+        try:
+            encode(reply, self.max_frame)
+        except ProtocolError as exc:
+            log.warning("cannot send the reply to %r to member %d: %s", call.method, sender, exc)
+            error = f"the reply to {call.method!r} cannot be sent: {exc}"
+            reply = Reply(call.call_id, False, error)
+        await self._reply(sender, writer, reply)
+
+    async def _reply(self, sender: int, writer: asyncio.StreamWriter, reply: Reply) -> None:
+        """Write `reply` (through the fault plan); a caller that went away is no error."""
+        data = encode(reply, self.max_frame)
+        if self.faults is not None:
+            verdict = self.faults.on_send(sender, reply)
+            if verdict is None:
+                return
+            if verdict > 0:
+                await asyncio.sleep(verdict)
+        if writer.is_closing():
+            return
+        writer.write(data)
+        try:
+            await writer.drain()
+        except (ConnectionError, OSError) as exc:
+            log.info("could not answer member %d: %s", sender, exc)
 
 
 async def _iterate(chunks: Chunks) -> AsyncIterable[bytes]:

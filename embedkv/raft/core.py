@@ -322,6 +322,21 @@ class RaftNode:
         self._trk.apply_change(cc, self._log.last_index())
         return self._switch_to_config()
 
+    def conf_change_refusal(self, cc: ConfChange) -> str | None:
+        """Why `cc` would be ignored if applied now (None: it takes effect). The runtime asks
+        before `apply_conf_change` so that a refused change leaves its side tables alone too
+        and its proposer learns why."""
+        return self._trk.check_change(cc)
+
+    def forget_leader(self) -> None:
+        """A follower learned out of band that its leader is gone (its process died and the
+        kernel closed the connection): forget it, so that this node grants votes at once
+        instead of protecting the dead leader's lease (etcd's ForgetLeader). Safe: only the
+        lease check changes, elections still need a majority, and a live leader's next
+        heartbeat restores it."""
+        if self._role is Role.FOLLOWER and self._lead != NONE:
+            self._lead = NONE
+
     def read_index(self, context: bytes) -> None:
         """Request a linearizable read index; answered later as ReadState(index, context)."""
         if not context:

@@ -10,7 +10,18 @@ import threading
 import time
 from collections.abc import Callable
 
-from embedkv import Closed, Error, Event, KeyValue, LeaseNotFound, RangeResult, Store, TxnResult
+from embedkv import (
+    Closed,
+    Compacted,
+    Error,
+    Event,
+    KeyValue,
+    LeaseNotFound,
+    RangeResult,
+    Store,
+    TxnResult,
+    Watch,
+)
 
 ROOT = "_embedkv/"
 """Every recipe keeps its keys under this prefix: ``_embedkv/<kind>/<name>/...``."""
@@ -88,21 +99,156 @@ def remaining(deadline: float | None) -> float | None:
 
 
 def wait_set(
-    store: Store, event: threading.Event, deadline: float | None, session: Session | None = None
+    store: Store,
+    event: threading.Event,
+    deadline: float | None,
+    session: Session | None = None,
+    watch: Watch | None = None,
 ) -> bool:
-    """Wait for `event` until `deadline`; Closed if the store closes meanwhile (its watches
-    then end without an event, and a waiter must not hang), SessionLost if `session` ends
-    (checked every half second at most)."""
+    """Wait for `event` until `deadline`: True once it is set, or once `watch` (the watch that
+    would set it) has ended on its own — the store ends a watch that a compaction overtook
+    (``watch.error``) and it will never set `event`, so the caller must look again (re-read,
+    then watch anew from the revision read); False at the deadline. Closed if the store
+    closes meanwhile, SessionLost if `session` ends (each checked every quarter second)."""
     while True:
         left = remaining(deadline)
-        if event.wait(0.5 if left is None else min(0.5, left)):
+        if event.wait(_POLL if left is None else min(_POLL, left)):
             return True
         if store.closed:
             raise Closed("the store is closed")
         if session is not None and not session.alive:
             raise SessionLost("the lease ended while waiting")
+        if watch is not None and watch.cancelled:
+            _log.info("recipe watch ended by the store (%r): looking again", watch.error)
+            return True
         if remaining(deadline) == 0.0:
             return False
+
+
+_POLL = 0.25
+"""Seconds between a waiter's checks for what sends no event: a closed store, an ended
+lease, a watch the store ended."""
+
+
+def await_change(
+    store: Store,
+    key: str,
+    after: int,
+    deadline: float | None,
+    *,
+    prefix: bool = False,
+    session: Session | None = None,
+    wake: Callable[[Event], bool] = lambda event: True,
+) -> bool:
+    """Wait for a change to `key` (or under it, with `prefix`) after revision `after` for
+    which `wake(event)` holds: True once one came, or once the store cannot show every change
+    since `after` (the watch could not start, or ended, because history was compacted) — so
+    True means "look again": re-read, then call this anew from the revision read. False at
+    `deadline`; Closed if the store closes; SessionLost if `session` ends meanwhile."""
+    flag = threading.Event()
+
+    def on_event(event: Event) -> None:
+        if wake(event):
+            flag.set()
+
+    try:
+        watch = store.watch(key, on_event, prefix=prefix, start_revision=after + 1)
+    except Compacted:
+        return True  # changes since `after` are gone from history: the caller re-reads
+    with watch:
+        return wait_set(store, flag, deadline, session, watch)
+
+
+class Follow:
+    """A watch of `key` (or under it, with `prefix`) that is set up again whenever the store
+    ends it (a compaction overtaking it: ``Watch.error``) or it cannot start (Compacted):
+    `read()` looks at the state afresh and returns the revision it read, then the watch
+    resumes from just after it. A view kept current by a watch would otherwise stop
+    following without a word. `on_event` runs on the dispatcher; `read` on the caller's
+    thread first, then on the watchdog thread (never while the old watch can deliver)."""
+
+    def __init__(self, store: Store, key: str, *, prefix: bool, read: Callable[[], int],
+                 on_event: Callable[[Event], object]) -> None:
+        self._store, self._key, self._prefix = store, key, prefix
+        self._read, self._on_event = read, on_event
+        self._closed = False
+        self._mu = threading.Lock()
+        self._watch = self._start()
+        _watchdog.add(self)
+
+    def _start(self) -> Watch:
+        while True:
+            revision = self._read()
+            try:
+                return self._store.watch(self._key, self._on_event, prefix=self._prefix,
+                                         start_revision=revision + 1)
+            except Compacted:
+                continue  # compacted between the read and the watch: read again
+
+    def _check(self) -> bool:
+        """Restart the watch if the store ended it; False once this follow is over."""
+        with self._mu:
+            if self._closed or self._store.closed:
+                return False
+            if self._watch.cancelled:
+                _log.info("recipe watch of %r ended by the store (%r): following again",
+                          self._key, self._watch.error)
+                try:
+                    self._watch = self._start()
+                except Closed:
+                    return False
+        return True
+
+    @property
+    def cancelled(self) -> bool:
+        """True once cancelled, or once the store is closed (the store ending the watch
+        otherwise is mended, not an end)."""
+        return self._closed or self._store.closed
+
+    def cancel(self) -> None:
+        with self._mu:
+            self._closed = True
+            watch = self._watch
+        watch.cancel()
+
+
+class _Watchdog:
+    """One thread checks every Follow of the process each quarter second: a watch that the
+    store ended sends no event to say so."""
+
+    def __init__(self) -> None:
+        self._mu = threading.Lock()
+        self._follows: list[Follow] = []
+        self._thread: threading.Thread | None = None
+
+    def add(self, follow: Follow) -> None:
+        with self._mu:
+            self._follows.append(follow)
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._run, name="embedkv-recipe-watchdog",
+                                                daemon=True)
+                self._thread.start()
+
+    def _run(self) -> None:
+        while True:
+            time.sleep(_POLL)
+            with self._mu:
+                follows = list(self._follows)
+            done = []
+            for f in follows:
+                try:
+                    if not f._check():
+                        done.append(f)
+                except Exception:  # the store may be unavailable for a while: next round
+                    _log.warning("recipe watch restart failed; retrying", exc_info=True)
+            with self._mu:
+                self._follows = [f for f in self._follows if f not in done]
+                if not self._follows:
+                    self._thread = None  # idle: end; the next add starts a new thread
+                    return
+
+
+_watchdog = _Watchdog()
 
 
 class SessionLost(Error):

@@ -8,7 +8,7 @@ from typing import Any
 
 from embedkv import Compacted, Event, Get, Key, Store
 
-from ._base import key_text, ranged
+from ._base import Follow, key_text, ranged
 
 
 class ConfigView(Mapping[str, Any]):
@@ -16,7 +16,8 @@ class ConfigView(Mapping[str, Any]):
     values. The whole view is always the state of the prefix at one revision
     (``.revision``): on each change the view is re-read at the revision of the change, so a
     transaction that changes several keys shows up all at once. ``on_change(callback)`` calls
-    ``callback(view)`` after each update, on the watch dispatcher thread."""
+    ``callback(view)`` after each update, on the watch dispatcher thread (on the recipes'
+    watchdog thread for the catch-up after the store ended the watch: see Follow)."""
 
     def __init__(self, store: Store, prefix: Key) -> None:
         if not isinstance(prefix, str):
@@ -25,11 +26,23 @@ class ConfigView(Mapping[str, Any]):
         self._prefix = prefix
         self._mu = threading.Lock()
         self._callbacks: list[Callable[[ConfigView], object]] = []
-        r = store.txn(success=[Get(prefix, prefix=True)])
-        self._data = self._strip(ranged(r, 0).kvs)
-        self._revision = r.revision
-        self._watch = store.watch(prefix, self._on_event, prefix=True,
-                                  start_revision=r.revision + 1)
+        self._data: dict[str, Any] = {}
+        self._revision = 0
+        self._follow = Follow(store, prefix, prefix=True, read=self._reread,
+                              on_event=self._on_event)
+
+    def _reread(self) -> int:
+        """Read the whole prefix afresh (first, and whenever the watch had to start again);
+        the callbacks run if the view changed meanwhile."""
+        r = self._store.txn(success=[Get(self._prefix, prefix=True)])
+        data = self._strip(ranged(r, 0).kvs)
+        with self._mu:
+            changed = self._revision != 0 and data != self._data
+            self._data, self._revision = data, r.revision
+        if changed:
+            for cb in list(self._callbacks):
+                cb(self)
+        return r.revision
 
     def _strip(self, kvs: Any) -> dict[str, Any]:
         out = {}
@@ -76,7 +89,7 @@ class ConfigView(Mapping[str, Any]):
         return len(self._data)
 
     def close(self) -> None:
-        self._watch.cancel()
+        self._follow.cancel()
 
     def __enter__(self) -> ConfigView:
         return self

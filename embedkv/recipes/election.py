@@ -23,10 +23,9 @@ from embedkv import (
     SortOrder,
     SortTarget,
     Store,
-    Watch,
 )
 
-from ._base import SessionLost, check_timeout, check_ttl, deadline_of, prefix, ranged
+from ._base import Follow, SessionLost, check_timeout, check_ttl, deadline_of, prefix, ranged
 from .lock import Holding, queue_up
 
 _NOBODY = object()
@@ -91,7 +90,8 @@ class Election(Holding):
 
     def observe(self, callback: Callable[[Any], object] | None = None) -> Observation:
         """Follow leadership: each change of leader or of its value is reported once, as the
-        value (None: nobody leads). With `callback`, calls it on the watch dispatcher; without,
+        value (None: nobody leads). With `callback`, calls it on the watch dispatcher (or the
+        recipes' watchdog, catching up after the store ended the watch); without,
         iterate the returned Observation. ``.cancel()`` ends it."""
         return Observation(self._store, self._prefix, self._first(), callback)
 
@@ -103,17 +103,19 @@ class Observation:
     def __init__(
         self, store: Store, pfx: str, first: Get, callback: Callable[[Any], object] | None
     ) -> None:
-        r = store.txn(success=[first])
-        got = ranged(r, 0)
-        self._members: dict[Any, tuple[int, Any]] = {
-            kv.key: (kv.create_revision, kv.value) for kv in got.kvs
-        }
+        self._store, self._first = store, first
+        self._members: dict[Any, tuple[int, Any]] = {}
         self._last: object = _NOBODY
         self._callback = callback
         self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        self._follow = Follow(store, pfx, prefix=True, read=self._reread, on_event=self._on_event)
+
+    def _reread(self) -> int:
+        """Read the campaigners afresh (first, and whenever the watch had to start again)."""
+        r = self._store.txn(success=[self._first])
+        self._members = {kv.key: (kv.create_revision, kv.value) for kv in ranged(r, 0).kvs}
         self._emit()
-        self._watch: Watch = store.watch(pfx, self._on_event, prefix=True,
-                                         start_revision=r.revision + 1)
+        return r.revision
 
     def _on_event(self, event: Event) -> None:
         if event.type is EventType.DELETE:
@@ -137,7 +139,7 @@ class Observation:
 
     def __next__(self) -> Any:
         while True:
-            if self._watch.cancelled and self._queue.empty():
+            if self._follow.cancelled and self._queue.empty():
                 raise StopIteration
             try:
                 return self._queue.get(timeout=0.1)
@@ -145,7 +147,7 @@ class Observation:
                 continue
 
     def cancel(self) -> None:
-        self._watch.cancel()
+        self._follow.cancel()
 
     def __enter__(self) -> Observation:
         return self

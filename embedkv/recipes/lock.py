@@ -16,7 +16,6 @@ from types import TracebackType
 from embedkv import (
     Compare,
     CreateRevision,
-    Event,
     Get,
     KeyValue,
     Put,
@@ -29,6 +28,7 @@ from embedkv import (
 from ._base import (
     Session,
     SessionLost,
+    await_change,
     check_timeout,
     check_ttl,
     deadline_of,
@@ -36,7 +36,6 @@ from ._base import (
     prefix,
     ranged,
     remaining,
-    wait_set,
 )
 
 Listing = tuple[tuple[KeyValue, ...], int]
@@ -95,13 +94,10 @@ def wait_turn(
         left = remaining(deadline)
         if left == 0.0:
             return False
-        gone = threading.Event()
-        watched = (pred, False) if slots == 1 else (pfx, True)
-        with store.watch(watched[0], _setter(gone), prefix=watched[1],
-                         start_revision=revision + 1):
-            # Any event on the predecessor's key (its delete) means: look again.
-            if not wait_set(store, gone, deadline, session):
-                return False
+        # Any event on the predecessor's key (its delete) means: look again.
+        watched, whole = (pred, False) if slots == 1 else (pfx, True)
+        if not await_change(store, watched, revision, deadline, prefix=whole, session=session):
+            return False
 
 
 def queue_up(
@@ -127,10 +123,6 @@ def queue_up(
         session.close()
         return None
     return session, key, rev
-
-
-def _setter(flag: threading.Event) -> Callable[[Event], None]:
-    return lambda event: flag.set()
 
 
 class Holding:

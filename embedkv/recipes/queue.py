@@ -10,17 +10,18 @@ TTL and the item is delivered again — kazoo's LockingQueue. Items come out low
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import uuid
-from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
 from embedkv import (
+    Compacted,
     CreateRevision,
     Delete,
     Get,
-    KeyValue,
+    LeaseNotFound,
     Put,
     Store,
     Version,
@@ -29,13 +30,13 @@ from embedkv import (
 from ._base import (
     Session,
     SessionLost,
+    await_change,
     check_timeout,
     check_ttl,
     deadline_of,
     key_text,
     prefix,
     ranged,
-    wait_set,
 )
 
 _PRIO_BIAS = 1 << 62
@@ -61,6 +62,10 @@ class Item:
     def release(self) -> None:
         """Give the item back now, for another consumer (SessionLost if the claim ended)."""
         self._queue._release(self)
+
+
+class _Outranked(Exception):
+    """A claim was made while a higher-priority item was unclaimed (it was undone)."""
 
 
 class Queue:
@@ -107,55 +112,91 @@ class Queue:
         items, claims = ranged(r, 0).count, ranged(r, 1).count
         return max(0, int(items) - int(claims))
 
-    def _candidates(self, claimed: set[str]) -> Iterator[KeyValue]:
-        """Unclaimed items in delivery order, one priority group at a time."""
+    def _candidates(self, claimed: set[str], revision: int) -> list[str]:
+        """The unclaimed items of the highest priority group that has any, oldest first, as
+        of `revision` (the claims' read). A lower group is looked at only when every item of
+        the higher ones was claimed at that revision."""
         start, end = self._items, self._prefix + "i0"
-        while True:  # plain reads: only the claims' read needs a revision (see get)
-            first = self._store.range(start=start, end=end, limit=1, keys_only=True)
+        while True:
+            first = self._store.range(start=start, end=end, limit=1, keys_only=True,
+                                      revision=revision)
             if not first:
-                return
+                return []
             group = key_text(first[0])[: len(self._items) + 20]  # "<items><prio>/"
-            for kv in self._store.range(prefix=group, sort="create", limit=len(claimed) + 16,
-                                        keys_only=True):
-                if key_text(kv)[len(self._items):] not in claimed:
-                    yield kv
+            mark = group[len(self._items):]
+            taken = sum(1 for c in claimed if c.startswith(mark))
+            # At most `taken` of the group are claimed: the first taken+16 hold 16 free ones
+            # if the group has them.
+            kvs = self._store.range(prefix=group, sort="create", limit=taken + 16,
+                                    keys_only=True, revision=revision)
+            free = [k for k in map(key_text, kvs) if k[len(self._items):] not in claimed]
+            if free:
+                return free
             start = group[:-1] + "0"  # just past every key of this group
 
     def get(self, timeout: float | None = None) -> Item:
         """Claim the next item, waiting up to `timeout` seconds (None: for ever); TimeoutError
-        if none came. The claim lasts while this consumer's lease does."""
+        if none came. The claim lasts while this consumer's lease does.
+
+        The item is the highest-priority one unclaimed when the claim is made: the claim's
+        transaction also reads the higher priorities, and if one of their items is
+        unclaimed then (put, or handed back, since our look), the claim is undone and the
+        get looks again."""
         deadline = deadline_of(check_timeout(timeout))
         while True:
             session = self.session
             r = self._store.txn(success=[Get(self._claims, prefix=True, keys_only=True)])
             seen = r.revision
             claimed = {key_text(kv)[len(self._claims):] for kv in ranged(r, 0).kvs}
-            for kv in self._candidates(claimed):
-                item = self._claim(session, key_text(kv))
-                if item is not None:
-                    return item
+            try:
+                candidates = self._candidates(claimed, seen)
+            except Compacted:
+                continue  # the look's revision was compacted meanwhile: look again
+            try:
+                for key in candidates:
+                    item = self._claim(session, key)
+                    if item is not None:
+                        return item
+            except _Outranked:
+                continue
+            if candidates:
+                continue  # others claimed them first: look again at once
             if not self._wait_change(seen, deadline):
                 raise TimeoutError(f"{self!r}: no item within {timeout} s")
 
     def _claim(self, session: Session, key: str) -> Item | None:
+        """Claim `key`: the Item, None if another consumer claimed it (or it was acked)
+        first, or if our lease had ended; _Outranked if a higher-priority item was unclaimed
+        at the claim."""
         suffix = key[len(self._items):]
         claim = self._claims + suffix
-        r = self._store.txn(
-            compare=[Version(key) > 0, Version(claim) == 0],
-            success=[Put(claim, session.id, lease=session.id), Get(key)],
-        )
+        try:
+            r = self._store.txn(
+                compare=[Version(key) > 0, Version(claim) == 0],
+                success=[Put(claim, session.id, lease=session.id), Get(key),
+                         Get(self._items, end=self._items + suffix[:20], keys_only=True),
+                         Get(self._claims, end=self._claims + suffix[:20], keys_only=True)],
+            )
+        except LeaseNotFound:
+            # Our lease ended while we waited, before the keep-alive noticed: the next look
+            # claims on a new one.
+            session.lost()
+            return None
         if not r.succeeded:
             return None
         kv = ranged(r, 1).kvs[0]
         prio = int(suffix[:19]) - _PRIO_BIAS
-        return Item(kv.value, key, prio, self, claim, r.revision)
+        item = Item(kv.value, key, prio, self, claim, r.revision)
+        higher = {key_text(h)[len(self._items):] for h in ranged(r, 2).kvs}
+        if higher - {key_text(c)[len(self._claims):] for c in ranged(r, 3).kvs}:
+            with contextlib.suppress(SessionLost):  # a claim that ended is undone already
+                self._release(item)
+            raise _Outranked
+        return item
 
     def _wait_change(self, seen: int, deadline: float | None) -> bool:
         """Wait for any change under the queue after revision `seen`; False at the deadline."""
-        changed = threading.Event()
-        with self._store.watch(self._prefix, lambda e: changed.set(), prefix=True,
-                               start_revision=seen + 1):
-            return wait_set(self._store, changed, deadline)
+        return await_change(self._store, self._prefix, seen, deadline, prefix=True)
 
     def task_done(self, item: Item) -> None:
         """Acknowledge `item`: it is deleted, never delivered again."""

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import threading
-import time
 from collections.abc import Callable
 from typing import Any
 
@@ -22,6 +21,8 @@ from embedkv import (
 from ._base import (
     Session,
     SessionLost,
+    _log,
+    await_change,
     check_count,
     check_timeout,
     check_ttl,
@@ -29,9 +30,8 @@ from ._base import (
     key_text,
     prefix,
     ranged,
-    wait_set,
 )
-from .lock import Lock, enqueue
+from .lock import Holding, Lock, enqueue
 
 
 class DoubleBarrier:
@@ -57,28 +57,35 @@ class DoubleBarrier:
             raise RuntimeError("already entered")
         session = Session(self._store, self.ttl)
         mine = f"{self._waiting}{session.id:016x}"
-        r = self._store.txn(success=[Put(mine, "", lease=session.id),
-                                     Get(self._waiting, prefix=True, count_only=True),
-                                     Get(self._ready)])
-        if ranged(r, 2).kvs or ranged(r, 1).count >= self.n:
-            self._store.put(self._ready, True)
-            self._session = session
-            return True
-        arrived = threading.Event()
+        opened: list[Event] = []
 
-        def on_ready(e: Event) -> None:
-            if e.type is EventType.PUT:
-                arrived.set()
-
-        with self._store.watch(self._ready, on_ready, start_revision=r.revision + 1):
-            try:
-                ok = wait_set(self._store, arrived, deadline)
-            except BaseException:
-                session.close()
-                raise
-        if not ok:
-            session.close()
+        def on_ready(e: Event) -> bool:
+            if e.type is EventType.PUT:  # opened after we arrived (it may close again soon)
+                opened.append(e)
+                return True
             return False
+
+        try:
+            r = self._store.txn(success=[Put(mine, "", lease=session.id),
+                                         Get(self._waiting, prefix=True, count_only=True),
+                                         Get(self._ready)])
+            while not (opened or ranged(r, 2).kvs):
+                if ranged(r, 1).count >= self.n:
+                    self._store.put(self._ready, True)
+                    break
+                # Our lease ending while we wait means we no longer count: SessionLost.
+                if not await_change(self._store, self._ready, r.revision, deadline,
+                                    session=session, wake=on_ready):
+                    session.close()
+                    return False
+                r = self._store.txn(success=[Get(mine),
+                                             Get(self._waiting, prefix=True, count_only=True),
+                                             Get(self._ready)])
+                if not ranged(r, 0).kvs:
+                    raise SessionLost("our arrival is gone: the lease ended while waiting")
+        except BaseException:
+            session.close()
+            raise
         self._session = session
         return True
 
@@ -89,17 +96,13 @@ class DoubleBarrier:
         if session is None:
             raise RuntimeError("not entered")
         session.close()  # deletes our key
-        empty = threading.Event()
         while True:
             r = self._store.txn(success=[Get(self._waiting, prefix=True, count_only=True)])
             if ranged(r, 0).count == 0:
                 self._store.txn(compare=[Version(self._ready) > 0], success=[Delete(self._ready)])
                 return True
-            empty.clear()
-            with self._store.watch(self._waiting, lambda e: empty.set(), prefix=True,
-                                   start_revision=r.revision + 1):
-                if not wait_set(self._store, empty, deadline):
-                    return False
+            if not await_change(self._store, self._waiting, r.revision, deadline, prefix=True):
+                return False
 
 
 class Barrier:
@@ -169,23 +172,25 @@ class Counter:
         return int(self._store.get(self._key, 0))
 
 
-class Party:
+class Party(Holding):
     """``store.party(name)``: who is present. ``join(value)`` puts our member key on our own
     lease (re-joining with a new lease if it is lost, unless ``rejoin=False``); ``members()``
-    maps member id to value; ``watch(callback)`` reports joins and leaves."""
+    maps member id to value; ``watch(callback)`` reports joins and leaves. ``held()`` guards
+    a transaction with our presence, as a lock's does with the lock."""
 
     _kind = "party"
+    _not_held = "is not joined"
 
     def __init__(self, store: Store, name: str, *, ttl: int = 10) -> None:
         self._store = store
         self.name = name
         self.ttl = check_ttl(ttl)
         self._prefix = prefix(self._kind, name)
-        self._session: Session | None = None
         self._value: Any = None
         self._rejoin = True
-        self._mu = threading.Lock()
+        self._left = threading.Event()  # set by leave(): ends a rejoin loop at once
         self.id: str | None = None
+        super().__init__()
 
     def join(self, value: Any = None, *, rejoin: bool = True) -> str:
         """Be present with `value`; returns our member id."""
@@ -193,41 +198,55 @@ class Party:
             if self._session is not None:
                 raise RuntimeError("already joined")
             self._value, self._rejoin = value, rejoin
-            return self._join()
+            self._left = threading.Event()
+            return self._install(self._enter())
 
-    def _join(self) -> str:
+    def _enter(self) -> tuple[Session, str, int]:
+        """Our member key on a new lease (touching none of our state, so leave() need not
+        wait for it)."""
         session = Session(self._store, self.ttl)
-        self._session = session
-        key, _, _ = enqueue(self._store, self._prefix, session, self._value)
-        self.id = key[len(self._prefix):]
-        session.on_lost(lambda: self._on_lost(session))
+        try:
+            key, rev, _ = enqueue(self._store, self._prefix, session, self._value)
+        except BaseException:
+            session.close()
+            raise
+        session.on_lost(lambda: self._rejoin_after(session))
+        return session, key, rev
+
+    def _install(self, got: tuple[Session, str, int]) -> str:
+        self._take(got)
+        self.id = self._key[len(self._prefix):]
         return self.id
 
-    def _on_lost(self, session: Session) -> None:
+    def _rejoin_after(self, lost: Session) -> None:
+        """Join again on a new lease until it works, the party is left or the store closes.
+        Never holds ``_mu`` across a store call or a pause: leave() returns at once."""
+        left = self._left
         with self._mu:
-            if self._session is not session or not self._rejoin:
+            if self._session is not lost or not self._rejoin or left.is_set():
                 return
-            while not self._store.closed:
-                try:
-                    self._join()
+        while not self._store.closed and not left.is_set():
+            try:
+                got = self._enter()
+            except Exception:  # the store may be unavailable for a while
+                _log.warning("party %r: rejoin failed; retrying", self.name, exc_info=True)
+                left.wait(min(1.0, self.ttl / 3))
+                continue
+            with self._mu:
+                if self._session is lost and not left.is_set():
+                    self._install(got)
                     return
-                except Exception:  # the store may be unavailable for a while
-                    time.sleep(min(1.0, self.ttl / 3))
+            got[0].close()  # left (or joined anew) meanwhile: this presence is not wanted
+            return
 
     @property
     def present(self) -> bool:
-        s = self._session
-        return s is not None and s.alive
-
-    @property
-    def session(self) -> Session:
-        if self._session is None:
-            raise RuntimeError("not joined")
-        return self._session
+        return self._live
 
     def leave(self) -> None:
-        with self._mu:
-            session, self._session = self._session, None
+        """Be absent now (our key is deleted); ends a rejoin under way without waiting."""
+        self._left.set()
+        session = self._drop()
         if session is not None:
             session.close()
 

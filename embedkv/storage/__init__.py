@@ -7,7 +7,18 @@ docs/internals/storage.md for the layout.
 from embedkv.errors import LeaseExists
 
 from .datadir import DataDir, Identity, WriteBatch
+from .directory import LocalInfo, PeerInfo
 from .mvcc import Applied, KeySpace
 from .raftlog import RaftLog
 
-__all__ = ["Applied", "DataDir", "Identity", "KeySpace", "LeaseExists", "RaftLog", "WriteBatch"]
+__all__ = [
+    "Applied",
+    "DataDir",
+    "Identity",
+    "KeySpace",
+    "LeaseExists",
+    "LocalInfo",
+    "PeerInfo",
+    "RaftLog",
+    "WriteBatch",
+]

@@ -29,6 +29,7 @@ from embedkv.raft.types import ConfState
 
 from .datadir import DEFRAG_TEMP, DataDir, Identity, release_lock, take_lock
 from .lmdbenv import DB_NAMES, FULL_ERRNOS, Env, fsync_dir, is_disk_full, no_space
+from .mvcc import finish_compaction
 from .snapshot import FRAME, MAGIC, MAX_HEADER, TAG_HEADER
 
 CHUNK: Final = 1 << 20
@@ -166,10 +167,12 @@ def restore_backup(
 def defrag(path: str | os.PathLike[str]) -> DefragResult:
     """Rewrite a closed data dir's ``data.mdb`` without its free pages.
 
-    Takes the data dir's lock (DataDirLocked while a Store has it open). The compacting copy
-    goes to ``data.mdb.defrag``, is fsynced, checked against the original (entry counts of every
+    Takes the data dir's lock (DataDirLocked while a Store has it open). First finishes any
+    pending compaction work (ordinary transactions, as the member's writer would: reads do not
+    change), so that the copy leaves out what compaction drops. The compacting copy goes to
+    ``data.mdb.defrag``, is fsynced, checked against the original (entry counts of every
     database) and renamed over it, and the directory is fsynced. Until the rename the original
-    is untouched; a copy left by a killed run is removed by the next open or defrag.
+    holds the same data; a copy left by a killed run is removed by the next open or defrag.
     """
     path = _existing_data_dir(path)
     lock_fd = take_lock(path)
@@ -181,6 +184,7 @@ def defrag(path: str | os.PathLike[str]) -> DefragResult:
         _checkpoint("locked")
         env = Env(path, durable=True)  # checks the format, truncation, an unfinished restore
         try:
+            finish_compaction(env)
             counts = _entry_counts(env.env)
             _copy(env, tmp)
         except BaseException:

@@ -624,6 +624,10 @@ CHANGE: Final = struct.Struct(">BHQI")
 """A history value's header: kind, key length, previous change (rev, sub); key and record follow."""
 KIND_PUT: Final = 1
 KIND_DELETE: Final = 2
+COMPACTION_WORK: Final = struct.Struct(">QQIQ")
+"""The physical compaction still to do (main database, key b"compacting", present only while
+some is): the revision history is physically compacted to, the history position (revision,
+sub) the work resumes at, and the target (the compact revision)."""
 
 LOG_ENTRY: Final = struct.Struct(">QB")
 """A raft_log value's header: term, entry type; the entry data follows."""

@@ -12,7 +12,7 @@ import errno
 import fcntl
 import os
 import threading
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Final
@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any, Final
 import lmdb
 
 from embedkv.errors import Closed, CorruptData, DataDirLocked, NoSpace
-from embedkv.raft.types import ConfState, Entry, EntryType, HardState, SnapshotMeta
+from embedkv.raft.types import ConfState, Entry, EntryType, HardState, Snapshot, SnapshotMeta
 
 from .codec import (
     PUT_TAG,
@@ -31,8 +31,33 @@ from .codec import (
     encode_conf_state,
     unpack_exact,
 )
-from .lmdbenv import MARKER_FILE, META_STATE, STATE_DB, Env, is_disk_full, no_space
-from .mvcc import Applied, Applier, KeySpace, Tables, read_state
+from .directory import (
+    LOCAL,
+    MEMBERS,
+    LocalInfo,
+    PeerInfo,
+    decode_local,
+    decode_members,
+    encode_local,
+    encode_members,
+)
+from .lmdbenv import (
+    MARKER_FILE,
+    META_STATE,
+    STATE_DB,
+    Env,
+    is_disk_full,
+    no_space,
+)
+from .mvcc import (
+    Applied,
+    Applier,
+    KeySpace,
+    Tables,
+    read_compaction_work,
+    read_state,
+    write_compaction_work,
+)
 from .raftlog import CONF_STATE, RaftLog
 
 if TYPE_CHECKING:
@@ -104,10 +129,15 @@ class DataDir:
         self._closed = False
         with env.read() as txn:
             applied, revision, compact = read_state(txn, env.dbs[STATE_DB])
+            self._compaction_work = read_compaction_work(txn, env.dbs[STATE_DB], compact)
             raw = txn.get(IDENTITY, db=env.dbs[b"raft_state"])
             self._identity = (
                 None if raw is None else Identity(*unpack_exact(U64X2, raw, "identity"))
             )
+            raw = txn.get(MEMBERS, db=env.dbs[b"raft_state"])
+            self._members: dict[int, PeerInfo] = {} if raw is None else decode_members(raw)
+            raw = txn.get(LOCAL, db=env.dbs[b"raft_state"])
+            self._local = None if raw is None else decode_local(raw)
         self.kv = KeySpace(env, revision, compact)
         self.log = RaftLog.load(env, applied)
         self._tables = Tables(env)
@@ -176,14 +206,47 @@ class DataDir:
         """The membership as of the applied index."""
         return self.log.conf_state
 
-    def bootstrap(self, identity: Identity, conf_state: ConfState) -> None:
-        """Record identity and initial membership in a fresh data dir (one transaction)."""
+    @property
+    def compaction_pending(self) -> bool:
+        """Whether a compaction left physical work to do (as of the last commit): the writer
+        then runs ``WriteBatch.compact_step`` until this is False."""
+        return self._compaction_work is not None
+
+    def members(self) -> dict[int, PeerInfo]:
+        """The member directory (id -> name, address) as of the applied index (a copy)."""
+        return dict(self._members)
+
+    @property
+    def local(self) -> LocalInfo | None:
+        """This member's name, listen address and cluster token (None: never clustered)."""
+        return self._local
+
+    def set_local(self, local: LocalInfo) -> None:
+        """Record this member's own settings (a new listen address, or a store growing into
+        a cluster), in one write transaction."""
+        with self.write() as w:
+            w.set_local(local)
+
+    def bootstrap(
+        self,
+        identity: Identity,
+        conf_state: ConfState,
+        *,
+        members: Mapping[int, PeerInfo] | None = None,
+        local: LocalInfo | None = None,
+    ) -> None:
+        """Record identity, initial membership, the member directory and this member's own
+        settings in a fresh data dir (one transaction)."""
         for name, value in (("cluster_id", identity.cluster_id),
                             ("member_id", identity.member_id)):
             if type(value) is not int or not 0 < value < 1 << 64:
                 raise ValueError(f"{name} must be a positive 64-bit int, not {value!r}")
         with self.write() as w:
             w.bootstrap(identity, conf_state)
+            for mid, info in (members or {}).items():
+                w.set_member(mid, info)
+            if local is not None:
+                w.set_local(local)
         self._identity = identity
 
     def clear_no_space(self) -> None:
@@ -234,9 +297,14 @@ class DataDir:
 
     def snapshot_chunks(self, chunk_size: int = 1 << 20) -> Iterator[bytes]:
         """The state machine as checksummed chunks, from one consistent read transaction."""
-        from .snapshot import snapshot_chunks
+        return self.snapshot_stream(chunk_size)[1]
 
-        return snapshot_chunks(self._env, self.log, chunk_size)
+    def snapshot_stream(self, chunk_size: int = 1 << 20) -> tuple[SnapshotMeta, Iterator[bytes]]:
+        """`snapshot_chunks` and the Raft point the stream holds (applied index, its term,
+        membership), read in the same transaction: what a follower installs."""
+        from .snapshot import snapshot_stream
+
+        return snapshot_stream(self._env, chunk_size)
 
     @classmethod
     def restore(
@@ -315,9 +383,12 @@ class WriteBatch:
             self._txn = self._env.env.begin(write=True)
         except lmdb.Error as exc:
             raise self._translate(exc) from None
-        self._applier = Applier(self._txn, dd._tables, dd.kv.revision, dd.kv.compact_revision)
+        self._applier = Applier(self._txn, dd._tables, dd.kv.revision, dd.kv.compact_revision,
+                                dd._compaction_work)
         self._applied = dd.log.applied
         self._conf_state = dd.log.conf_state
+        self._members = dd._members
+        self._local = dd._local
         self._state_dirty = False
 
     # --- the operations -----------------------------------------------------------------
@@ -328,6 +399,23 @@ class WriteBatch:
 
     def set_hard_state(self, hard_state: HardState) -> None:
         self._run(self._set_hard_state, (hard_state,))
+
+    def set_member(self, member_id: int, info: PeerInfo) -> None:
+        """Add or change a member directory entry (with the membership change it follows)."""
+        self._run(self._set_member, (member_id, info))
+
+    def remove_member(self, member_id: int) -> None:
+        self._run(self._remove_member, (member_id,))
+
+    def set_local(self, local: LocalInfo) -> None:
+        self._run(self._set_local, (local,))
+
+    def install_snapshot(self, snapshot: Snapshot) -> None:
+        """Replace the whole state machine (key space, history, leases, member directory,
+        applied index, membership) and the log by a leader's snapshot stream, in this
+        transaction. CorruptData if the stream is damaged or is not at `snapshot.meta`: the
+        batch then aborts and nothing changes."""
+        self._run(self._install_snapshot, (snapshot,))
 
     def install_snapshot_meta(self, meta: SnapshotMeta) -> None:
         """Replace the log by a snapshot point; the state machine must already be at it
@@ -371,6 +459,23 @@ class WriteBatch:
 
     def bootstrap(self, identity: Identity, conf_state: ConfState) -> None:
         self._run(self._bootstrap, (identity, conf_state))
+
+    def compact_step(self, max_keys: int) -> bool:
+        """Do a bounded part of the physical compaction work left by Compaction entries:
+        visit at most `max_keys` history changes (key versions), dropping those the
+        compaction drops; True while work remains (False at once when there is none).
+
+        Reads never depend on it: the compact revision is recorded when the Compaction is
+        applied, and what the work drops is below it. Deterministic and safe to replay, like
+        every batch operation; a compaction applied earlier in this batch counts."""
+        if type(max_keys) is not int or max_keys < 1:
+            raise ValueError(f"max_keys must be a positive int, not {max_keys!r}")
+        if self._txn is None:
+            raise Closed(_ABORTED)
+        if self._applier.work is None:
+            return False
+        result: bool = self._run(self._compact_step, (max_keys,))
+        return result
 
     # --- implementations, run (and re-run after map growth) against self._txn -------------
 
@@ -422,6 +527,57 @@ class WriteBatch:
         assert self._txn is not None
         self._txn.put(CONF_STATE, encode_conf_state(conf_state), db=self._env.dbs[b"raft_state"])
         self._conf_state = conf_state
+
+    def _set_member(self, member_id: int, info: PeerInfo) -> None:
+        assert self._txn is not None
+        members = dict(self._members)
+        members[member_id] = info
+        self._put_members(members)
+
+    def _remove_member(self, member_id: int) -> None:
+        if member_id in self._members:
+            members = dict(self._members)
+            del members[member_id]
+            self._put_members(members)
+
+    def _put_members(self, members: dict[int, PeerInfo]) -> None:
+        assert self._txn is not None
+        self._txn.put(MEMBERS, encode_members(members), db=self._env.dbs[b"raft_state"])
+        self._members = members
+
+    def _set_local(self, local: LocalInfo) -> None:
+        assert self._txn is not None
+        self._txn.put(LOCAL, encode_local(local), db=self._env.dbs[b"raft_state"])
+        self._local = local
+
+    def _install_snapshot(self, snapshot: Snapshot) -> None:
+        from .snapshot import TABLES, open_stream, stream_records
+
+        txn = self._txn
+        assert txn is not None
+        meta = snapshot.meta
+        reader, header = open_stream([snapshot.data])
+        conf = ConfState(frozenset(header["voters"]), frozenset(header["learners"]))
+        if (header["applied"], header["term"], conf) != (meta.index, meta.term, meta.conf_state):
+            raise CorruptData(
+                f"a snapshot stream at index {header['applied']} (term {header['term']}) came "
+                f"with the point of index {meta.index} (term {meta.term}): refused"
+            )
+        dbs = self._env.dbs
+        for table in TABLES:
+            txn.drop(dbs[table], delete=False)
+        for table, key, value in stream_records(reader, header):
+            txn.put(key, value, db=dbs[table])
+        self._applier = Applier(txn, self._dd._tables, header["revision"], header["compact"],
+                                header.get("compacting"))
+        self._applied = meta.index
+        self._state_dirty = True
+        self._log.install(txn, meta.index, meta.term)
+        self._set_conf_state(meta.conf_state)
+        self._put_members(header.get("members", {}))
+
+    def _compact_step(self, max_keys: int) -> bool:
+        return self._applier.compact_step(max_keys)  # the current applier (after a replay too)
 
     def _compact_log(self, index: int) -> None:
         assert self._txn is not None
@@ -515,6 +671,8 @@ class WriteBatch:
                     txn.put(META_STATE, U64X3.pack(
                         self._applied, self._applier.revision, self._applier.compact
                     ), db=self._dd._tables.state)
+                if self._applier.work is not self._dd._compaction_work:
+                    write_compaction_work(txn, self._dd._tables.state, self._applier.work)
                 self._log.flush(txn)
                 txn.commit()
                 break
@@ -528,6 +686,9 @@ class WriteBatch:
         log = self._log
         log.applied = self._applied
         log.conf_state = self._conf_state
+        dd._members = self._members
+        dd._local = self._local
         log.trim_tail()
         dd.kv.revision = self._applier.revision
         dd.kv.compact_revision = self._applier.compact
+        dd._compaction_work = self._applier.work

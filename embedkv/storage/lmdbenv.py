@@ -51,6 +51,9 @@ In the main database since format 3: a member with nobody to replicate to moves 
 batch (docs/internals/storage.md)."""
 META_STATE: Final = b"applied"
 """STATE_DB key of (applied index, revision, compact revision)."""
+COMPACTING: Final = b"compacting"
+"""STATE_DB key of the physical compaction still to do (codec.COMPACTION_WORK), present only
+while some is: a Compaction records it, WriteBatch.compact_step does it in bounded steps."""
 MARKER_FILE: Final = "embedkv.datadir"
 """Created in the data dir once data.mdb durably holds its format record (and added on the
 first open of a dir made before format 4): from then on a missing, empty or blank data.mdb is

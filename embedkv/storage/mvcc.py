@@ -22,7 +22,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
-from typing import Any, Final, cast
+from typing import Any, Final, NamedTuple, cast
 
 import cbor2
 import lmdb
@@ -38,6 +38,7 @@ from embedkv.errors import (
 
 from .codec import (
     CHANGE,
+    COMPACTION_WORK,
     CRC_RESIDUE,
     FLAG_STR,
     FLAG_TOMBSTONE,
@@ -77,7 +78,7 @@ from .codec import (
     unpack_record,
     unseal,
 )
-from .lmdbenv import META_STATE, STATE_DB, Env
+from .lmdbenv import COMPACTING, META_STATE, STATE_DB, Env
 from .requests import (
     MAX_KEY_BYTES,
     MAX_VALUE_BYTES,
@@ -232,6 +233,66 @@ def read_state(txn: lmdb.Transaction[bytes], state_db: lmdb._Database) -> tuple[
         raise CorruptData("the meta state record is missing")
     applied, revision, compact = unpack_exact(U64X3, raw, "meta state")
     return applied, revision, compact
+
+
+class CompactionWork(NamedTuple):
+    """The physical compaction a Compaction left to do (``Applier.compact_step`` does it).
+
+    Below `physical` the history is compacted; the changes from history position (rev, sub)
+    up to `target` (the compact revision) are still to be visited."""
+
+    physical: int
+    rev: int
+    sub: int
+    target: int
+
+    def check(self, compact: int) -> CompactionWork:
+        """This work, if it is consistent with the compact revision; CorruptData if not."""
+        if not self.physical <= self.rev <= self.target == compact:
+            raise CorruptData(f"the compaction work {tuple(self)} does not fit the compact "
+                              f"revision {compact}")
+        return self
+
+
+def write_compaction_work(
+    txn: lmdb.Transaction[bytes], state_db: lmdb._Database, work: CompactionWork | None
+) -> None:
+    """Record `work` (None: none left) in `txn`."""
+    if work is None:
+        txn.delete(COMPACTING, db=state_db)
+    else:
+        txn.put(COMPACTING, COMPACTION_WORK.pack(*work), db=state_db)
+
+
+def finish_compaction(env: Env, max_changes: int = 10_000) -> int:
+    """Do all pending compaction work of an environment nobody else writes to (defrag), in
+    transactions of `max_changes` visits; the number of transactions."""
+    t = Tables(env)
+    done = 0
+    while True:
+        try:
+            with env.env.begin(write=True) as txn:
+                _, revision, compact = read_state(txn, t.state)
+                work = read_compaction_work(txn, t.state, compact)
+                if work is None:
+                    return done
+                applier = Applier(txn, t, revision, compact, work)
+                applier.compact_step(max_changes)
+                write_compaction_work(txn, t.state, applier.work)
+        except lmdb.MapFullError:
+            env.grow()
+            continue
+        done += 1
+
+
+def read_compaction_work(
+    txn: lmdb.Transaction[bytes], state_db: lmdb._Database, compact: int
+) -> CompactionWork | None:
+    """The physical compaction still to do as of `txn`, None if there is none."""
+    raw = txn.get(COMPACTING, db=state_db)
+    if raw is None:
+        return None
+    return CompactionWork(*unpack_exact(COMPACTION_WORK, raw, "compaction work")).check(compact)
 
 
 def _in_range(kb: bytes, start: bytes, end: bytes | None) -> bool:
@@ -696,12 +757,20 @@ class Applier:
     """Applies wire operations in one LMDB write transaction, tracking the revision."""
 
     def __init__(
-        self, txn: lmdb.Transaction[bytes], t: Tables, revision: int, compact: int
+        self,
+        txn: lmdb.Transaction[bytes],
+        t: Tables,
+        revision: int,
+        compact: int,
+        work: CompactionWork | None,
     ) -> None:
         self.txn = txn
         self.t = t
         self.revision = revision
         self.compact = compact
+        self.work = work
+        """The physical compaction still to do (None: the history is compacted to `compact`);
+        replaced, never changed in place, so a commit sees a change by identity."""
         self._kv = txn.cursor(db=t.kv)
         # Bound methods of cursors reused by every put of the batch (the hot path). A put's
         # get and put of its key go through one cursor: LMDB then finds the key again on the
@@ -1019,69 +1088,75 @@ class Applier:
     # -- compaction -----------------------------------------------------------------------
 
     def _compaction(self, rev: int) -> CompactResult:
+        """Record the new compact revision (reads below it fail from now on) and the physical
+        work it leaves, which compact_step does later in bounded steps. A compaction that
+        arrives while earlier work is pending takes it over: the scan goes on to the new
+        target (the result is the same as compacting to each target in turn, see
+        compact_step), resuming no later than the old target's own revision, whose
+        tombstones were kept for the old target and go for the new one."""
         if rev > self.revision:
             raise FutureRevision(rev, self.revision)
         if rev <= self.compact:
             raise Compacted(rev, self.compact)
-        self._compact(rev)
+        work = self.work
+        if work is None:
+            self.work = CompactionWork(self.compact, self.compact, 0, rev)
+        else:
+            resume = min((work.rev, work.sub), (work.target, 0))
+            self.work = CompactionWork(work.physical, resume[0], resume[1], rev)
+        self.compact = rev
         return CompactResult(self.revision)
 
-    def _compact(self, rev: int) -> None:
-        """Drop history below rev, keeping each key's latest change at or below rev if it is a
-        put. Visits the keys changed since the previous compaction, in chunks of history;
-        after a compaction every key has at most one change below the compact revision, on
-        its chain, so following the chain down from the kept change finds all that goes."""
-        old = self.compact
-        end = REV.pack(rev, 0)
-        pos = REV.pack(old, 0)
-        while True:
-            keys: dict[bytes, None] = {}
-            cursor = self.txn.cursor(db=self.t.history)
-            more = cursor.set_range(pos)
-            while more and len(keys) < 4096:
-                here = cursor.key()
-                if here >= end:
-                    more = False
-                    break
-                raw = unseal("history", here, cursor.value())
-                if len(raw) < CHANGE.size:
-                    raise CorruptData("history record is malformed")
-                klen = CHANGE.unpack_from(raw)[1]
-                keys[raw[CHANGE.size : CHANGE.size + klen]] = None
-                more = cursor.next()
-            if more:
-                pos = cursor.key()
-            for kb in keys:
-                self._compact_key(kb, rev)
-            if not more:
-                break
-        self.compact = rev
+    def compact_step(self, max_changes: int) -> bool:
+        """Visit up to `max_changes` history changes of the pending compaction work, in
+        position order, and drop what the compaction drops; True while work remains.
 
-    def _compact_key(self, kb: bytes, rev: int) -> None:
-        """Compact one key's chain to rev (idempotent: a second visit finds nothing to do)."""
+        Compacting to T keeps every change at T or above, and below T each key's latest change
+        at or below T if it is a put. A change at or below T therefore makes its key's previous
+        change (its chain pointer) garbage, and a tombstone below T is garbage itself (with its
+        grave, when it is still the key's head). So each visited change costs at most a
+        pointer delete, and for a tombstone its own delete and a grave look-up, whatever the
+        length of its key's chain: the work of a step is bounded. Changes below the work's
+        start need no visit: the previous compaction left at most each key's latest change
+        below it, and the first change of the key after it, if at or below T, is visited and
+        drops it. Writes made meanwhile are above T and never visited; a key re-created
+        meanwhile continues its chain from a tombstone that this drops (a dangling pointer
+        below the compact revision, which readers take as the chain's end, as always).
+        Deterministic, and idempotent per change, like every batch operation."""
+        work = self.work
+        if work is None:
+            return False
         txn = self.txn
-        t = self.t
-        r, s, live = _head(txn, t, kb)
-        newest = True
-        while r:
-            change = _change(txn, t, r, s, rev)  # below rev, this compaction may have been here
-            if change is None:
-                return
-            kind, _, prev_r, prev_s, _ = change
-            if r <= rev:
+        history = self.t.history
+        target = work.target
+        end = _pack_rev(target + 1, 0)
+        news = _pack_rev(target, 0)  # tombstones from here on are kept
+        cursor = txn.cursor(db=history)
+        visited: list[tuple[bytes, int, bytes, int, int]] = []
+        here = b""
+        more = cursor.set_range(_pack_rev(work.rev, work.sub))
+        while more:
+            here = cursor.key()
+            if here >= end:
+                more = False
+            elif len(visited) == max_changes:
                 break
-            r, s, newest = prev_r, prev_s, False
-        else:
-            return
-        keep = (r, s)
-        while prev_r:  # everything older than the kept change goes
-            here = REV.pack(prev_r, prev_s)
-            raw = txn.get(here, db=t.history)
-            if raw is None:
-                break
-            _, _, prev_r, prev_s, _ = unpack_change(unseal("history", here, raw))
-            txn.delete(here, db=t.history)
-        if kind == KIND_DELETE and keep[0] < rev:  # a deletion at rev itself is still news
-            txn.delete(REV.pack(*keep), db=t.history)
-            if newest and live is None:
-                txn.delete(kb, db=t.graves)  # deleted for good: no head left either
+            else:
+                kind, kb, prev_rev, prev_sub, _ = unpack_change(
+                    unseal("history", here, cursor.value()))
+                visited.append((here, kind, kb, prev_rev, prev_sub))
+                more = cursor.next()
+        for pos, kind, kb, prev_rev, prev_sub in visited:  # no cursor is used past here
+            if prev_rev:
+                txn.delete(_pack_rev(prev_rev, prev_sub), db=history)
+            if kind == KIND_DELETE and pos < news:
+                txn.delete(pos, db=history)
+                grave = txn.get(kb, db=self.t.graves)
+                if grave is not None and unseal("graves", kb, grave) == pos:
+                    txn.delete(kb, db=self.t.graves)
+        if more:
+            rev, sub = REV.unpack(here)
+            self.work = work._replace(rev=rev, sub=sub)
+            return True
+        self.work = None
+        return False

@@ -3,7 +3,9 @@
 Stream: the magic ``EKVSNAP1``, then frames ``tag (1 byte) | length (u32) | payload``:
 
 * ``H`` once, first: CBOR map of format, applied index and its term, conf state (voters,
-  learners), revision and compact revision;
+  learners), revision and compact revision, (when there is one) the member directory
+  ("members": rows of [id, name, address, promote]), and the physical compaction work still
+  to do ("compacting", only when there is some);
 * ``R`` per record: ``table (1 byte) | key length (u16) | key | value``, the raw LMDB record of
   one of the key-space tables, in (table, key, value) order;
 * ``E`` last: the SHA-256 of every byte before this frame.
@@ -25,10 +27,11 @@ import cbor2
 import lmdb
 
 from embedkv.errors import CorruptData, NoSpace
-from embedkv.raft.types import ConfState, HardState
+from embedkv.raft.types import ConfState, HardState, SnapshotMeta
 
 from .codec import (
     CHANGE,
+    COMPACTION_WORK,
     MAX_PROPOSAL_BYTES,
     RECORD,
     REV,
@@ -43,7 +46,15 @@ from .codec import (
     unpack_change,
     unseal,
 )
+from .directory import (
+    MEMBERS,
+    decode_members,
+    encode_members,
+    members_from_rows,
+    members_rows,
+)
 from .lmdbenv import (
+    COMPACTING,
     FORMAT_VERSION,
     LOG_START,
     META_STATE,
@@ -53,7 +64,7 @@ from .lmdbenv import (
     is_disk_full,
     no_space,
 )
-from .mvcc import read_state
+from .mvcc import CompactionWork, read_compaction_work, read_state
 from .raftlog import CONF_STATE, HARD_STATE
 from .requests import MAX_KEY_BYTES
 
@@ -83,12 +94,18 @@ def snapshot_chunks(env: Env, log: Any, chunk_size: int) -> Iterator[bytes]:
     Spooling keeps the read transaction short (it holds back map growth and page reuse)
     however slowly the consumer reads.
     """
+    return snapshot_stream(env, chunk_size)[1]
+
+
+def snapshot_stream(env: Env, chunk_size: int) -> tuple[SnapshotMeta, Iterator[bytes]]:
+    """The stream of `snapshot_chunks` and the Raft point it holds (applied index, its term,
+    the membership), read in the same transaction: a follower installs exactly that point."""
     if type(chunk_size) is not int or chunk_size < 1:
         raise ValueError(f"chunk_size must be a positive int, not {chunk_size!r}")
     spool = tempfile.TemporaryFile(dir=env.path, prefix="snapshot-")  # noqa: SIM115 (streamed)
     try:
         try:
-            _write_snapshot(env, spool)
+            header = _write_snapshot(env, spool)
         except OSError as exc:
             if exc.errno is not None and exc.errno in (errno.ENOSPC, errno.EDQUOT):
                 raise NoSpace(f"no space to spool a snapshot in {env.path}: {exc}") from None
@@ -96,7 +113,12 @@ def snapshot_chunks(env: Env, log: Any, chunk_size: int) -> Iterator[bytes]:
     except BaseException:
         spool.close()
         raise
-    return _stream(spool, chunk_size)
+    return _meta(header), _stream(spool, chunk_size)
+
+
+def _meta(header: dict[str, Any]) -> SnapshotMeta:
+    conf = ConfState(frozenset(header["voters"]), frozenset(header["learners"]))
+    return SnapshotMeta(header["applied"], header["term"], conf)
 
 
 def _stream(spool: IO[bytes], chunk_size: int) -> Iterator[bytes]:
@@ -106,7 +128,7 @@ def _stream(spool: IO[bytes], chunk_size: int) -> Iterator[bytes]:
             yield chunk
 
 
-def _write_snapshot(env: Env, out: IO[bytes]) -> None:
+def _write_snapshot(env: Env, out: IO[bytes]) -> dict[str, Any]:
     digest = hashlib.sha256()
 
     def emit(data: bytes) -> None:
@@ -117,7 +139,7 @@ def _write_snapshot(env: Env, out: IO[bytes]) -> None:
         applied, revision, compact = read_state(txn, env.dbs[STATE_DB])
         raw = txn.get(CONF_STATE, db=env.dbs[b"raft_state"])
         conf = ConfState() if raw is None else decode_conf_state(raw)
-        header = cbor2.dumps({
+        fields: dict[str, Any] = {
             "format": FORMAT_VERSION,
             "applied": applied,
             "term": _term_at(txn, env, applied),
@@ -125,7 +147,18 @@ def _write_snapshot(env: Env, out: IO[bytes]) -> None:
             "learners": sorted(conf.learners),
             "revision": revision,
             "compact": compact,
-        })
+        }
+        work = read_compaction_work(txn, env.dbs[STATE_DB], compact)
+        if work is not None:
+            # The history still holds what this work drops (invisible to reads): the
+            # receiver records the same work and finishes it (docs/internals/storage.md).
+            fields["compacting"] = list(work)
+        raw = txn.get(MEMBERS, db=env.dbs[b"raft_state"])
+        if raw is not None:
+            # The member directory travels in the header: it is small, and a follower
+            # installing the snapshot must learn every member's name and address.
+            fields["members"] = members_rows(decode_members(raw))
+        header = cbor2.dumps(fields)
         emit(MAGIC)
         emit(FRAME.pack(TAG_HEADER, len(header)) + header)
         for table_no, name in enumerate(TABLES):
@@ -135,6 +168,7 @@ def _write_snapshot(env: Env, out: IO[bytes]) -> None:
     end = digest.digest()
     out.write(FRAME.pack(TAG_END, len(end)) + end)
     out.flush()
+    return fields
 
 
 def _term_at(txn: lmdb.Transaction[bytes], env: Env, index: int) -> int:
@@ -217,6 +251,15 @@ def _header(payload: bytes) -> dict[str, Any]:
             raise CorruptData(f"snapshot header field {name} is invalid")
     if header["revision"] < 1 or header["compact"] > header["revision"]:
         raise CorruptData("snapshot header revisions are inconsistent")
+    if "members" in header:
+        header["members"] = members_from_rows(header["members"])
+    if "compacting" in header:
+        work = header["compacting"]
+        if (type(work) is not list or len(work) != len(CompactionWork._fields)
+                or any(type(n) is not int or not 0 <= n < 1 << 63 for n in work)
+                or work[2] >= 1 << 32):
+            raise CorruptData("snapshot header field compacting is invalid")
+        header["compacting"] = CompactionWork(*work).check(header["compact"])
     return header
 
 
@@ -239,23 +282,21 @@ def _check_record(table: bytes, key: bytes, value: bytes) -> None:
         raise CorruptData(f"snapshot has a malformed {table.decode()} record")
 
 
-def restore_into(
-    env: Env, chunks: Iterable[bytes], identity: Any, conf_state: ConfState | None = None
-) -> None:
-    """Fill a freshly created environment from a snapshot stream, verifying its checksum
-    before the final commit. Raises CorruptData (the caller removes the dir). `conf_state`
-    replaces the stream's membership when given."""
+def open_stream(chunks: Iterable[bytes]) -> tuple[_Reader, dict[str, Any]]:
+    """Start reading a snapshot stream: its checked header (CorruptData if damaged)."""
     reader = _Reader(chunks)
     if reader.read(len(MAGIC)) != MAGIC:
         raise CorruptData("not an embedkv snapshot (bad magic)")
     tag, payload = _frame(reader, MAX_HEADER)
     if tag != TAG_HEADER:
         raise CorruptData("snapshot does not start with its header")
-    header = _header(payload)
-    meta_db = env.dbs[b"meta"]
-    _commit(env, [(meta_db, RESTORING, b"1")])
-    pending: list[tuple[Any, bytes, bytes]] = []
-    pending_bytes = 0
+    return reader, _header(payload)
+
+
+def stream_records(reader: _Reader, header: dict[str, Any]) -> Iterator[tuple[bytes, bytes, bytes]]:
+    """(table, key, sealed value) of every record, each checked, in stream order; the digest
+    at the end is checked before the iterator finishes (CorruptData on any damage: a caller
+    commits nothing it read until the iterator is exhausted)."""
     last: tuple[int, bytes, bytes] = (-1, b"", b"")
     while True:
         expected = reader.digest.digest()
@@ -290,13 +331,28 @@ def restore_into(
         else:
             _check_record(table, key, value)
             value = seal(key, value)
+        yield table, key, value
+    if not reader.at_end():
+        raise CorruptData("snapshot has data after its end")
+
+
+def restore_into(
+    env: Env, chunks: Iterable[bytes], identity: Any, conf_state: ConfState | None = None
+) -> None:
+    """Fill a freshly created environment from a snapshot stream, verifying its checksum
+    before the final commit. Raises CorruptData (the caller removes the dir). `conf_state`
+    replaces the stream's membership when given."""
+    reader, header = open_stream(chunks)
+    meta_db = env.dbs[b"meta"]
+    _commit(env, [(meta_db, RESTORING, b"1")])
+    pending: list[tuple[Any, bytes, bytes]] = []
+    pending_bytes = 0
+    for table, key, value in stream_records(reader, header):
         pending.append((env.dbs[table], key, value))
-        pending_bytes += len(payload)
+        pending_bytes += len(key) + len(value)
         if pending_bytes >= _RESTORE_TXN_BYTES:
             _commit(env, pending)
             pending, pending_bytes = [], 0
-    if not reader.at_end():
-        raise CorruptData("snapshot has data after its end")
     conf = conf_state
     if conf is None:
         conf = ConfState(frozenset(header["voters"]), frozenset(header["learners"]))
@@ -308,6 +364,13 @@ def restore_into(
         (env.dbs[STATE_DB], LOG_START, U64X2.pack(applied, header["term"])),
         (env.dbs[STATE_DB], HARD_STATE, encode_hard_state_for(applied, header["term"])),
     ]
+    if conf_state is None and header.get("members"):
+        # The same cluster: its directory comes along (a new membership, as a backup
+        # restores to, makes a new cluster whose directory starts empty).
+        pending.append((state_db, MEMBERS, encode_members(header["members"])))
+    if "compacting" in header:
+        pending.append((env.dbs[STATE_DB], COMPACTING,
+                        COMPACTION_WORK.pack(*header["compacting"])))
     if identity is not None:
         pending.append((state_db, b"identity", U64X2.pack(identity.cluster_id,
                                                           identity.member_id)))

@@ -20,6 +20,7 @@ import lmdb
 from embedkv.errors import CorruptData
 
 from .codec import (
+    COMPACTION_WORK,
     FLAG_STR,
     FLAG_TOMBSTONE,
     KIND_PUT,
@@ -39,7 +40,7 @@ from .codec import (
     unpack_exact,
     unseal,
 )
-from .lmdbenv import DB_NAMES, FORMAT_VERSION, LOG_START, META_FORMAT, META_STATE, Env
+from .lmdbenv import COMPACTING, DB_NAMES, FORMAT_VERSION, LOG_START, META_FORMAT, META_STATE, Env
 from .lmdbfile import walk
 from .requests import MAX_KEY_BYTES
 
@@ -239,12 +240,16 @@ _CHECKS: Final[dict[str, Callable[[bytes, bytes], None]]] = {
 def _check_state(
     txn: lmdb.Transaction[bytes], dbs: dict[bytes, lmdb._Database], problems: _Problems
 ) -> None:
-    """The fixed records of the main database and raft_state: present ones decode."""
+    """The fixed records of the main database and raft_state: present ones decode (and
+    pending compaction work fits the compact revision)."""
+    from .directory import LOCAL, MEMBERS, decode_local, decode_members
+    from .mvcc import read_compaction_work
     from .raftlog import CONF_STATE, HARD_STATE  # raftlog imports lmdbenv; keep this light
 
     main = dbs[b""]
     checks: list[tuple[bytes, bytes, lmdb._Database, Callable[[bytes], object]]] = [
         (b"", META_STATE, main, lambda v: unpack_exact(U64X3, v, "applied state")),
+        (b"", COMPACTING, main, lambda v: unpack_exact(COMPACTION_WORK, v, "compaction work")),
         (b"", HARD_STATE, main, decode_hard_state),
         (b"", LOG_START, main, lambda v: unpack_exact(U64X2, v, "log start")),
     ]
@@ -253,7 +258,10 @@ def _check_state(
         checks += [
             (b"raft_state", CONF_STATE, state, decode_conf_state),
             (b"raft_state", b"identity", state, lambda v: unpack_exact(U64X2, v, "identity")),
+            (b"raft_state", MEMBERS, state, decode_members),
+            (b"raft_state", LOCAL, state, decode_local),
         ]
+    damaged: set[bytes] = set()
     for table, key, db, decode in checks:
         raw = txn.get(key, db=db)
         if raw is None:
@@ -264,3 +272,10 @@ def _check_state(
             decode(raw)
         except CorruptData as exc:
             problems.add(f"{table.decode() or 'main'} record {key!r}: {exc}")
+            damaged.add(key)
+    raw = txn.get(META_STATE, db=main)
+    if raw is not None and not damaged & {META_STATE, COMPACTING}:
+        try:
+            read_compaction_work(txn, main, U64X3.unpack(raw)[2])
+        except CorruptData as exc:
+            problems.add(f"main record {COMPACTING!r}: {exc}")

@@ -359,7 +359,7 @@ def test_raft_log_is_compacted_behind_the_applied_index(
 
 
 def test_member_future_finishes_quietly_unless_it_has_callbacks() -> None:
-    from embedkv.member.writer import MemberFuture
+    from embedkv.member.futures import MemberFuture
 
     quiet: MemberFuture[Any] = MemberFuture()
     got: list[Any] = []

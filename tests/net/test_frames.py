@@ -12,13 +12,17 @@ from hypothesis import strategies as st
 
 from embedkv.net.frames import (
     HEADER,
+    MAX_BODY_DEPTH,
+    MAX_METHOD,
     NETWORK_TYPES,
+    Call,
     FrameDecoder,
     FrameTooLarge,
     Hello,
     ProtocolError,
     Purpose,
     Refused,
+    Reply,
     SnapshotAck,
     SnapshotChunk,
     SnapshotEnd,
@@ -69,8 +73,40 @@ def messages(mtype: st.SearchStrategy[MessageType]) -> st.SearchStrategy[Message
     )
 
 
+def depth(v: object) -> int:
+    """Nesting of arrays and maps in a body (a scalar is 0 deep)."""
+    if isinstance(v, list):
+        return 1 + max(map(depth, v), default=0)
+    if isinstance(v, dict):
+        return 1 + max(map(depth, v.values()), default=0)
+    return 0
+
+
+scalars = (
+    st.none()
+    | st.booleans()
+    | st.integers(-(1 << 64), (1 << 64) - 1)
+    | st.floats(allow_nan=False)
+    | st.text(max_size=20)
+    | st.binary(max_size=20)
+)
+bodies = st.recursive(
+    scalars,
+    lambda inner: (
+        st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=4)
+    ),
+    max_leaves=20,
+).filter(lambda b: depth(b) <= MAX_BODY_DEPTH)
+methods = st.text(min_size=1, max_size=MAX_METHOD)
+calls = st.builds(Call, U64, methods, bodies)
+replies = st.builds(Reply, U64, st.just(True), bodies) | st.builds(
+    Reply, U64, st.just(False), st.text(max_size=40)
+)
+
 any_message = messages(st.sampled_from(sorted(NETWORK_TYPES)))
 other_frames = st.one_of(
+    calls,
+    replies,
     st.builds(Hello, member=IDS, cluster=st.text(max_size=40), purpose=st.sampled_from(Purpose)),
     st.builds(SnapshotChunk, st.binary(max_size=64)),
     st.builds(SnapshotEnd, U64),
@@ -210,3 +246,120 @@ def test_fuzz_mutated_valid_frames(frame: object, flips: list[tuple[int, int]], 
     for pos, byte in flips:
         wire[pos % len(wire)] = byte
     _decode_all(bytes(wire) * 2, step)
+
+
+# ---------------------------------------------------------------------------- calls and replies
+
+
+@settings(max_examples=200, deadline=None)
+@given(frame=calls | replies)
+def test_calls_and_replies_round_trip(frame: Call | Reply) -> None:
+    assert FrameDecoder().feed(encode(frame)) == [frame]
+
+
+def _nested(n: int) -> object:
+    body: object = 0
+    for _ in range(n):
+        body = [body]
+    return body
+
+
+def test_a_body_may_nest_to_the_bound_and_no_further() -> None:
+    deepest = Call(1, "m", _nested(MAX_BODY_DEPTH))
+    assert FrameDecoder().feed(encode(deepest)) == [deepest]
+    with pytest.raises(ProtocolError, match="deeper"):
+        encode(Call(1, "m", _nested(MAX_BODY_DEPTH + 1)))
+    # from the wire: refused by the decoder before it recurses further
+    with pytest.raises(ProtocolError, match="depth"):
+        FrameDecoder().feed(_frame([6, 1, "m", _nested(MAX_BODY_DEPTH + 1)]))
+    with pytest.raises(ProtocolError):  # far deeper than Python's recursion limit
+        decode_payload(b"\x84\x06\x01\x61m" + b"\x81" * 100_000 + b"\x00")
+
+
+class Opaque:
+    pass
+
+
+loop: list[object] = []
+loop.append(loop)
+
+
+@pytest.mark.parametrize(
+    ("frame", "match"),
+    [
+        (Call(1, "", None), "method"),
+        (Call(1, "m" * (MAX_METHOD + 1), None), "method"),
+        (Call(1, b"join", None), "method"),  # type: ignore[arg-type]
+        (Call(-1, "m", None), "call id"),
+        (Call(1, "m", (1, 2)), "tuple"),
+        (Call(1, "m", {1, 2}), "set"),
+        (Call(1, "m", Opaque()), "Opaque"),
+        (Call(1, "m", {1: "int key"}), "map key"),
+        (Call(1, "m", [1 << 64]), "65 bits"),
+        (Call(1, "m", -(1 << 64) - 1), "65 bits"),
+        (Call(1, "m", loop), "deeper"),  # a list containing itself
+        (Reply(1, False, {"not": "a message"}), "error message"),
+        (Reply(1, 1, None), "bool"),  # type: ignore[arg-type]
+    ],
+)
+def test_a_bad_call_or_reply_is_refused_before_sending(frame: object, match: str) -> None:
+    with pytest.raises(ProtocolError, match=match):
+        encode(frame)  # type: ignore[arg-type]
+
+
+def _tag(tag: int, value: object) -> cbor2.CBORTag:
+    return cbor2.CBORTag(tag, value)
+
+
+@pytest.mark.parametrize(
+    ("payload", "match"),
+    [
+        ([6, 1, "", None], "method"),
+        ([6, 1, "m" * (MAX_METHOD + 1), None], "method"),
+        ([6, 1, 5, None], "method"),
+        ([6, -1, "m", None], "call id"),
+        ([6, 1, "m"], "4 items"),
+        ([7, 1, 1, None], "bool"),
+        ([7, 1, False, None], "error message"),
+        ([7, 1, True, [1], 2], "4 items"),
+        ([6, 1, "m", {1: 2}], "undecodable"),  # an int map key
+        ([6, 1, "m", {b"k": 2}], "map key"),
+        ([6, 1, "m", [cbor2.undefined]], "UndefinedType"),
+        ([6, 1, "m", cbor2.CBORSimpleValue(99)], "CBORSimpleValue"),
+        # every tag but bignums is refused before cbor2 decodes it: no dates, regexes (a
+        # regex would be compiled), sets, shared references (a body containing itself) ...
+        ([6, 1, "m", _tag(0, "2026-01-01T00:00:00Z")], "tag 0 is not allowed"),
+        ([6, 1, "m", _tag(35, "(a+)+$")], "tag 35 is not allowed"),
+        ([6, 1, "m", _tag(258, [1, 2])], "tag 258 is not allowed"),
+        ([6, 1, "m", _tag(28, [_tag(29, 0)])], "tag 29 is not allowed"),
+        ([6, 1, "m", _tag(55799, 1)], "tag 55799 is not allowed"),
+        ([6, 1, "m", _tag(4000, 1)], "tag 4000 is not allowed"),
+        # ... in any frame, not only in bodies
+        ([0, 1, _tag(35, "c"), 1, 0], "tag 35 is not allowed"),
+        ([5, _tag(36, "Content-Type: text/plain\n\nhi")], "tag 36"),
+    ],
+)
+def test_each_call_and_reply_field_is_checked(payload: object, match: str) -> None:
+    with pytest.raises(ProtocolError, match=match):
+        FrameDecoder().feed(_frame(payload))
+
+
+def test_a_bignum_is_only_an_int() -> None:
+    """Tags 2 and 3 decode to ints, range-checked like any other."""
+    assert FrameDecoder().feed(_frame([7, _tag(2, b"\x05"), True, _tag(3, b"\x01")])) == [
+        Reply(5, True, -2)
+    ]
+    with pytest.raises(ProtocolError, match="bignum must wrap a byte string"):
+        FrameDecoder().feed(_frame([7, _tag(2, "5"), True, None]))
+
+
+@pytest.mark.parametrize(
+    ("raw", "match"),
+    [
+        (b"\x84\x06\x01\x61m\x9f\x01\xff", "indefinite"),  # an indefinite-length array
+        (b"\x84\x06\x01\x61m\xa2\x61k\x01\x61k\x02", "(?i)duplicate"),  # {"k": 1, "k": 2}
+    ],
+)
+def test_indefinite_lengths_and_duplicate_keys_are_refused(raw: bytes, match: str) -> None:
+    with pytest.raises(ProtocolError, match=match):
+        decode_payload(raw)

@@ -401,3 +401,32 @@ def test_a_partition_fails_snapshot_streams_in_either_direction() -> None:
             await close([a, b])
 
     run(main)
+
+
+def test_a_peer_that_resets_the_link_is_lost_not_refusing() -> None:
+    """A peer that dies with unread data resets the connection instead of closing it: that is
+    a lost peer (an election may start at once), not a refusal."""
+    import socket
+    import struct
+
+    async def main() -> None:
+        reset = asyncio.Event()
+
+        async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            await reader.read(64)  # the hello, and leave the rest unread
+            sock = writer.get_extra_info("socket")
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            writer.transport.abort()  # RST
+            reset.set()
+
+        server = await asyncio.start_server(serve, "127.0.0.1", 0)
+        port = server.sockets[0].getsockname()[1]
+        a = await Node(1).start({2: f"127.0.0.1:{port}"})
+        try:
+            await asyncio.wait_for(reset.wait(), 10)
+            await until(lambda: a.lost == [2], "on_peer_lost after a reset")
+        finally:
+            await close([a])
+            server.close()
+
+    run(main)

@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 import embedkv
+from tests.cluster.conftest import make_cluster  # noqa: F401 - processes as members
 
 
 @pytest.fixture

@@ -8,67 +8,18 @@ from typing import Any
 import pytest
 
 import embedkv
-from embedkv.recipes import SessionLost
+from tests.recipes.safety import election_failover, election_one_leader
 from tests.waiting import wait_for
 
 
 def test_one_leader_at_a_time_among_threads(store: embedkv.Store) -> None:
-    leaders = 0
-    terms: list[str] = []
-    guard = threading.Lock()
-    errors: list[BaseException] = []
-
-    def candidate(name: str) -> None:
-        nonlocal leaders
-        e = store.election("svc", ttl=5)
-        try:
-            assert e.campaign(name, timeout=60)
-            with guard:
-                leaders += 1
-                assert leaders == 1, "two leaders"
-                terms.append(name)
-            assert e.leader() == name
-            with guard:
-                leaders -= 1
-            e.resign()
-        except BaseException as exc:  # pragma: no cover
-            errors.append(exc)
-
-    threads = [threading.Thread(target=candidate, args=(f"c{i}",)) for i in range(6)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(60)
-    assert not errors, errors
-    assert sorted(terms) == [f"c{i}" for i in range(6)]
-    assert store.election("svc").leader() is None
+    election_one_leader([store], "svc")
 
 
 def test_failover_after_the_leader_dies_and_it_knows_before_the_next_wins(
     store: embedkv.Store,
 ) -> None:
-    a, b = store.election("e", ttl=1), store.election("e", ttl=1)
-    lost = threading.Event()
-    a.on_lost(lost.set)
-    assert a.campaign("A")
-    seen_when_b_won: list[bool] = []
-
-    def run_b() -> None:
-        assert b.campaign("B", timeout=30)
-        seen_when_b_won.append(a.is_leader)
-
-    t = threading.Thread(target=run_b)
-    t.start()
-    wait_for(lambda: store.count("_embedkv/election/e/") == 2, what="b queued")
-    a.session.stall()  # a's keep-alives stop getting through
-    t.join(30)
-    assert seen_when_b_won == [False]  # a no longer believed it led when b won
-    wait_for(lost.is_set, what="a's lost callback")
-    assert b.is_leader and b.leader() == "B"
-    with pytest.raises(SessionLost):
-        a.proclaim("A again")
-    assert not store.txn(compare=[a.held()]).succeeded
-    b.resign()
+    election_failover([store], "e")
 
 
 def test_observe_proclaim_resign(store: embedkv.Store) -> None:

@@ -9,44 +9,13 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import embedkv
-from embedkv import Put
 from embedkv.recipes import SessionLost
+from tests.recipes.safety import lock_dead_holder, lock_exclusion
 from tests.waiting import wait_for
 
 
 def test_exclusion_and_strictly_increasing_tokens_with_8_threads(store: embedkv.Store) -> None:
-    inside = 0
-    holdings: list[int] = []
-    errors: list[BaseException] = []
-    guard = threading.Lock()
-
-    def worker() -> None:
-        nonlocal inside
-        lock = store.lock("db", ttl=5)
-        try:
-            for _ in range(8):
-                with lock:
-                    with guard:
-                        inside += 1
-                        assert inside == 1, "two holders at once"
-                        holdings.append(lock.token)
-                    # the lock's guard lets this write through while we hold it
-                    write = store.txn(compare=[lock.held()], success=[Put("x", lock.token)])
-                    assert write.succeeded
-                    with guard:
-                        inside -= 1
-        except BaseException as e:  # pragma: no cover - reported below
-            errors.append(e)
-
-    threads = [threading.Thread(target=worker) for _ in range(8)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(60)
-    assert not errors, errors
-    assert len(holdings) == 64
-    assert holdings == sorted(holdings) and len(set(holdings)) == 64  # strictly increasing
-    assert store.count("_embedkv/lock/db/") == 0
+    lock_exclusion([store], "db")
 
 
 def test_waiters_are_served_in_arrival_order(store: embedkv.Store) -> None:
@@ -75,18 +44,7 @@ def test_waiters_are_served_in_arrival_order(store: embedkv.Store) -> None:
 def test_a_dead_holders_lock_frees_itself_and_its_late_write_is_refused(
     store: embedkv.Store,
 ) -> None:
-    old, new = store.lock("f", ttl=1), store.lock("f", ttl=1)
-    assert old.acquire()
-    guard, old_token = old.held(), old.token
-    assert not new.acquire(timeout=0.1)
-    old.session.orphan()  # the holder "dies": no more keep-alives
-    assert new.acquire(timeout=10)
-    assert new.token > old_token
-    assert not old.is_held
-    late = store.txn(compare=[guard], success=[Put("data", "stale")])
-    assert not late.succeeded and store.get("data") is None
-    assert store.txn(compare=[new.held()], success=[Put("data", "fresh")]).succeeded
-    new.release()
+    lock_dead_holder([store], "f")
 
 
 def test_lost_lock_calls_back_and_is_no_longer_held(store: embedkv.Store) -> None:

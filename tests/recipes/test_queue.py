@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import collections
 import threading
 
 import pytest
@@ -10,71 +9,16 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import embedkv
-from embedkv.recipes import SessionLost
+from tests.recipes.safety import queue_exactly_once, queue_redelivery
 from tests.waiting import wait_for
 
 
 def test_every_item_consumed_exactly_once_4_producers_4_consumers(store: embedkv.Store) -> None:
-    per, producers = 40, 4
-    total = per * producers
-    consumed: list[object] = []
-    guard = threading.Lock()
-    errors: list[BaseException] = []
-
-    def produce(p: int) -> None:
-        q = store.queue("jobs")
-        for i in range(per):
-            q.put(f"{p}-{i}")
-
-    def consume() -> None:
-        q = store.queue("jobs", ttl=5)
-        try:
-            while True:
-                with guard:
-                    if len(consumed) >= total:
-                        return
-                try:
-                    item = q.get(timeout=0.2)
-                except TimeoutError:
-                    continue
-                item.ack()
-                with guard:
-                    consumed.append(item.value)
-        except BaseException as e:  # pragma: no cover
-            errors.append(e)
-        finally:
-            q.close()
-
-    threads = [threading.Thread(target=produce, args=(p,)) for p in range(producers)]
-    threads += [threading.Thread(target=consume) for _ in range(4)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(120)
-    assert not errors, errors
-    counts = collections.Counter(consumed)
-    assert len(consumed) == total and all(c == 1 for c in counts.values())
-    assert store.queue("jobs").qsize() == 0 and store.count("_embedkv/queue/jobs/") == 0
+    queue_exactly_once([store], "jobs")
 
 
 def test_an_item_is_redelivered_when_its_consumer_dies_before_ack(store: embedkv.Store) -> None:
-    producer = store.queue("w")
-    producer.put("job-1")
-    producer.put("job-2")
-    dying, other = store.queue("w", ttl=1), store.queue("w", ttl=1)
-    item = dying.get(timeout=5)
-    assert item.value == "job-1"
-    assert other.get(timeout=5).value == "job-2"  # job-1 is claimed: not delivered twice
-    dying.session.orphan()  # the consumer dies mid-item
-    again = other.get(timeout=10)
-    assert again.value == "job-1"
-    with pytest.raises(SessionLost):
-        item.ack()  # the dead consumer's late ack is refused
-    again.ack()
-    assert producer.qsize() == 0  # job-2 is claimed, not waiting
-    other.close()  # hands job-2 back at once
-    assert producer.qsize() == 1
-    assert producer.get(timeout=5).value == "job-2"
+    queue_redelivery([store], "w")
 
 
 def test_priority_then_fifo(store: embedkv.Store) -> None:
@@ -148,4 +92,80 @@ def test_queue_matches_a_model(store: embedkv.Store, ops: list[tuple[str, int]])
                 item.release()  # type: ignore[attr-defined]
                 waiting.append(entry)
         assert q.qsize() == len(waiting)
+    q.close()
+
+
+def test_many_consumers_never_skip_a_priority_group(store: embedkv.Store) -> None:
+    """32 consumers race over two priority groups while a producer adds more of the higher
+    one. Each get's claim is checked against the store's own history at the claim's
+    revision: no item of a higher priority was unclaimed then."""
+    name, consumers = "race", 32
+    q = store.queue(name)
+    for i in range(120):
+        q.put(("low", i), priority=1)
+    for i in range(120):
+        q.put(("high", i), priority=0)
+    total = 240 + 60
+    got: list[tuple[int, int, object]] = []  # (priority, claim revision, value)
+    guard = threading.Lock()
+    errors: list[BaseException] = []
+    done = threading.Event()
+
+    def consume() -> None:
+        c = store.queue(name, ttl=10)
+        try:
+            while not done.is_set():
+                try:
+                    item = c.get(timeout=0.1)
+                except TimeoutError:
+                    continue
+                with guard:
+                    got.append((item.priority, item._claim_rev, item.value))
+                    if len(got) == total:
+                        done.set()
+                item.ack()
+        except BaseException as e:  # pragma: no cover
+            errors.append(e)
+        finally:
+            c.close()
+
+    def produce() -> None:
+        for i in range(60):
+            q.put(("late-high", i), priority=0)
+
+    threads = [threading.Thread(target=consume) for _ in range(consumers)]
+    threads.append(threading.Thread(target=produce))
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(300)
+    assert not errors, errors
+    values = [repr(v) for _, _, v in got]
+    assert len(values) == total == len(set(values))  # each item once
+    items, claims = f"_embedkv/queue/{name}/i/", f"_embedkv/queue/{name}/c/"
+    skipped = []
+    for prio, rev, value in got:
+        if prio == 0:
+            continue  # nothing ranks above the top group
+        there = {str(kv.key)[len(items):]
+                 for kv in store.range(prefix=items, revision=rev, keys_only=True)}
+        taken = {str(kv.key)[len(claims):]
+                 for kv in store.range(prefix=claims, revision=rev, keys_only=True)}
+        higher_free = [s for s in there - taken if int(s[:19]) - (1 << 62) < prio]
+        if higher_free:
+            skipped.append((value, rev, len(higher_free)))
+    assert not skipped, f"gets that skipped unclaimed higher-priority items: {skipped[:5]}"
+
+
+def test_a_get_whose_lease_ended_unnoticed_claims_on_a_new_one(store: embedkv.Store) -> None:
+    """The consumer's lease ends (revoked here) before its keep-alive notices: the next get
+    claims on a new lease instead of failing with LeaseNotFound."""
+    q = store.queue("lapsed", ttl=10)
+    old = q.session
+    old.lease.revoke()
+    assert old.alive  # the keep-alive has not noticed yet
+    q.put("job")
+    item = q.get(timeout=10)
+    assert item.value == "job" and not old.alive and q.session is not old
+    item.ack()
     q.close()

@@ -59,6 +59,7 @@ def main() -> None:
             w.set_hard_state(HardState(1, 1, entries[-1].index))
             for e in entries:
                 w.apply(e)
+            w.compact_step(rng.randrange(1, 40))  # as the member's writer: killed mid-way too
         index = entries[-1].index
         print(f"committed {index}", flush=True)
 

@@ -38,6 +38,7 @@ def _fill(path: Path, overwrites: int) -> None:
         for i in range(overwrites):
             m.propose(Put("hot", i))
         m.propose(Compaction(m.dd.kv.revision - 100))
+        m.finish_compaction()
         with m.dd.write() as w:  # as a member alone in its configuration does
             w.compact_log(m.dd.applied_index)
     finally:

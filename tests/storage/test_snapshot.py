@@ -39,13 +39,13 @@ def source(tmp_path_factory: pytest.TempPathFactory) -> list[bytes]:
     return chunks
 
 
-def _reads(dd: DataDir) -> tuple[object, ...]:
+def _reads(dd: DataDir, revisions: tuple[int, ...] = (100, 150, 250)) -> tuple[object, ...]:
     kv = dd.kv
     return (
         kv.revision,
         kv.compact_revision,
         kv.range(EVERYTHING),
-        [kv.range(Get(b"\x00", end=b"\x00", revision=r)) for r in (100, 150, 250)],
+        [kv.range(Get(b"\x00", end=b"\x00", revision=r)) for r in revisions],
         kv.leases(),
         kv.lease(5),
         list(kv.events(100, b"\x00", end=b"\x00")),
@@ -122,9 +122,10 @@ def test_any_flipped_byte_is_detected(tmp_path_factory: pytest.TempPathFactory,
     _fails(tmp_path_factory.mktemp("flip") / "r", [bytes(whole)])
 
 
-def _with_format(source: list[bytes], fmt: int) -> bytes:
-    """The same stream labelled format `fmt`, its digest made right again; for formats before
-    4 its records lose their checksums, as those formats wrote them."""
+def _with_format(source: list[bytes], fmt: int, **fields: object) -> bytes:
+    """The same stream labelled format `fmt` (and with `fields` in its header), its digest made
+    right again; for formats before 4 its records lose their checksums, as those formats wrote
+    them."""
     whole = b"".join(source)
     magic = snapshot.MAGIC
     pos = len(magic)
@@ -136,7 +137,7 @@ def _with_format(source: list[bytes], fmt: int) -> bytes:
         if tag == ord("E"):
             break
         if tag == ord("H"):
-            payload = cbor2.dumps({**cbor2.loads(payload), "format": fmt})
+            payload = cbor2.dumps({**cbor2.loads(payload), "format": fmt, **fields})
         elif fmt < 4:
             payload = payload[:-4]
         body += snapshot.FRAME.pack(tag, len(payload)) + payload
@@ -160,6 +161,27 @@ def test_snapshot_formats(tmp_path: Path, source: list[bytes]) -> None:
     with pytest.raises(CorruptData, match=r"snapshot's \w+ record .* the stream is damaged"):
         DataDir.restore(tmp_path / "unsealed", [unsealed])
     assert not (tmp_path / "unsealed").exists()
+
+
+def test_compaction_work_in_the_header(tmp_path: Path, source: list[bytes]) -> None:
+    """Pending compaction work travels in the header ("compacting"): a restore records it,
+    and a header whose work is malformed or does not fit its compact revision is refused."""
+    work = [50, 60, 0, 100]  # the source's compact revision is 100
+    dd = DataDir.restore(tmp_path / "pending", [_with_format(source, 4, compacting=work)])
+    assert dd.compaction_pending
+    with DataDir.restore(tmp_path / "plain", source) as plain:
+        assert _reads(dd) == _reads(plain)
+        with dd.write() as w:
+            while w.compact_step(100):
+                pass
+        assert not dd.compaction_pending and dd.verify().ok
+        assert _reads(dd) == _reads(plain)
+    dd.close()
+    for bad in ([50, 60, 0, 99], [61, 60, 0, 100], [0, 0, 1 << 32, 100], [1, 2, 3], "x",
+                [0, 0, 0, -1]):
+        with pytest.raises(CorruptData, match="compact"):
+            DataDir.restore(tmp_path / "bad", [_with_format(source, 4, compacting=bad)])
+        assert not (tmp_path / "bad").exists()
 
 
 def test_garbage_stream(tmp_path: Path) -> None:

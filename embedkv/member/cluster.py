@@ -1,0 +1,510 @@
+"""A member among others: ids, the member directory, the peer links and calls between members.
+
+The Raft core knows members by id only; people know them by name and reach them by address.
+Names and addresses travel in the context of the membership change that adds a member (the
+log writer records them in the storage's member directory in the transaction that applies the
+change, so they survive log compaction and travel in snapshots). Founding members derive their
+ids from the cluster token and their names, as etcd does, so that every founder, given the same
+`peers`, agrees on the initial configuration without talking first. A joining member picks a
+random id and asks any member to add it.
+
+`Links` runs on the engine loop: it owns the PeerTransport, hands what arrives to the log
+writer's queue (the writer owns the Raft node, so the loop never waits for the node's lock),
+streams snapshots out of LMDB, and serves the calls other members make: join, lease
+keep-alives and TTL queries (only the leader keeps lease deadlines), and progress.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import logging
+import random
+import secrets
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import cbor2
+
+from embedkv.errors import Unavailable
+from embedkv.net import PeerTransport
+from embedkv.net.transport import parse_address
+from embedkv.raft import (
+    NONE,
+    ConfChange,
+    ConfState,
+    Message,
+    MessageType,
+    ProgressState,
+    RaftNode,
+    Role,
+    Snapshot,
+)
+from embedkv.storage import DataDir, Identity, LocalInfo, PeerInfo
+from embedkv.storage.codec import MAX_ID
+
+from .writer import LogWriter, NodeCall
+
+log = logging.getLogger("embedkv.member")
+
+MAX_NAME = 64
+"""Longest member name (a DNS label, as etcd's names are in practice)."""
+
+PROMOTE_SLACK = 64
+"""A learner within this many entries of the leader's commit index counts as caught up."""
+
+Handler = Callable[[int, Any], Awaitable[Any]]
+
+_ids = random.SystemRandom()
+
+
+def check_name(name: object) -> str:
+    """A member name: 1-64 of letters, digits, '-', '_' and '.' (ValueError otherwise)."""
+    if not isinstance(name, str):
+        raise TypeError(f"a member name is a str, not {type(name).__name__}")
+    ok = 0 < len(name) <= MAX_NAME and all(c.isascii() and (c.isalnum() or c in "-_.")
+                                          for c in name)
+    if not ok:
+        raise ValueError(
+            f"member name {name!r} must be 1 to {MAX_NAME} letters, digits, '-', '_' or '.'"
+        )
+    return name
+
+
+def check_address(address: object, what: str = "address") -> str:
+    """A peer address "host:port" with a real port (ValueError otherwise)."""
+    if not isinstance(address, str):
+        raise TypeError(f"{what} must be a 'host:port' str, not {type(address).__name__}")
+    if parse_address(address)[1] == 0:
+        raise ValueError(f"{what} {address!r} needs a fixed port: the others must reach it")
+    return address
+
+
+def _hash_id(*parts: str) -> int:
+    digest = hashlib.sha256("\0".join(parts).encode()).digest()
+    return int.from_bytes(digest[:8], "big") & MAX_ID or 1
+
+
+def founder_id(token: str, name: str) -> int:
+    """The id of a founding member: every founder computes every founder's id alike."""
+    return _hash_id("embedkv-member", token, name)
+
+
+def cluster_id_for(token: str, peers: Mapping[str, str]) -> int:
+    """The id of a cluster founded with `peers` under `token` (etcd derives it the same way)."""
+    return _hash_id("embedkv-cluster", token, *(f"{n}={a}" for n, a in sorted(peers.items())))
+
+
+# --- what a membership change carries --------------------------------------------------------
+
+
+def encode_context(info: PeerInfo | None, origin: tuple[int, int] | None) -> bytes:
+    body: dict[str, Any] = {}
+    if info is not None:
+        body["name"] = info.name
+        body["address"] = info.address
+        if info.promote:
+            body["promote"] = True
+    if origin is not None:
+        body["origin"] = list(origin)
+    return cbor2.dumps(body)
+
+
+def _context(cc: ConfChange) -> dict[str, Any]:
+    """The decoded context, or {} for one that is missing or not ours (never raises: every
+    member applies the same entry alike, whatever it holds)."""
+    if not cc.context:
+        return {}
+    try:
+        body = cbor2.loads(cc.context)
+    except Exception:
+        return {}
+    return body if isinstance(body, dict) else {}
+
+
+def context_member(cc: ConfChange) -> PeerInfo | None:
+    body = _context(cc)
+    name, address = body.get("name"), body.get("address")
+    if not isinstance(name, str) or not isinstance(address, str):
+        return None
+    return PeerInfo(name, address, promote=body.get("promote") is True)
+
+
+def context_origin(cc: ConfChange) -> tuple[int, int] | None:
+    origin = _context(cc).get("origin")
+    if (isinstance(origin, list) and len(origin) == 2
+            and all(type(v) is int and v >= 0 for v in origin)):
+        return origin[0], origin[1]
+    return None
+
+
+@dataclass(frozen=True, slots=True)
+class MemberInfo:
+    """One member as `Store.members()` reports it. `behind`: how many entries it lacks of the
+    leader's log (known on the leader, and asked of it elsewhere; None when unknown)."""
+
+    name: str
+    id: int
+    address: str
+    voter: bool
+    leader: bool
+    behind: int | None
+
+
+@dataclass(frozen=True, slots=True)
+class JoinReply:
+    cluster_id: int
+    token: str
+    member_id: int  # the joiner's id in the cluster
+    members: dict[int, PeerInfo]
+
+
+def _parse_join_reply(body: object) -> JoinReply:
+    try:
+        assert isinstance(body, dict)
+        cluster_id, token, rows = body["cluster_id"], body["token"], body["members"]
+        member_id = body["id"]
+        assert type(cluster_id) is int and cluster_id > 0 and isinstance(token, str)
+        assert type(member_id) is int and 0 < member_id <= MAX_ID
+        members = {}
+        for mid, name, address, promote in rows:
+            assert type(mid) is int and isinstance(name, str) and isinstance(address, str)
+            members[mid] = PeerInfo(name, address, promote=bool(promote))
+    except (AssertionError, KeyError, TypeError, ValueError):
+        raise Unavailable(f"a malformed answer to a join request: {body!r:.200}") from None
+    return JoinReply(cluster_id, token, member_id, members)
+
+
+def join_cluster(
+    addresses: list[str], *, name: str, listen: str, member_id: int, timeout: float
+) -> JoinReply:
+    """Ask the members at `addresses`, in turn, to add this one as a learner; returns the
+    cluster's identity and directory. Unavailable if none of them could."""
+
+    async def ask() -> JoinReply:
+        transport = PeerTransport(
+            member_id=member_id, cluster="", listen=listen, peers={},
+            on_message=lambda m: None, report_unreachable=lambda p: None,
+            on_peer_lost=lambda p: None, report_snapshot=lambda p, ok: None,
+        )
+        errors = []
+        try:
+            for address in addresses:
+                try:
+                    body = await transport.call(
+                        address, "join",
+                        {"name": name, "address": listen, "id": member_id},
+                        timeout=timeout,
+                    )
+                except Exception as exc:
+                    errors.append(f"{address}: {exc}")
+                    continue
+                return _parse_join_reply(body)
+        finally:
+            await transport.close()
+        raise Unavailable("could not join through any of " + "; ".join(errors))
+
+    return asyncio.run(ask())
+
+
+# --- opening: founding, joining, growing, restarting ------------------------------------
+
+
+def random_id() -> int:
+    """A random positive int64 (cluster, member and lease ids, as in etcd)."""
+    return _ids.randint(1, MAX_ID)
+
+
+def new_identity() -> Identity:
+    """A new cluster with a new member (a fresh data dir, or a restored backup)."""
+    return Identity(random_id(), random_id())
+
+
+@dataclass(frozen=True, slots=True)
+class ClusterOptions:
+    """What `open` was told about the cluster (all None: a one-member store, as before)."""
+
+    name: str | None = None
+    listen: str | None = None
+    peers: Mapping[str, str] | None = None
+    token: str | None = None
+    join: Sequence[str] | None = None
+
+    @property
+    def wanted(self) -> bool:
+        return any(v is not None for v in (self.name, self.listen, self.peers, self.join))
+
+
+def check_cluster_options(opts: ClusterOptions) -> None:
+    """Every cluster option checked before anything is created or changed."""
+    if opts.name is not None:
+        check_name(opts.name)
+    if opts.listen is not None:
+        check_address(opts.listen, "listen")
+    if opts.token is not None and (not isinstance(opts.token, str) or not 0 < len(opts.token)
+                                   <= 256):
+        raise ValueError(f"cluster must be a token of 1 to 256 characters, not {opts.token!r}")
+    if opts.peers is not None:
+        if not isinstance(opts.peers, Mapping) or not opts.peers:
+            raise TypeError("peers must be a non-empty dict of member name -> 'host:port'")
+        for n, a in opts.peers.items():
+            check_name(n)
+            check_address(a, f"the address of {n}")
+        if len(set(opts.peers.values())) != len(opts.peers):
+            raise ValueError("two peers share one address")
+    if opts.join is not None:
+        if isinstance(opts.join, str) or not opts.join:
+            raise TypeError("join must be a non-empty list of 'host:port' addresses")
+        for a in opts.join:
+            check_address(a, "a join address")
+        if opts.peers is not None:
+            raise ValueError("give peers (to found a cluster) or join (to join one), not both")
+
+
+def local_info(opts: ClusterOptions, token: str | None) -> LocalInfo:
+    if opts.listen is None:
+        raise ValueError("a clustered member needs listen='host:port' (its peer address)")
+    return LocalInfo(opts.name or "default", opts.listen,
+                     token or opts.token or secrets.token_hex(16))
+
+
+def bootstrap_founder(dd: DataDir, opts: ClusterOptions) -> None:
+    """A founding member: the same `peers` on every founder give the same ids and cluster."""
+    peers = dict(opts.peers or {})
+    if opts.name is None:
+        raise ValueError("a founding member needs name= (one of the peers)")
+    if opts.name not in peers:
+        raise ValueError(f"name {opts.name!r} is not one of the peers {sorted(peers)}")
+    if opts.token is None:
+        raise ValueError("founding a cluster needs cluster='token': it keeps two clusters "
+                         "with the same addresses apart")
+    listen = opts.listen if opts.listen is not None else peers[opts.name]
+    token = opts.token
+    ids = {n: founder_id(token, n) for n in peers}
+    members = {ids[n]: PeerInfo(n, a) for n, a in peers.items()}
+    identity = Identity(cluster_id_for(token, peers), ids[opts.name])
+    dd.bootstrap(identity, ConfState(voters=frozenset(ids.values())), members=members,
+                 local=LocalInfo(opts.name, listen, token))
+
+
+def bootstrap_joiner(dd: DataDir, opts: ClusterOptions, timeout: float) -> None:
+    """A fresh member asks a running one to add it (as a learner, promoted once caught up)."""
+    if opts.name is None or opts.listen is None:
+        raise ValueError("joining a cluster needs name= and listen=")
+    member_id = random_id()
+    reply = join_cluster(list(opts.join or ()), name=opts.name, listen=opts.listen,
+                         member_id=member_id, timeout=timeout)
+    if opts.token is not None and opts.token != reply.token:
+        raise ValueError("the cluster reached through join has another cluster token")
+    # An empty configuration: the leader's log (or snapshot) brings the real one. The id is
+    # ours, or the one add_member gave this name and address beforehand.
+    dd.bootstrap(Identity(reply.cluster_id, reply.member_id), ConfState(), members=reply.members,
+                 local=LocalInfo(opts.name, opts.listen, reply.token))
+
+
+def check_reopen(dd: DataDir, opts: ClusterOptions) -> None:
+    """A dir with data: options given again must agree with what it persisted."""
+    local = dd.local
+    if opts.join is not None:
+        raise ValueError(f"{dd.path} already holds a member: join is only for a fresh dir")
+    if local is None:
+        if opts.peers is not None and set(opts.peers) != {opts.name or "default"}:
+            raise ValueError(f"{dd.path} holds a one-member store: it cannot found a cluster "
+                             "with other peers; open it with listen= and join the others to it")
+        if opts.wanted:
+            dd.set_local(local_info(opts, None))  # grows: it takes joins from now on
+        return
+    if opts.name is not None and opts.name != local.name:
+        raise ValueError(f"{dd.path} holds member {local.name!r}, not {opts.name!r}")
+    if opts.token is not None and opts.token != local.token:
+        raise ValueError(f"{dd.path} belongs to another cluster (its token differs)")
+    if opts.peers is not None:
+        known = {info.name: info.address for info in dd.members().values()}
+        for n, a in opts.peers.items():
+            if n == local.name and opts.listen is not None:
+                continue
+            if known.get(n) != a:
+                raise ValueError(
+                    f"peers disagree with the membership {dd.path} holds: {n!r} is "
+                    f"{known.get(n)!r} there, not {a!r} (give only the path to restart)")
+    if opts.listen is not None and opts.listen != local.listen:
+        dd.set_local(LocalInfo(local.name, opts.listen, local.token))
+
+
+# --- the links -------------------------------------------------------------------------------
+
+
+class Links:
+    """The member's side of the peer transport; every method runs on the engine loop."""
+
+    def __init__(
+        self,
+        *,
+        dd: DataDir,
+        writer: LogWriter,
+        node: Callable[[], RaftNode],
+        member_id: int,
+        token: str,
+        listen: str,
+        tick_interval: float,
+        handlers: Mapping[str, Handler],
+    ) -> None:
+        self._dd = dd
+        self._writer = writer
+        self._node = node
+        self._me = member_id
+        self._tick = tick_interval
+        self._handlers = dict(handlers)
+        self._rng = random.Random()
+        self._campaign: asyncio.TimerHandle | None = None
+        peers = {mid: info.address for mid, info in dd.members().items() if mid != member_id}
+        self.transport = PeerTransport(
+            member_id=member_id,
+            cluster=token,
+            listen=listen,
+            peers=peers,
+            on_message=self._on_message,
+            report_unreachable=self._report_unreachable,
+            on_peer_lost=self._on_peer_lost,
+            report_snapshot=self._report_snapshot,
+        )
+        self.transport.on_call = self._on_call
+
+    async def start(self) -> None:
+        await self.transport.start()
+
+    async def close(self) -> None:
+        if self._campaign is not None:
+            self._campaign.cancel()
+        await self.transport.close()
+
+    # --- out --------------------------------------------------------------------------
+
+    def send(self, messages: list[Message]) -> None:
+        """Messages of a Ready; a snapshot goes on a stream of its own, read from LMDB."""
+        rest = []
+        for m in messages:
+            if m.type is MessageType.SNAP:
+                task = asyncio.get_running_loop().create_task(self._send_snapshot(m))
+                task.add_done_callback(_log_failure)
+            else:
+                rest.append(m)
+        if rest:
+            self.transport.send(rest)
+
+    async def _send_snapshot(self, m: Message) -> None:
+        """The core asked for a snapshot as of its applied index; the stream is taken now, in
+        one read transaction, and the message carries that stream's own point (index, term,
+        membership), never the one the core saw: the two may differ by the entries applied
+        meanwhile, and the follower must install exactly what it receives."""
+        loop = asyncio.get_running_loop()
+        try:
+            meta, chunks = await loop.run_in_executor(None, self._dd.snapshot_stream)
+        except Exception as exc:
+            log.warning("cannot take a snapshot for member %#x: %s", m.to, exc)
+            self._report_snapshot(m.to, False)
+            return
+        out = Message(MessageType.SNAP, to=m.to, from_=m.from_, term=m.term,
+                      snapshot=Snapshot(meta))
+        log.info("streaming a snapshot at index %d to member %#x", meta.index, m.to)
+        self.transport.send_snapshot(out, chunks)
+
+    def follow(self, members: Mapping[int, PeerInfo]) -> None:
+        """The directory changed: dial new members at their addresses, forget removed ones."""
+        wanted = {mid: info.address for mid, info in members.items() if mid != self._me}
+        transport = self.transport
+        for mid in list(transport.peers):
+            if mid not in wanted:
+                transport.remove_peer(mid)
+        for mid, address in wanted.items():
+            if transport.peers.get(mid) != address:
+                transport.set_peer(mid, address)
+
+    def notify_removed(self, member_id: int, index: int) -> None:
+        """Tell a member we just removed that it is out: the leader stops sending to it once
+        the removal is applied, so it may never learn that the entry committed (etcd answers
+        such a member's messages with "removed"). Best effort; its address is still known
+        here, because `follow` runs after this."""
+        address = self.transport.peers.get(member_id)
+        if address is None:
+            return
+        task = asyncio.get_running_loop().create_task(
+            self.transport.call(address, "removed", index, timeout=5.0))
+        task.add_done_callback(_ignore)
+
+    # --- in ---------------------------------------------------------------------------
+
+    def _on_message(self, msg: Message) -> None:
+        self._writer.submit(msg)
+
+    def _report_unreachable(self, peer: int) -> None:
+        self._writer.submit(NodeCall(lambda n: n.report_unreachable(peer)))
+
+    def _report_snapshot(self, peer: int, ok: bool) -> None:
+        self._writer.submit(NodeCall(lambda n: n.report_snapshot(peer, ok)))
+
+    def _on_peer_lost(self, peer: int) -> None:
+        """The leader's kernel closed our link: its process is gone. Forget it and campaign
+        soon, after a random fraction of a few ticks so that the followers which all saw it
+        do not split the vote (PreVote keeps an early campaign harmless)."""
+        if peer != self._node().leader:
+            return
+        log.info("the leader %#x closed its link: starting an election", peer)
+        self._writer.submit(NodeCall(lambda n: n.forget_leader()))
+        if self._campaign is not None:
+            self._campaign.cancel()
+        delay = self._rng.uniform(0, 3 * self._tick)
+        self._campaign = asyncio.get_running_loop().call_later(delay, self._campaign_now)
+
+    def _campaign_now(self) -> None:
+        self._campaign = None
+
+        def campaign(n: RaftNode) -> None:
+            if n.leader == NONE and n.role is Role.FOLLOWER:
+                n.campaign()
+
+        self._writer.submit(NodeCall(campaign))
+
+    async def _on_call(self, caller: int, method: str, body: Any) -> Any:
+        handler = self._handlers.get(method)
+        if handler is None:
+            raise ValueError(f"unknown call {method!r}")
+        return await handler(caller, body)
+
+    async def call(self, target: int | str, method: str, body: Any, timeout: float) -> Any:
+        return await self.transport.call(target, method, body, timeout=timeout)
+
+    # --- the leader's chores ----------------------------------------------------------
+
+    def learners_to_promote(self) -> list[int]:
+        """Learners that joined to become voters and have caught up (leader only)."""
+        node = self._node()
+        if node.role is not Role.LEADER:
+            return []
+        status = node.status()
+        members = self._dd.members()
+        ready = []
+        for mid in status.conf_state.learners:
+            info = members.get(mid)
+            pr = status.progress.get(mid)
+            if (info is not None and info.promote and pr is not None
+                    and pr.state is ProgressState.REPLICATE
+                    and pr.match + PROMOTE_SLACK >= status.commit):
+                ready.append(mid)
+        return ready
+
+
+def _ignore(task: asyncio.Task[Any]) -> None:
+    with contextlib.suppress(asyncio.CancelledError):
+        exc = task.exception()
+        if exc is not None:
+            log.debug("telling a removed member failed: %s", exc)
+
+
+def _log_failure(task: asyncio.Task[None]) -> None:
+    with contextlib.suppress(asyncio.CancelledError):
+        exc = task.exception()
+        if exc is not None:
+            log.error("sending a snapshot failed", exc_info=exc)

@@ -1,0 +1,55 @@
+"""A recipe user's process SIGKILLed mid-holding, on a three-member cluster of processes
+(tests/cluster's harness): what it held frees itself after its TTL, and no one else's."""
+
+from __future__ import annotations
+
+from tests.cluster.conftest import MakeCluster
+
+
+def test_a_killed_holders_lock_goes_to_the_next_and_its_guard_fails(
+    make_cluster: MakeCluster,
+) -> None:
+    cluster = make_cluster(3)
+    leader = cluster.wait_leader()
+    holder, waiter = cluster.followers(leader)
+    token = holder.call("lock_acquire", name="db", ttl=1)
+    assert holder.call("fenced_put", name="db", key="data", value="first")
+    assert leader.call("lock_acquire", name="db", ttl=1, wait=0) is None  # held
+    waiting = waiter.send("lock_acquire", name="db", ttl=1, wait=20)
+    holder.kill()  # the holder's process dies: no more keep-alives, no release
+    new_token = waiter.result(waiting, "lock_acquire")
+    assert new_token is not None and new_token > token
+    assert waiter.call("fenced_put", name="db", key="data", value="second")
+    assert leader.get("data") == "second"
+    waiter.call("lock_release", name="db")
+
+
+def test_a_killed_consumers_item_is_delivered_again(make_cluster: MakeCluster) -> None:
+    cluster = make_cluster(3)
+    leader = cluster.wait_leader()
+    producer, other = cluster.followers(leader)
+    for job in ("job-1", "job-2"):
+        producer.call("queue_put", name="work", value=job)
+    # The consumer is the leader: its death also costs an election, and the new leader
+    # times the dead consumer's lease afresh.
+    assert leader.call("queue_get", name="work", ttl=1, wait=5) == "job-1"
+    assert other.call("queue_get", name="work", ttl=1, wait=5) == "job-2"
+    leader.kill()  # dies mid-item, before its ack
+    cluster.wait_leader([producer, other])
+    other.call("queue_ack", name="work")  # job-2 done
+    again = other.call("queue_get", name="work", ttl=1, wait=20)
+    assert again == "job-1"
+    other.call("queue_ack", name="work")
+    assert producer.call("count", prefix="_embedkv/queue/work/") == 0
+
+
+def test_a_killed_leaders_successor_wins_after_the_ttl(make_cluster: MakeCluster) -> None:
+    cluster = make_cluster(3)
+    leader = cluster.wait_leader()
+    first, second = cluster.followers(leader)
+    assert first.call("campaign", name="sched", value="first", ttl=1)
+    campaigning = second.send("campaign", name="sched", value="second", ttl=1, wait=20)
+    assert leader.call("election_leader", name="sched") == "first"
+    first.kill()
+    assert second.result(campaigning, "campaign") is True
+    assert leader.call("election_leader", name="sched") == "second"
