@@ -166,3 +166,21 @@ def test_three_members_example_runs(tmp_path: Path) -> None:
     assert "the watch on" in out and "config/mode=auto" in out
     assert "hands leadership over first" in out
     assert "config/mode is 'manual'" in out
+
+
+def test_a_member_removes_itself(tmp_path: Path) -> None:
+    peers = peers_of("n1", "n2", "n3")
+    stores = found(tmp_path, peers)
+    try:
+        wait_for(lambda: all(s.leader for s in stores.values()), what="a leader")
+        name = next(n for n, s in stores.items() if s.leader != n)  # a follower
+        stores[name].remove_member(name)  # returns once done, though it can serve no more
+        with pytest.raises(embedkv.Removed):
+            stores[name]["k"] = 1
+        rest = [s for n, s in stores.items() if n != name]
+        rest[0]["k"] = 2
+        assert rest[1]["k"] == 2
+        assert name not in [m.name for m in rest[1].members()]
+    finally:
+        for s in stores.values():
+            s.close()

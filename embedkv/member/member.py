@@ -602,7 +602,12 @@ class Member:
     def remove_member(self, name: str) -> None:
         """Remove a member; removing this one leaves it unable to serve (Removed)."""
         mid = self._id_of(name)
-        self.change_membership(ConfChange(ConfChangeType.REMOVE, mid))
+        try:
+            self.change_membership(ConfChange(ConfChangeType.REMOVE, mid))
+        except Removed:
+            if mid != self.member_id:
+                raise
+            # This member, removed while it waited to see the change applied: done.
 
     def promote_member(self, name: str) -> MemberInfo:
         """Make a learner a voter (refused until it has caught up with the leader)."""

@@ -203,9 +203,9 @@ class LogWriter:
         self.send: Callable[[list[Message]], None] | None = None
         """Where messages go once durable (the transport); None: there is nobody to send to."""
         self.conf_origin: ConfOrigin = lambda cc: None
+        """How to find the proposer of a membership change (the runtime's context format)."""
         self.conf_member: Callable[[ConfChange], PeerInfo | None] = lambda cc: None
         """The directory entry a membership change carries in its context, if any."""
-        """How to find the proposer of a membership change (the runtime's context format)."""
         self.on_conf_applied: Callable[[ConfApplied], None] | None = None
         """Called (on this thread, after the batch is durable) for each applied change."""
         self.on_installed: Callable[[], None] | None = None
