@@ -200,3 +200,16 @@ def test_join_with_another_clusters_token_is_refused_before_anything_changes(
     finally:
         for s in stores.values():
             s.close()
+
+
+def test_a_listen_address_in_use_is_named(tmp_path: Path) -> None:
+    import socket as _socket
+
+    with _socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        address = f"127.0.0.1:{taken.getsockname()[1]}"
+        with pytest.raises(OSError, match=f"cannot listen for peers on {address}"):
+            embedkv.open(tmp_path / "d", name="n1", listen=address, insecure=True, **FAST)
+    with embedkv.open(tmp_path / "d") as store:  # released, and still a usable store
+        store["k"] = 1

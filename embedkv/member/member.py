@@ -263,8 +263,13 @@ class Member:
         links = self._links
         if links is not None:
             # Listening before open returns: a port in use or a bad host is the caller's error.
-            asyncio.run_coroutine_threadsafe(links.start(), self._engine.loop).result(
-                self._timeout)
+            try:
+                asyncio.run_coroutine_threadsafe(links.start(), self._engine.loop).result(
+                    self._timeout)
+            except OSError as exc:
+                listen = self._local.listen if self._local is not None else "?"
+                raise OSError(exc.errno, f"cannot listen for peers on {listen}: "
+                                         f"{exc.strerror or exc}") from None
         if conf.voters == {me}:
             # The only voter need not wait out an election timeout.
             with self._core.lock:
