@@ -184,3 +184,32 @@ def test_a_member_removes_itself(tmp_path: Path) -> None:
     finally:
         for s in stores.values():
             s.close()
+
+
+def test_join_with_another_clusters_token_is_refused_before_anything_changes(
+    tmp_path: Path,
+) -> None:
+    peers = peers_of("n1", "n2", "n3")
+    stores = found(tmp_path, peers)
+    try:
+        wait_for(lambda: all(s.leader for s in stores.values()), what="a leader")
+        with pytest.raises(embedkv.Unavailable, match="another cluster"):
+            embedkv.open(tmp_path / "n4", name="n4", listen=f"127.0.0.1:{free_port()}",
+                         join=[peers["n1"]], cluster="not-t", insecure=True, **FAST)
+        assert [m.name for m in stores["n2"].members()] == ["n1", "n2", "n3"]
+    finally:
+        for s in stores.values():
+            s.close()
+
+
+def test_a_listen_address_in_use_is_named(tmp_path: Path) -> None:
+    import socket as _socket
+
+    with _socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        address = f"127.0.0.1:{taken.getsockname()[1]}"
+        with pytest.raises(OSError, match=f"cannot listen for peers on {address}"):
+            embedkv.open(tmp_path / "d", name="n1", listen=address, insecure=True, **FAST)
+    with embedkv.open(tmp_path / "d") as store:  # released, and still a usable store
+        store["k"] = 1

@@ -28,7 +28,7 @@ from typing import Any
 
 import cbor2
 
-from embedkv.errors import Unavailable
+from embedkv.errors import CorruptData, Unavailable
 from embedkv.net import PeerTransport
 from embedkv.net.transport import parse_address
 from embedkv.raft import (
@@ -44,6 +44,7 @@ from embedkv.raft import (
 )
 from embedkv.storage import DataDir, Identity, LocalInfo, PeerInfo
 from embedkv.storage.codec import MAX_ID
+from embedkv.storage.directory import members_from_rows
 
 from .writer import LogWriter, NodeCall
 
@@ -162,23 +163,25 @@ class JoinReply:
 
 
 def _parse_join_reply(body: object) -> JoinReply:
+    bad = Unavailable(f"a malformed answer to a join request: {body!r:.200}")
+    if not isinstance(body, dict):
+        raise bad
+    cluster_id, token, member_id = body.get("cluster_id"), body.get("token"), body.get("id")
+    rows = body.get("members")
+    if (type(cluster_id) is not int or cluster_id <= 0 or not isinstance(token, str)
+            or type(member_id) is not int or not 0 < member_id <= MAX_ID
+            or not isinstance(rows, list)):
+        raise bad
     try:
-        assert isinstance(body, dict)
-        cluster_id, token, rows = body["cluster_id"], body["token"], body["members"]
-        member_id = body["id"]
-        assert type(cluster_id) is int and cluster_id > 0 and isinstance(token, str)
-        assert type(member_id) is int and 0 < member_id <= MAX_ID
-        members = {}
-        for mid, name, address, promote in rows:
-            assert type(mid) is int and isinstance(name, str) and isinstance(address, str)
-            members[mid] = PeerInfo(name, address, promote=bool(promote))
-    except (AssertionError, KeyError, TypeError, ValueError):
-        raise Unavailable(f"a malformed answer to a join request: {body!r:.200}") from None
+        members = members_from_rows(rows)
+    except CorruptData:
+        raise bad from None
     return JoinReply(cluster_id, token, member_id, members)
 
 
 def join_cluster(
-    addresses: list[str], *, name: str, listen: str, member_id: int, timeout: float
+    addresses: list[str], *, name: str, listen: str, member_id: int, timeout: float,
+    token: str | None = None,
 ) -> JoinReply:
     """Ask the members at `addresses`, in turn, to add this one as a learner; returns the
     cluster's identity and directory. Unavailable if none of them could."""
@@ -195,7 +198,7 @@ def join_cluster(
                 try:
                     body = await transport.call(
                         address, "join",
-                        {"name": name, "address": listen, "id": member_id},
+                        {"name": name, "address": listen, "id": member_id, "token": token},
                         timeout=timeout,
                     )
                 except Exception as exc:
@@ -295,9 +298,7 @@ def bootstrap_joiner(dd: DataDir, opts: ClusterOptions, timeout: float) -> None:
         raise ValueError("joining a cluster needs name= and listen=")
     member_id = random_id()
     reply = join_cluster(list(opts.join or ()), name=opts.name, listen=opts.listen,
-                         member_id=member_id, timeout=timeout)
-    if opts.token is not None and opts.token != reply.token:
-        raise ValueError("the cluster reached through join has another cluster token")
+                         member_id=member_id, timeout=timeout, token=opts.token)
     # An empty configuration: the leader's log (or snapshot) brings the real one. The id is
     # ours, or the one add_member gave this name and address beforehand.
     dd.bootstrap(Identity(reply.cluster_id, reply.member_id), ConfState(), members=reply.members,

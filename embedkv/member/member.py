@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hmac
 import itertools
 import logging
 import os
@@ -262,8 +263,13 @@ class Member:
         links = self._links
         if links is not None:
             # Listening before open returns: a port in use or a bad host is the caller's error.
-            asyncio.run_coroutine_threadsafe(links.start(), self._engine.loop).result(
-                self._timeout)
+            try:
+                asyncio.run_coroutine_threadsafe(links.start(), self._engine.loop).result(
+                    self._timeout)
+            except OSError as exc:
+                listen = self._local.listen if self._local is not None else "?"
+                raise OSError(exc.errno, f"cannot listen for peers on {listen}: "
+                                         f"{exc.strerror or exc}") from None
         if conf.voters == {me}:
             # The only voter need not wait out an election timeout.
             with self._core.lock:
@@ -757,6 +763,11 @@ class Member:
         if type(mid) is not int or not 0 < mid <= MAX_ID or mid != caller:
             raise ValueError("a join request needs the joiner's own positive id")
         assert isinstance(name, str) and isinstance(address, str)
+        local = self._local
+        assert local is not None  # calls are served only by a member with links
+        wanted = body.get("token")
+        if wanted is not None and not hmac.compare_digest(str(wanted), local.token):
+            raise ValueError("this member belongs to another cluster (the token differs)")
         conf = self._dd.conf_state
         added = None  # a member added by name and address already (add_member, or a retry)
         for known_id, known in self._dd.members().items():
@@ -767,8 +778,6 @@ class Member:
             await asyncio.to_thread(self.add_member, name, address, learner=True,
                                     member_id=mid, promote=True)
             added = mid
-        local = self._local
-        assert local is not None
         members = self._dd.members()
         return {"cluster_id": self.cluster_id, "token": local.token, "id": added,
                 "members": members_rows(members)}
