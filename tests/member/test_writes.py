@@ -462,3 +462,22 @@ def test_durable_member_close_completes_what_it_committed(path: Path) -> None:
             kv = m.data_dir.kv.get(f"c/{i}")
             if fut in done:
                 assert kv is not None and kv.value == i  # a result means it is on disk
+
+
+def test_a_compaction_is_finished_in_bounded_steps_by_the_writer(
+    path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The Compaction entry only records the work; the writer does it a step per batch and
+    while idle, so no single transaction does it all."""
+    from embedkv.member import writer as writer_module
+    from tests.waiting import wait_for
+
+    monkeypatch.setattr(writer_module, "COMPACT_STEP", 16)
+    with Member.open(path, durable=False, tick_interval=TICK) as m:
+        for i in range(200):
+            m.propose(Put(f"k{i % 10}", i)).result(5)
+        batches = m.stats.batches
+        m.propose(Compaction(m.data_dir.kv.revision)).result(5)
+        wait_for(lambda: not m.data_dir.compaction_pending, what="the compaction's work done")
+        assert m.stats.batches - batches > 200 // 16  # many bounded steps, not one
+        assert m.data_dir.verify().ok
