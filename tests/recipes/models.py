@@ -20,6 +20,9 @@ from tests.waiting import wait_for
 
 Stores = Sequence[embedkv.Store]
 
+RECIPES = ["semaphore", "election", "barrier", "double_barrier", "services", "config"]
+"""The recipes checked here: ``<recipe>_model(stores, name, seed)`` each."""
+
 
 class Run:
     """One seeded run: its random source and the steps taken, for the failure message."""
@@ -208,6 +211,23 @@ def election_model(stores: Stores, name: str, seed: int, steps: int = 30) -> Non
 # --- barriers ----------------------------------------------------------------------------------
 
 
+def _none_early(run: Run, calls: list[tuple[str, Callable[[], object]]],
+                started: Callable[[int], bool], what: str) -> None:
+    """Start the blocking `calls` one at a time, on threads. After each but the last, once
+    `started(k)` shows the k begun in the store, none may have returned; after the last,
+    all return True."""
+    results: list[list[object]] = []
+    for k, (label, call) in enumerate(calls, start=1):
+        run.step(label)
+        results.append(_background(call)[1])
+        if k < len(calls):
+            run.wait(lambda: started(k), f"{k} of {len(calls)} started")  # noqa: B023
+            early = [i for i, out in enumerate(results) if out]
+            assert not early, f"{early} {what} with {k} of {len(calls)}"
+    run.wait(lambda: all(results), f"all {len(calls)} {what}")
+    assert all(out == [True] for out in results), results
+
+
 def barrier_model(stores: Stores, name: str, seed: int, rounds: int = 4) -> None:
     """Rounds of a barrier of random size `n`, reset between rounds. Model: how many have
     arrived. Nobody passes with fewer than `n` arrived; all pass once the n-th does; late
@@ -218,19 +238,12 @@ def barrier_model(stores: Stores, name: str, seed: int, rounds: int = 4) -> None
         for r in range(rounds):
             n = rng.randint(1, 4)
             run.step(f"round {r}: n={n}")
-            results: list[list[object]] = []
-            for k in range(n):
-                user = rng.randrange(len(stores) * 2)
-                b = stores[user % len(stores)].barrier(name, n, ttl=5)
-                run.step(f"arrival {k + 1} of {n} (user {user})")
-                results.append(_background(lambda b=b: b.wait(timeout=30))[1])  # type: ignore[misc]
-                if k < n - 1:
-                    run.wait(lambda: stores[-1].count(waiting) == len(results),  # noqa: B023
-                             f"{len(results)} waiting")
-                    done = [i for i, out in enumerate(results) if out]
-                    assert not done, f"arrivals {done} passed with {len(results)} of {n}"
-            run.wait(lambda: all(results), f"all {n} released")  # noqa: B023
-            assert all(out == [True] for out in results), results
+            users = [rng.randrange(len(stores) * 2) for _ in range(n)]
+            arrivals = [stores[u % len(stores)].barrier(name, n, ttl=5) for u in users]
+            _none_early(run, [(f"arrival {k + 1} of {n} (user {u})",
+                               lambda b=b: b.wait(timeout=30))  # type: ignore[misc]
+                              for k, (u, b) in enumerate(zip(users, arrivals, strict=True))],
+                        lambda k: stores[-1].count(waiting) == k, "passed the barrier")
             for _ in range(rng.randint(0, 2)):
                 run.step("a late arrival")
                 late = stores[rng.randrange(len(stores))].barrier(name, n)
@@ -253,30 +266,17 @@ def double_barrier_model(stores: Stores, name: str, seed: int, rounds: int = 3) 
             run.step(f"round {r}: n={n}")
             parts = [stores[rng.randrange(len(stores))].double_barrier(name, n, ttl=5)
                      for _ in range(n)]
-            entered: list[list[object]] = []
-            for k, p in enumerate(parts):
-                run.step(f"participant {k} enters")
-                entered.append(_background(lambda p=p: p.enter(timeout=30))[1])  # type: ignore[misc]
-                if k < n - 1:
-                    run.wait(lambda: stores[-1].count(pfx + "w/") == len(entered),  # noqa: B023
-                             f"{len(entered)} entered")
-                    early = [i for i, out in enumerate(entered) if out]
-                    assert not early, f"{early} past enter() with {len(entered)} of {n}"
-            run.wait(lambda: all(entered), f"all {n} past enter()")  # noqa: B023
-            assert all(out == [True] for out in entered), entered
+            _none_early(run, [(f"participant {k} enters",
+                               lambda p=p: p.enter(timeout=30))  # type: ignore[misc]
+                              for k, p in enumerate(parts)],
+                        lambda k: stores[-1].count(pfx + "w/") == k, "past enter()")
             order = list(range(n))
             rng.shuffle(order)
-            left: list[list[object]] = []
-            for k, i in enumerate(order):
-                run.step(f"participant {i} leaves")
-                left.append(_background(lambda p=parts[i]: p.leave(timeout=30))[1])  # type: ignore[misc]
-                if k < n - 1:
-                    run.wait(lambda: stores[-1].count(pfx + "w/") == n - len(left),  # noqa: B023
-                             f"{len(left)} left")
-                    early = [order[j] for j, out in enumerate(left) if out]
-                    assert not early, f"{early} past leave() with {len(left)} of {n} left"
-            run.wait(lambda: all(left), f"all {n} past leave()")  # noqa: B023
-            assert all(out == [True] for out in left), left
+            _none_early(run, [(f"participant {i} leaves",
+                               lambda p=parts[i]: p.leave(timeout=30))  # type: ignore[misc]
+                              for i in order],
+                        lambda k: stores[-1].count(pfx + "w/") == n - k,  # noqa: B023
+                        "past leave()")
             run.wait(lambda: stores[-1].count(pfx) == 0, "the barrier cleared")
 
 

@@ -84,8 +84,7 @@ def test_service_registry(members: list[embedkv.Store]) -> None:
     safety.services_backend_dies(members, "m-web")
 
 
-@pytest.mark.parametrize("recipe", ["semaphore", "election", "barrier", "double_barrier",
-                                    "services", "config"])
+@pytest.mark.parametrize("recipe", models.RECIPES)
 def test_recipe_matches_its_model(members: list[embedkv.Store], recipe: str) -> None:
     """tests/recipes/models.py with user `i` on member ``i % 3`` (one seed each: the
     single-member runs try more)."""
