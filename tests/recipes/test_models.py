@@ -9,6 +9,7 @@ import pytest
 import embedkv
 from tests.recipes import models
 
+
 @pytest.mark.parametrize("seed", [pytest.param(s, id=f"seed-{s}") for s in range(6)])
 @pytest.mark.parametrize("recipe", models.RECIPES)
 def test_recipe_matches_its_model(store: embedkv.Store, recipe: str, seed: int) -> None:
