@@ -478,22 +478,25 @@ class Child:
     # --- fault-campaign clients (tests/faults) ---------------------------------------------------
 
     def op_clients_start(self, stream: str, processes: list[int], keys: list[str],
-                         duration: float, seed: int, lease_ttl: int = 3600) -> None:
+                         duration: float, seed: int, lease_ttl: int = 3600,
+                         stale_reads: bool = False) -> None:
         """Start one client thread per id in `processes`, each issuing random operations on
         `keys` for `duration` seconds, one at a time. Every invoke and every completion is
         streamed to the parent at once (``{"stream": ..., "ev": "invoke" | "done" | "end"}``),
         the invoke before the operation starts: a process killed mid-operation leaves an
         invoke without a completion, which the parent records as unknown. Timestamps are
-        time.monotonic(), one clock for every process of the machine."""
+        time.monotonic(), one clock for every process of the machine. `stale_reads` makes the
+        clients' linearizable gets serializable while still calling them linearizable: a
+        planted bug that shows the campaign can fail."""
         deadline = time.monotonic() + duration
         for process in processes:
             rng = random.Random(f"{seed}/{process}")
             threading.Thread(target=self._client, args=(stream, process, keys, deadline, rng,
-                                                        lease_ttl),
+                                                        lease_ttl, stale_reads),
                              daemon=True, name=f"client-{process}").start()
 
     def _client(self, stream: str, process: int, keys: list[str], deadline: float,
-                rng: random.Random, lease_ttl: int) -> None:
+                rng: random.Random, lease_ttl: int, stale_reads: bool) -> None:
         seen: dict[str, Any] = {}  # the last value this client read or wrote per key
         lease: int | None = None
         seq = 0
@@ -515,7 +518,8 @@ class Child:
                                   "expected": expected if kind == "cas" else None}
             op["t"] = time.monotonic()
             self.send(op)
-            outcome, result, error = self._client_op(kind, key, value, expected, lease)
+            outcome, result, error = self._client_op(kind, key, value, expected, lease,
+                                                     stale_reads)
             done = time.monotonic()
             if kind in ("put", "lease_put", "cas") and outcome == "ok":
                 if kind != "cas" or result:
@@ -528,10 +532,14 @@ class Child:
                 lease = None
             self.send({"stream": stream, "ev": "done", "p": process, "n": seq, "t": done,
                        "outcome": outcome, "result": result, "error": error})
+            if error in ("Removed", "Closed"):
+                break  # this member serves nothing any more
+            if error is not None:
+                time.sleep(rng.uniform(0.01, 0.05))  # a client's back-off, as any would have
         self.send({"stream": stream, "ev": "end", "p": process})
 
-    def _client_op(self, kind: str, key: str, value: int, expected: Any,
-                   lease: int | None) -> tuple[str, Any, str | None]:
+    def _client_op(self, kind: str, key: str, value: int, expected: Any, lease: int | None,
+                   stale_reads: bool) -> tuple[str, Any, str | None]:
         """(outcome, result, error name). A read that failed took no effect: "fail". A write
         that failed with Unavailable (a timeout, no quorum, removed, closed) may have been
         applied: "unknown"; LeaseNotFound is a definite refusal: "fail"."""
@@ -541,7 +549,7 @@ class Child:
             if kind == "lease_put":
                 return "ok", self.store.put(key, value, lease=lease).revision, None
             if kind == "get" or kind == "sget":
-                kv = self.store.get_kv(key, serializable=kind == "sget")
+                kv = self.store.get_kv(key, serializable=kind == "sget" or stale_reads)
                 return "ok", None if kv is None else kv.value, None
             if kind == "delete":
                 return "ok", self.store.delete(key).revision, None

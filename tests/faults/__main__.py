@@ -37,6 +37,7 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
                         help="probability that a fault slot gets a second fault")
     parser.add_argument("--keep", type=Path, default=Path("faults-runs"),
                         help="where failing runs are saved")
+    parser.add_argument("--verbose", action="store_true", help="list each run's faults")
     args = parser.parse_args(argv)
     kinds = () if args.nemesis == "none" else tuple(k for k in args.nemesis.split(",") if k)
     unknown = set(kinds) - set(KINDS)
@@ -54,7 +55,7 @@ def main(argv: list[str] | None = None) -> int:
         result = run(RunConfig(seed=seed, duration=args.run_length, members=args.members,
                                clients=args.clients, keys=args.keys, kinds=args.kinds,
                                mixed=args.mixed, keep=args.keep))
-        print(report(result), flush=True)
+        print(report(result, faults=args.verbose), flush=True)
         runs += 1
         ops += len(result.ops)
         failed += result.failed

@@ -42,6 +42,8 @@ RESTARTED = ("tick_interval", "election_tick", "heartbeat_tick", "request_timeou
 
 ELECTION_TIMEOUT = FAST["tick_interval"] * FAST["election_tick"]
 
+JOIN_ATTEMPTS = 3
+
 CALL_TIMEOUT = 10.0
 """Seconds the nemesis waits on a member's answer: a fault never hangs the run."""
 
@@ -130,6 +132,7 @@ class Nemesis:
         self.on_start = on_start
         self.rng = random.Random(f"nemesis/{seed}")
         self.retired: list[Member] = []
+        self.size = len(cluster.members)
         self._next_name = len(list(cluster)) + 1
 
     # --- choosing members --------------------------------------------------------------------
@@ -292,19 +295,73 @@ class Nemesis:
     def _remove(self, fault: Fault, member: Member) -> None:
         """Remove `member` through another running member, then end its process."""
         via = self._others(member) or [member]
-        via[0].call("remove_member", name=member.name, timeout=CALL_TIMEOUT)
+        failed: BaseException | None = None
+        try:
+            via[0].call("remove_member", name=member.name, timeout=CALL_TIMEOUT)
+        except (AssertionError, embedkv.errors.Error) as exc:
+            # Unavailable may still have removed it (removing the leader through a follower
+            # answers "removed or moved" once it took effect): the member list says.
+            failed = exc
+
+        def gone() -> bool:
+            try:
+                return all(m["name"] != member.name for m in via[0].members())
+            except embedkv.errors.Unavailable:
+                return False
+
+        try:
+            wait_for(gone, 2 * CALL_TIMEOUT if failed is None else CALL_TIMEOUT,
+                     f"{member.name} gone from {via[0].name}'s member list")
+        except AssertionError:
+            if failed is not None:
+                raise failed from None
+            raise
+        if failed is not None:
+            fault.note += f"remove answered {str(failed).splitlines()[0]} (it took effect); "
         fault.params["removed"] = member.name
         member.kill()
         self.retired.append(self.cluster.members.pop(member.name))
 
+    def _enough(self, fault: Fault) -> bool:
+        """Membership faults keep the cluster at its size: none while a member is missing (a
+        join that failed earlier)."""
+        if len(self.cluster.members) < self.size:
+            fault.note += f"skipped: {len(self.cluster.members)} of {self.size} members; "
+            return False
+        return True
+
+    def _join(self, fault: Fault) -> Member:
+        """A fresh member joined through the running ones. A join refused as Unavailable (no
+        leader to admit it yet) is tried again, under a new name, a few times, and noted."""
+        for attempt in range(1, JOIN_ATTEMPTS + 1):
+            name = self._fresh_name()
+            try:
+                joined = self.cluster.join(name, timeout=30.0)
+            except ChildError as exc:
+                failed = self.cluster.members.pop(name, None)
+                if failed is not None:
+                    failed.kill()
+                    self.retired.append(failed)
+                first = str(exc).splitlines()[0]
+                fault.note += f"join of {name} failed: {first}; "
+                if attempt == JOIN_ATTEMPTS or "Unavailable" not in first:
+                    raise
+                time.sleep(ELECTION_TIMEOUT)  # a back-off before asking again
+                continue
+            fault.params.setdefault("joined", []).append(name)
+            self.on_start(joined)
+            return joined
+        raise AssertionError("unreachable")
+
     def _start_replace(self, fault: Fault, member: Member) -> None:
+        if not self._enough(fault):
+            return
         self._remove(fault, member)
-        name = self._fresh_name()
-        joined = self.cluster.join(name, timeout=30.0)
-        fault.params["joined"] = name
-        self.on_start(joined)
+        self._join(fault)
 
     def _start_learner(self, fault: Fault, member: Member) -> None:
+        if not self._enough(fault):
+            return
         leader = self.leader() or member
         name = self._fresh_name()
         address = f"127.0.0.1:{free_port()}"
@@ -314,7 +371,14 @@ class Nemesis:
         new = self.cluster.member(name, dict(self.cluster.options, name=name, listen=address,
                                              join=[m.address for m in self._others(member)],
                                              insecure=True))
-        new.start()
+        try:
+            new.start()
+        except ChildError:
+            self.retired.append(self.cluster.members.pop(name))
+            new.kill()
+            with contextlib.suppress(AssertionError, embedkv.errors.Error):
+                leader.call("remove_member", name=name, timeout=CALL_TIMEOUT)
+            raise
         self.on_start(new)
 
         def promoted() -> bool:

@@ -55,6 +55,7 @@ class RunConfig:
     request_timeout: float = 3.0  # the members' request timeout: each operation's timeout
     keep: Path = Path("faults-runs")  # where a failing run is saved
     root: Path | None = None  # the members' data dirs (a temporary dir if None)
+    stale_reads: bool = False  # a planted bug: "linearizable" gets served serializably
 
     def command(self) -> str:
         """The command line that replays this run."""
@@ -176,7 +177,7 @@ def run(config: RunConfig) -> RunResult:
         member.call("clients_start", stream=stream,
                     processes=recorder.processes(config.clients),
                     keys=[f"{PREFIX}{i}" for i in range(config.keys)], duration=remaining,
-                    seed=config.seed)
+                    seed=config.seed, stale_reads=config.stale_reads)
 
     try:
         cluster.start()
@@ -235,9 +236,9 @@ def _finish(cluster: Cluster, config: RunConfig, result: RunResult) -> None:
     """After healing: convergence, final values, key-space hashes, watch streams, checkers."""
     keys = [f"{PREFIX}{i}" for i in range(config.keys)]
     try:
-        leader = cluster.wait_leader(timeout=60.0)
+        leader = cluster.wait_leader(timeout=30.0)
     except AssertionError as exc:
-        result.anomalies.append(f"no leader 60 s after healing: {exc}\n{cluster.state_report()}")
+        result.anomalies.append(f"no leader 30 s after healing: {exc}\n{cluster.state_report()}")
         return
     final: dict[str, Any] = {}
 
@@ -294,10 +295,14 @@ def _save(config: RunConfig, result: RunResult, logs: list[Path]) -> Path:
     return where
 
 
-def report(result: RunResult) -> str:
+def report(result: RunResult, *, faults: bool = False) -> str:
     """The run's summary line, and for a failing run its findings, where it was saved and the
-    command that replays it."""
+    command that replays it; with `faults`, one line per fault (whom it hit, what happened)."""
     lines = [result.summary()]
+    if faults:
+        for f in result.faults:
+            took = "" if f.started is None or f.ended is None else f" {f.ended - f.started:.2f}s"
+            lines.append(f"  fault {f.describe()}{took} {f.params} {f.note}".rstrip())
     if result.failed or result.inconclusive:
         lines += [f"  {line}" for line in result.anomalies + result.inconclusive]
     if result.notes:
