@@ -239,7 +239,7 @@ class Nemesis:
     def _start_partition(self, fault: Fault, member: Member) -> None:
         others = self._others(member)
         size = len(list(self.cluster))
-        minority = [member] + self.rng.sample(others, min(len(others), (size - 1) // 2 - 1))
+        minority = [member, *self.rng.sample(others, min(len(others), (size - 1) // 2 - 1))]
         fault.params["minority"] = [m.name for m in minority]
         self._cut(minority, [m for m in others if m not in minority])
 

@@ -14,9 +14,9 @@ from .nemesis import CONTROL, NETWORK, PROCESS
 from .runner import RunConfig, report, run
 
 RUNS = [
-    pytest.param(11, PROCESS + ("partition",), id="processes"),
+    pytest.param(11, (*PROCESS, "partition"), id="processes"),
     pytest.param(12, NETWORK, id="network"),
-    pytest.param(13, CONTROL + ("kill",), id="membership"),
+    pytest.param(13, (*CONTROL, "kill"), id="membership"),
 ]
 
 
