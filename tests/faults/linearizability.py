@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from collections import defaultdict
 from collections.abc import Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Any
 
 from tests.faults.checkers import Anomaly, Verdict, check_history, combine, freeze, verdict
@@ -72,13 +72,20 @@ class _Search:
 
     linearizable: bool | None  # None: the budget ran out
     steps: int
+    deepest: int = -1  # not linearizable: the most ok operations any attempt linearized,
+    stuck: int = -1  # and the one whose return that attempt could not pass
 
 
 def search(ops: Sequence[Op], budget: int) -> _Search:
-    """Is this one key's history (relevant operations only) linearizable?"""
+    """Is this one key's history (relevant operations only) linearizable? A depth-first
+    search over a doubly linked list of call and return events, Porcupine's, remembering
+    each (linearized set, state) reached so none is explored twice."""
+    state = EMPTY
     n = len(ops)
     must = [op.outcome == "ok" for op in ops]
     # Events: calls before returns at equal times, so touching operations count as concurrent.
+    # An unknown operation has no return: it may take effect any time after its call, and
+    # need not be linearized (it may never have happened).
     events: list[tuple[float, int, int]] = []
     for i, op in enumerate(ops):
         events.append((op.invoke, 0, i))
@@ -86,8 +93,7 @@ def search(ops: Sequence[Op], budget: int) -> _Search:
             assert op.complete is not None
             events.append((op.complete, 1, i))
     events.sort()
-    # A doubly linked list of events; node 0 is the head, nodes 1.. the events in order.
-    size = len(events) + 1
+    size = len(events) + 1  # node 0 is the head, nodes 1.. the events in order
     nxt = [i + 1 for i in range(size)]
     nxt[-1] = -1
     prv = [i - 1 for i in range(size)]
@@ -113,19 +119,10 @@ def search(ops: Sequence[Op], budget: int) -> _Search:
         if nxt[node] != -1:
             prv[nxt[node]] = node
 
-    def lift(node: int) -> None:
-        unlink(node)
-        if match[node] != -1:
-            unlink(match[node])
-
-    def unlift(node: int) -> None:
-        if match[node] != -1:
-            relink(match[node])
-        relink(node)
-
-    state = EMPTY
     linearized = 0
     remaining = sum(must)
+    depth = 0  # ok operations linearized
+    deepest, stuck = -1, -1
     seen: set[tuple[int, State]] = set()
     # (call node, state before it, the states it may lead to, the one taken)
     stack: list[tuple[int, State, list[State], int]] = []
@@ -134,7 +131,7 @@ def search(ops: Sequence[Op], budget: int) -> _Search:
 
     def take(node: int, before: State, options: list[State], start: int) -> bool:
         """Linearize the call at `node` into the first unexplored option from `start`."""
-        nonlocal state, linearized, remaining, entry
+        nonlocal state, linearized, remaining, depth, entry
         i = op_of[node]
         after = linearized | (1 << i)
         for k in range(start, len(options)):
@@ -146,12 +143,17 @@ def search(ops: Sequence[Op], budget: int) -> _Search:
             state = options[k]
             linearized = after
             remaining -= must[i]
-            lift(node)
+            depth += must[i]
+            unlink(node)
+            if match[node] != -1:
+                unlink(match[node])
             entry = nxt[0]
             return True
         return False
 
-    while remaining > 0:
+    while True:
+        if remaining == 0:
+            return _Search(True, steps)
         if entry != -1 and is_call[entry]:
             steps += 1
             if steps > budget:
@@ -159,86 +161,55 @@ def search(ops: Sequence[Op], budget: int) -> _Search:
             if not take(entry, state, step(state, ops[op_of[entry]]), 0):
                 entry = nxt[entry]
             continue
-        # A return event (an operation that must already be linearized) or the end: go back.
-        while True:
-            if not stack:
-                return _Search(False, steps)
-            node, before, options, k = stack.pop()
-            i = op_of[node]
-            linearized &= ~(1 << i)
-            remaining += must[i]
-            unlift(node)
-            state = before
-            if take(node, before, options, k + 1):
-                break
+        if entry != -1 and depth > deepest:
+            deepest, stuck = depth, op_of[entry]
+        # A return no order of the calls before it passes: undo the last choice and try its
+        # next option, or the calls after it.
+        if not stack:
+            return _Search(False, steps, deepest, stuck)
+        node, before, options, k = stack.pop()
+        i = op_of[node]
+        linearized &= ~(1 << i)
+        remaining += must[i]
+        depth -= must[i]
+        if match[node] != -1:
+            relink(match[node])
+        relink(node)
+        state = before
+        if not take(node, before, options, k + 1):
             entry = nxt[node]
-            break
-    return _Search(True, steps)
 
 
-def _prefix(ops: Sequence[Op], t: float) -> list[Op]:
-    """The operations invoked by `t`, those still running at `t` made unknown: linearizable
-    whenever the whole history is, so a non-linearizable prefix proves an anomaly."""
-    out = []
-    for op in ops:
-        if op.invoke > t:
-            continue
-        if op.outcome == "ok" and op.complete is not None and op.complete > t:
-            if op.kind == "get":
-                continue
-            op = replace(op, outcome="unknown")
-        out.append(op)
-    return out
-
-
-def _explain(key: str, ops: list[Op], budget: int) -> Anomaly:
-    """The shortest non-linearizable prefix (by binary search over completion times) and the
-    operations around the one whose completion breaks it."""
-    times = sorted({op.complete for op in ops if op.outcome == "ok" and op.complete is not None})
-    lo, hi = 0, len(times) - 1  # times[hi] is proven (the whole history is)
-    while lo < hi:
-        mid = (lo + hi) // 2
-        if search(_prefix(ops, times[mid]), budget).linearizable is False:
-            hi = mid
-        else:
-            lo = mid + 1
-    t = times[hi]
-    prefix = _prefix(ops, t)
-    culprits = [op for op in prefix if op.outcome == "ok" and op.complete == t]
-    start = min(op.invoke for op in culprits)
-    involved = [
-        op for op in prefix if op.outcome != "ok" or op.complete is None or op.complete >= start
-    ]
-    written = [op for op in prefix if op.kind != "get"]
+def _explain(key: str, ops: list[Op], found: _Search) -> Anomaly:
+    """The operation no attempt got past, the operations running with it, the last write
+    done before it began, and (for a read) the writes of the value it read."""
+    assert found.stuck >= 0, "a failed search passes no return only if there is none"
+    culprit = ops[found.stuck]
+    start = culprit.invoke
+    end = culprit.complete if culprit.complete is not None else float("inf")
+    involved = [op for op in ops if op.invoke <= end and (op.complete or end) >= start]
     before = [
         op
-        for op in written
-        if op.outcome == "ok" and op.complete is not None and op.complete < start
+        for op in ops
+        if op.kind != "get" and op.outcome == "ok" and (op.complete or start) < start
     ]
     if before:
         involved.append(max(before, key=lambda op: op.complete or 0.0))
     how = ""
-    for c in culprits:
-        if c.kind == "get" and c.result is not None:
-            sources = [
-                op
-                for op in ops
-                if op.kind != "get"
-                and op.outcome != "fail"
-                and freeze(op.value) == freeze(c.result)
-            ]
-            if not sources:
-                how = f"; {c.result!r} was never written"
-            involved += [op for op in sources[-3:] if op.invoke <= t]
-    seen: set[int] = set()
-    unique = []
-    for op in sorted(involved, key=lambda op: op.invoke):
-        if id(op) not in seen:
-            seen.add(id(op))
-            unique.append(op)
+    if culprit.kind == "get" and culprit.result is not None:
+        sources = [
+            op
+            for op in ops
+            if op.kind in ("put", "lease_put", "cas") and freeze(op.value) == freeze(culprit.result)
+        ]
+        if not sources:
+            how = f"; {culprit.result!r} was never written"
+        involved += sources[-3:]
+    unique = list({id(op): op for op in sorted(involved, key=lambda op: op.invoke)}.values())
     message = (
-        f"not linearizable: the first {len(prefix)} operations have no linearization once"
-        f" the last of these completes (at {t:.6f}){how}"
+        f"not linearizable: no order of its {sum(op.outcome == 'ok' for op in ops)} ok"
+        f" operations gets past {culprit.kind} by p{culprit.process} at {start:.6f}"
+        f" (at best {found.deepest} were linearized before it){how}"
     )
     return Anomaly("linearizability", key, message, unique)
 
@@ -262,5 +233,5 @@ def check_linearizable(ops: list[Op], *, budget: int = 200_000) -> Verdict:
         elif found.linearizable:
             verdicts.append(verdict([], [], found.steps))
         else:
-            verdicts.append(verdict([_explain(key, by_key[key], budget)], [], found.steps))
+            verdicts.append(verdict([_explain(key, by_key[key], found)], [], found.steps))
     return combine(verdicts)
