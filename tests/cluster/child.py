@@ -479,7 +479,8 @@ class Child:
 
     def op_clients_start(self, stream: str, processes: list[int], keys: list[str],
                          duration: float, seed: int, lease_ttl: int = 3600,
-                         stale_reads: bool = False) -> None:
+                         stale_reads: bool = False, lease_watchers: list[int] | None = None,
+                         lease_ttl_watched: int = 2) -> None:
         """Start one client thread per id in `processes`, each issuing random operations on
         `keys` for `duration` seconds, one at a time. Every invoke and every completion is
         streamed to the parent at once (``{"stream": ..., "ev": "invoke" | "done" | "end"}``),
@@ -487,8 +488,14 @@ class Child:
         invoke without a completion, which the parent records as unknown. Timestamps are
         time.monotonic(), one clock for every process of the machine. `stale_reads` makes the
         clients' linearizable gets serializable while still calling them linearizable: a
-        planted bug that shows the campaign can fail."""
+        planted bug that shows the campaign can fail. Each id in `lease_watchers` runs a
+        lease client instead (see `_lease_client`)."""
         deadline = time.monotonic() + duration
+        for process in lease_watchers or ():
+            rng = random.Random(f"{seed}/{process}")
+            threading.Thread(target=self._lease_client,
+                             args=(stream, process, deadline, rng, lease_ttl_watched),
+                             daemon=True, name=f"lease-client-{process}").start()
         for process in processes:
             rng = random.Random(f"{seed}/{process}")
             threading.Thread(target=self._client, args=(stream, process, keys, deadline, rng,
@@ -536,6 +543,51 @@ class Child:
                 break  # this member serves nothing any more
             if error is not None:
                 time.sleep(rng.uniform(0.01, 0.05))  # a client's back-off, as any would have
+        self.send({"stream": stream, "ev": "end", "p": process})
+
+    def _lease_client(self, stream: str, process: int, deadline: float, rng: random.Random,
+                      ttl: int) -> None:
+        """Grant a `ttl`-second lease, put a key with it, refresh it a few times, then read
+        the key (linearizably) until it is gone; stream one ``"lease"`` record per key: the
+        invoke time of the last acknowledged grant or refresh, the completion of the first
+        read that found it gone, the invoke of the last read that found it present."""
+        seq = 0
+        while time.monotonic() < deadline:
+            seq += 1
+            key = f"l/{process}/{seq}"
+            invoked = time.monotonic()
+            try:
+                lease = self.store.lease(ttl, keepalive=False)
+                last_ok = invoked
+                self.store.put(key, seq, lease=lease.id)
+            except embedkv.Error:
+                time.sleep(rng.uniform(0.01, 0.05))  # a client's back-off
+                continue
+            for _ in range(rng.randint(0, 2)):
+                time.sleep(rng.uniform(0.2, 0.6) * ttl)  # when this client refreshes
+                invoked = time.monotonic()
+                try:
+                    lease.refresh()
+                except embedkv.Error:
+                    break  # gone, or in doubt: only acknowledged refreshes bound its life
+                last_ok = invoked
+            present: float | None = None
+            gone: float | None = None
+            give_up = time.monotonic() + 4 * ttl + 10
+            while gone is None and time.monotonic() < give_up:
+                invoked = time.monotonic()
+                try:
+                    kv = self.store.get_kv(key)
+                except embedkv.Error:
+                    continue
+                if kv is None:
+                    gone = time.monotonic()
+                else:
+                    present = invoked
+                    time.sleep(0.05)  # the polling period
+            self.send({"stream": stream, "ev": "lease", "p": process, "lease": lease.id,
+                       "ttl": ttl, "key": key, "last_keepalive_ok": last_ok,
+                       "gone_seen": gone, "present_seen": present})
         self.send({"stream": stream, "ev": "end", "p": process})
 
     def _client_op(self, kind: str, key: str, value: int, expected: Any, lease: int | None,

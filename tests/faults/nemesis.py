@@ -133,7 +133,7 @@ class Nemesis:
         self.rng = random.Random(f"nemesis/{seed}")
         self.retired: list[Member] = []
         self.size = len(cluster.members)
-        self._next_name = len(list(cluster)) + 1
+        self._next_name = len(list(cluster))
 
     # --- choosing members --------------------------------------------------------------------
 

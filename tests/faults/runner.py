@@ -37,7 +37,10 @@ from .history import Op
 from .nemesis import KINDS, Fault, Nemesis, record, schedule
 
 PREFIX = "f/"
-"""Every key a run's clients touch starts with this (the watches follow it)."""
+"""Every key the checked clients touch starts with this (the lease clients' keys with l/)."""
+
+LEASE_TTL = 2
+"""Seconds of the lease clients' leases: several expire in a run."""
 
 
 @dataclass
@@ -55,6 +58,7 @@ class RunConfig:
     request_timeout: float = 3.0  # the members' request timeout: each operation's timeout
     keep: Path = Path("faults-runs")  # where a failing run is saved
     root: Path | None = None  # the members' data dirs (a temporary dir if None)
+    lease_clients: int = 1  # per member: short leases whose keys are watched till gone
     stale_reads: bool = False  # a planted bug: "linearizable" gets served serializably
 
     def command(self) -> str:
@@ -74,6 +78,7 @@ class RunResult:
     notes: list[str] = field(default_factory=list)
     seconds: float = 0.0
     saved: Path | None = None
+    leases: int = 0  # leased keys the lease clients watched until gone
 
     @property
     def failed(self) -> bool:
@@ -91,6 +96,7 @@ class RunResult:
                                                      else "ok")
         return (f"seed={self.config.seed} {verdict} ops={len(self.ops)} "
                 f"(ok {outcomes['ok']} fail {outcomes['fail']} unknown {outcomes['unknown']}) "
+                f"leases={self.leases} "
                 f"faults={sum(kinds.values())} [{injected}] anomalies={len(self.anomalies)} "
                 f"inconclusive={len(self.inconclusive)} {self.seconds:.1f}s")
 
@@ -103,15 +109,18 @@ class Recorder:
         self._ops: dict[tuple[int, int], Op] = {}
         self._procs: dict[str, subprocess.Popen[str]] = {}
         self._ended: set[int] = set()
+        self._watchers: dict[int, str] = {}  # lease clients: process -> stream
+        self.leases: list[checkers.LeaseObservation] = []
         self._processes = itertools.count(1)
 
     def processes(self, n: int) -> list[int]:
         with self._lock:
             return [next(self._processes) for _ in range(n)]
 
-    def expect(self, stream: str, proc: subprocess.Popen[str]) -> None:
+    def expect(self, stream: str, proc: subprocess.Popen[str], watchers: list[int]) -> None:
         with self._lock:
             self._procs[stream] = proc
+            self._watchers.update((p, stream) for p in watchers)
 
     def on_stream(self, member: Member, msg: dict[str, Any]) -> None:
         key = (int(msg.get("p", 0)), int(msg.get("n", 0)))
@@ -134,14 +143,23 @@ class Recorder:
                 else:
                     op.complete = float(msg["t"])
                 op.extra["done"] = True
+            elif msg["ev"] == "lease":
+                self.leases.append(checkers.LeaseObservation(
+                    lease=msg["lease"], ttl=float(msg["ttl"]),
+                    last_keepalive_ok=float(msg["last_keepalive_ok"]), key=msg["key"],
+                    gone_seen=msg["gone_seen"], present_seen=msg["present_seen"]))
             elif msg["ev"] == "end":
                 self._ended.add(key[0])
 
-    def waiting(self) -> list[Op]:
-        """Operations still in flight on a process that still runs."""
+    def waiting(self) -> int:
+        """Operations still in flight, and lease clients still observing, on a process that
+        still runs."""
         with self._lock:
-            return [op for op in self._ops.values() if not op.extra.get("done")
-                    and self._procs[op.extra["stream"]].poll() is None]
+            ops = [op for op in self._ops.values() if not op.extra.get("done")
+                   and self._procs[op.extra["stream"]].poll() is None]
+            watchers = [p for p, stream in self._watchers.items()
+                        if p not in self._ended and self._procs[stream].poll() is None]
+        return len(ops) + len(watchers)
 
     def history(self) -> list[Op]:
         with self._lock:
@@ -173,11 +191,13 @@ def run(config: RunConfig) -> RunResult:
         if remaining < 0.2 or member.proc is None:
             return
         stream = f"{member.name}#{next(incarnations)}"
-        recorder.expect(stream, member.proc)
+        watchers = recorder.processes(config.lease_clients)
+        recorder.expect(stream, member.proc, watchers)
         member.call("clients_start", stream=stream,
                     processes=recorder.processes(config.clients),
                     keys=[f"{PREFIX}{i}" for i in range(config.keys)], duration=remaining,
-                    seed=config.seed, stale_reads=config.stale_reads)
+                    seed=config.seed, stale_reads=config.stale_reads,
+                    lease_watchers=watchers, lease_ttl_watched=LEASE_TTL)
 
     try:
         cluster.start()
@@ -191,12 +211,15 @@ def run(config: RunConfig) -> RunResult:
             time.sleep(traffic_end - time.monotonic())  # the schedule's end: traffic goes on
         nemesis.heal_all()
         try:
-            wait_for(lambda: not recorder.waiting(), 3 * config.request_timeout + 30,
+            wait_for(lambda: not recorder.waiting(),
+                     6 * LEASE_TTL + 3 * config.request_timeout + 30,
                      "the clients' last operations")
         except AssertionError:
-            result.notes.append(f"{len(recorder.waiting())} operations never answered")
+            result.notes.append(f"{recorder.waiting()} operations never answered")
         result.ops = recorder.history()
         _finish(cluster, config, result)
+        _verdict(result, "leases", checkers.check_leases(recorder.leases))
+        result.leases = len(recorder.leases)
     finally:
         cluster.kill_all()
         result.seconds = time.monotonic() - began
@@ -263,14 +286,16 @@ def _finish(cluster: Cluster, config: RunConfig, result: RunResult) -> None:
     if converged is not None and converged["revision"] > 0:
         streams: dict[str, list[checkers.Event]] = {}
         for m in cluster.running():
-            wid = m.call("watch_start", key=PREFIX, prefix=True, start_revision=1)
+            wid = m.call("watch_start", key="", prefix=True, start_revision=1)
             try:
                 rows = m.watch_until(wid, converged["revision"], timeout=30.0)
             except AssertionError as exc:
                 result.anomalies.append(f"watch from revision 1 on {m.name}: {exc}")
                 continue
             # The child's rows: [type, key, value, mod_revision, create_revision, version].
-            streams[m.name] = [(row[3], str(row[0]).lower(), row[1], row[2]) for row in rows]
+            # Up to the converged revision: a lease may expire meanwhile, on one member first.
+            streams[m.name] = [(row[3], str(row[0]).lower(), row[1], row[2]) for row in rows
+                               if row[3] <= converged["revision"]]
         _verdict(result, "watch streams",
                  checkers.check_watch_streams(streams, ops=result.ops))
 
