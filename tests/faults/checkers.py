@@ -43,6 +43,7 @@ class Verdict:
     anomalies: list[Anomaly] = field(default_factory=list)
     inconclusive: list[str] = field(default_factory=list)  # why (e.g. which keys) it gave up
     steps: int = 0  # search steps spent (linearizability)
+    keys: dict[str, Status] = field(default_factory=dict)  # each key's own (linearizability)
 
     @property
     def ok(self) -> bool:
@@ -55,11 +56,16 @@ class Verdict:
         return "\n".join(parts)
 
 
-def verdict(anomalies: list[Anomaly], inconclusive: Iterable[str] = (), steps: int = 0) -> Verdict:
+def verdict(
+    anomalies: list[Anomaly],
+    inconclusive: Iterable[str] = (),
+    steps: int = 0,
+    keys: dict[str, Status] | None = None,
+) -> Verdict:
     """The verdict that these findings make."""
     why = list(inconclusive)
     status: Status = "anomaly" if anomalies else "inconclusive" if why else "ok"
-    return Verdict(status, anomalies, why, steps)
+    return Verdict(status, anomalies, why, steps, dict(keys or {}))
 
 
 def combine(verdicts: Iterable[Verdict]) -> Verdict:
@@ -67,11 +73,20 @@ def combine(verdicts: Iterable[Verdict]) -> Verdict:
     anomalies: list[Anomaly] = []
     why: list[str] = []
     steps = 0
+    keys: dict[str, Status] = {}
     for v in verdicts:
         anomalies += v.anomalies
         why += v.inconclusive
         steps += v.steps
-    return verdict(anomalies, why, steps)
+        for key, status in v.keys.items():
+            keys[key] = worst(keys.get(key, "ok"), status)
+    return verdict(anomalies, why, steps, keys)
+
+
+def worst(a: Status, b: Status) -> Status:
+    """ "anomaly" beats "inconclusive" beats "ok"."""
+    rank = ("ok", "inconclusive", "anomaly")
+    return a if rank.index(a) >= rank.index(b) else b
 
 
 def describe(op: Op) -> str:

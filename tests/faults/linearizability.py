@@ -229,9 +229,10 @@ def check_linearizable(ops: list[Op], *, budget: int = 200_000) -> Verdict:
         found = search(by_key[key], budget)
         if found.linearizable is None:
             why = f"key {key!r}: search budget of {budget} steps ran out"
-            verdicts.append(verdict([], [why], found.steps))
+            verdicts.append(verdict([], [why], found.steps, {key: "inconclusive"}))
         elif found.linearizable:
-            verdicts.append(verdict([], [], found.steps))
+            verdicts.append(verdict([], [], found.steps, {key: "ok"}))
         else:
-            verdicts.append(verdict([_explain(key, by_key[key], found)], [], found.steps))
+            anomaly = _explain(key, by_key[key], found)
+            verdicts.append(verdict([anomaly], [], found.steps, {key: "anomaly"}))
     return combine(verdicts)
