@@ -255,7 +255,8 @@ def check_watch_streams(
                         "watch",
                         str(mine[at][2]),
                         f"member {member} diverges from member {longest_member} at event"
-                        f" #{at}: {events[at]!r} != {streams[longest_member][at]!r}",
+                        f" #{at}: {events[at]!r} != {streams[longest_member][at]!r} (an event"
+                        " missing, extra or different)",
                     )
                 )
             elif healed and len(mine) < len(longest):

@@ -73,7 +73,10 @@ def test_stale_read_is_an_anomaly_explained_by_its_key_and_ops() -> None:
     [a] = v.anomalies
     assert a.key == "k" and stale in a.ops and history[1] in a.ops
     assert history[3] not in a.ops  # after the stale read: not part of the explanation
-    assert "gets past get by p1 at 4.0" in text and "at best 2 were linearized" in text
+    assert (
+        "gets past get by p1 at 4.0" in text
+        and "the deepest attempt linearized 2 before it" in text
+    )
 
 
 def test_read_concurrent_with_a_write_may_see_either_value() -> None:
