@@ -226,11 +226,13 @@ class Nemesis:
         if member.alive and member.stopped:
             member.cont()
 
-    def _cut(self, side: list[Member], other: list[Member]) -> None:
-        for m in side:
-            m.call("partition", peers=[o.name for o in other], timeout=CALL_TIMEOUT)
-        for o in other:
-            o.call("partition", peers=[m.name for m in side], timeout=CALL_TIMEOUT)
+    def _cut(self, fault: Fault, side: list[Member], other: list[Member]) -> None:
+        """Drop everything between `side` and `other`, both ways, on both sides. A member that
+        does not know the other yet (a joiner catching up) cannot cut it: noted."""
+        for a, b in [(a, b) for a in side for b in other] + [(b, a) for a in side
+                                                             for b in other]:
+            if not a.call("fault_rule", peer=b.name, drop=1.0, timeout=CALL_TIMEOUT):
+                fault.note += f"{a.name} does not know {b.name}; "
 
     def _heal(self) -> None:
         for m in self.cluster.running():
@@ -241,7 +243,7 @@ class Nemesis:
         size = len(list(self.cluster))
         minority = [member, *self.rng.sample(others, min(len(others), (size - 1) // 2 - 1))]
         fault.params["minority"] = [m.name for m in minority]
-        self._cut(minority, [m for m in others if m not in minority])
+        self._cut(fault, minority, [m for m in others if m not in minority])
 
     def _start_bridge(self, fault: Fault, member: Member) -> None:
         others = self._others(member)
@@ -249,7 +251,7 @@ class Nemesis:
         half = max(1, len(others) // 2)
         left, right = others[:half], others[half:]
         fault.params["sides"] = [[m.name for m in left], [m.name for m in right]]
-        self._cut(left, right)
+        self._cut(fault, left, right)
 
     def _rules(self, member: Member, **rule: Any) -> None:
         for o in self._others(member):
