@@ -14,7 +14,7 @@ so a read that finds it absent is allowed; check_leases in checkers.py checks th
 
 Limits: the search is exponential in the worst case (in how many operations overlap, and in
 how many unknown ones are pending, as each may take effect at any later point or never).
-Each key gets `budget` steps (one step: one attempt to linearize an operation; about 5 µs
+Each key gets `budget` steps (one step: one attempt to linearize an operation; 2-5 µs
 here); when they run out the key is "inconclusive", never "ok". Measured on generated
 register histories with 5-10 overlapping clients: about 4-17 steps per operation to accept
 one, about 65 per operation to prove an anomaly (the search must exhaust every order before
