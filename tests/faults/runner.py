@@ -23,6 +23,7 @@ import subprocess
 import tempfile
 import threading
 import time
+import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -171,8 +172,8 @@ class Recorder:
 
 
 def run(config: RunConfig) -> RunResult:
-    """Run once; never raises for what it finds (anomalies are in the result), only for a
-    cluster it could not even start."""
+    """Run once; never raises for what it finds: anomalies, and a run that broke off, are in
+    the result."""
     began = time.monotonic()
     own_root = config.root is None
     root = Path(tempfile.mkdtemp(prefix=f"faults-{config.seed}-")) if own_root else config.root
@@ -200,7 +201,7 @@ def run(config: RunConfig) -> RunResult:
                     lease_watchers=watchers, lease_ttl_watched=LEASE_TTL)
 
     try:
-        cluster.start()
+        cluster.start()  # inside: a cluster that cannot even start is a failed run too
         nemesis = Nemesis(cluster, start_clients, config.seed)
         t0 = time.monotonic()
         traffic_end = t0 + config.duration
@@ -220,6 +221,14 @@ def run(config: RunConfig) -> RunResult:
         _finish(cluster, config, result)
         _verdict(result, "leases", checkers.check_leases(recorder.leases))
         result.leases = len(recorder.leases)
+    except Exception as exc:
+        # A member that would not restart, a read that never came back...: the run failed,
+        # and what it recorded so far is saved like an anomaly's.
+        if not result.ops:
+            result.ops = recorder.history()
+        first = str(exc).splitlines()[0] if str(exc) else ""
+        result.anomalies.append(f"run aborted: {type(exc).__name__}: {first}\n"
+                                f"{traceback.format_exc(limit=8)}")
     finally:
         cluster.kill_all()
         result.seconds = time.monotonic() - began
