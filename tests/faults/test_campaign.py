@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from .nemesis import CONTROL, NETWORK, PROCESS
+from .nemesis import CONTROL, KINDS, NETWORK, PROCESS, schedule
 from .runner import RunConfig, report, run
 
 RUNS = [
@@ -41,3 +41,25 @@ def test_planted_stale_reads_are_found(tmp_path: Path) -> None:
     assert any("linearizab" in a for a in result.anomalies), report(result)
     assert result.saved is not None and (result.saved / "history.jsonl").exists()
     assert "--seed 21" in report(result)
+
+
+def test_schedule_is_drawn_from_the_seed() -> None:
+    """A replay (same seed) injects the same faults; faults end before the traffic does; a
+    mixed slot pairs a process fault with a network fault, never two of a kind."""
+    first = schedule(5, 60.0)
+    assert first == schedule(5, 60.0)
+    assert first != schedule(6, 60.0)
+    assert {f.kind for f in first} <= set(KINDS) and len(first) > 5
+    assert all(f.at + f.duration <= 59.0 for f in first)
+    by_time: dict[float, list[str]] = {}
+    for f in first:
+        by_time.setdefault(f.at, []).append(f.kind)
+    for kinds in by_time.values():
+        assert len(kinds) <= 2
+        if len(kinds) == 2:
+            assert {k in PROCESS for k in kinds} == {True, False}, kinds
+            assert all(k in PROCESS + NETWORK for k in kinds), kinds
+    assert any(len(kinds) == 2 for kinds in by_time.values()), "no mixed slot in a minute"
+    assert schedule(5, 60.0, ()) == []
+    with pytest.raises(ValueError, match="unknown nemesis"):
+        schedule(5, 60.0, ("flood",))
