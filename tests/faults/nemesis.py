@@ -383,15 +383,22 @@ class Nemesis:
             raise
         self.on_start(new)
 
+        refusals: list[str] = []
+
         def promoted() -> bool:
             try:
                 (self.leader() or leader).call("promote_member", name=name,
                                                timeout=CALL_TIMEOUT)
-            except (ValueError, embedkv.errors.Unavailable, ChildError):
+            except (ValueError, embedkv.errors.Unavailable, ChildError) as exc:
+                refusals.append(str(exc).splitlines()[0])
                 return False
             return True
 
-        wait_for(promoted, 30.0, f"{name} promoted")
+        try:
+            wait_for(promoted, 30.0, f"{name} promoted")
+        except AssertionError:
+            fault.note += f"last refusal: {refusals[-1] if refusals else None}; "
+            raise
         self._remove(fault, member)
 
     _stop_transfer = _stop_replace = _stop_learner = _stop_kill
