@@ -35,6 +35,8 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
                         help=f"comma-separated faults among {','.join(KINDS)} (or 'none')")
     parser.add_argument("--mixed", type=float, default=0.3,
                         help="probability that a fault slot gets a second fault")
+    parser.add_argument("--request-timeout", type=float, default=3.0,
+                        help="the members' request timeout (each operation's timeout)")
     parser.add_argument("--keep", type=Path, default=Path("faults-runs"),
                         help="where failing runs are saved")
     parser.add_argument("--verbose", action="store_true", help="list each run's faults")
@@ -54,7 +56,8 @@ def main(argv: list[str] | None = None) -> int:
     while (args.runs is None or runs < args.runs) and (runs == 0 or time.monotonic() < deadline):
         result = run(RunConfig(seed=seed, duration=args.run_length, members=args.members,
                                clients=args.clients, keys=args.keys, kinds=args.kinds,
-                               mixed=args.mixed, keep=args.keep))
+                               mixed=args.mixed, keep=args.keep,
+                               request_timeout=args.request_timeout))
         print(report(result, faults=args.verbose), flush=True)
         runs += 1
         ops += len(result.ops)

@@ -66,7 +66,8 @@ class RunConfig:
         """The command line that replays this run."""
         return (f"python -m tests.faults --runs 1 --seed {self.seed} --run-length "
                 f"{self.duration:g} --members {self.members} --clients {self.clients} --keys "
-                f"{self.keys} --nemesis {','.join(self.kinds) or 'none'} --mixed {self.mixed:g}")
+                f"{self.keys} --nemesis {','.join(self.kinds) or 'none'} --mixed {self.mixed:g} "
+                f"--request-timeout {self.request_timeout:g}")
 
 
 @dataclass
