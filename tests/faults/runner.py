@@ -268,6 +268,15 @@ def _play(nemesis: Nemesis, faults: list[Fault], t0: float) -> None:
 def _finish(cluster: Cluster, config: RunConfig, result: RunResult) -> None:
     """After healing: convergence, final values, key-space hashes, watch streams, checkers."""
     keys = [f"{PREFIX}{i}" for i in range(config.keys)]
+    for m in cluster.running():
+        try:
+            m.status()
+        except embedkv.errors.Removed:
+            # Removed by a membership fault whose answer was lost: not a member any more.
+            result.notes.append(f"{m.name} turned out removed")
+            cluster.members.pop(m.name).kill()
+        except embedkv.errors.Unavailable:
+            pass
     try:
         leader = cluster.wait_leader(timeout=30.0)
     except AssertionError as exc:
