@@ -1,25 +1,53 @@
-"""Leader election with failover: the leader dies, a follower takes over within the TTL.
+"""Leader election with failover: the leader's process is killed, the other candidate takes
+over within the TTL.
 
     python examples/leader_election.py [DATA_DIR] [--short]
 
-Three members of one cluster: node-a campaigns on n1, node-b on n2, the observer watches on
-n3. "Killing" node-a stops its lease keep-alives, which is what the cluster sees when its
-process dies (tests/recipes/test_killed_holder.py SIGKILLs a real one).
+Three members of one cluster, one process each: node-a campaigns in n1's process, node-b in
+n2's (this script again, with ``--role``), and the observer watches from n3 (this process).
+node-a's process is then SIGKILLed: no resign, no more keep-alives. Its lease ends after its
+TTL and node-b, waiting on node-a's key, wins.
 """
 
 from __future__ import annotations
 
+import argparse
+import os
 import threading
 import time
 
-from _common import args, cluster
+from _common import Parent, args, processes, serve
 
 import embedkv
+
+ELECTION = "scheduler"
+
+
+def candidate(store: embedkv.Store, a: argparse.Namespace, parent: Parent) -> None:
+    """A process that campaigns when told, then leads until told to resign (or killed)."""
+    me = a.role
+    election = store.election(ELECTION, ttl=a.ttl)
+    if parent.command() != "campaign":  # the parent ended before it needed us
+        return
+    parent.say(f"{me} campaigns (process {os.getpid()}, member {store.name})")
+    parent.say("@campaigning")
+    if not election.campaign(me, timeout=60):
+        parent.say(f"{me} gave up campaigning")
+        return
+    parent.say(f"{me} is the leader")
+    parent.say("@won")
+    if parent.command() == "resign":
+        election.resign()
+        parent.say(f"{me} resigns")
+        parent.say("@resigned")
 
 
 def main() -> None:
     a = args(__doc__)
-    with cluster(a) as (n1, n2, n3):
+    if serve(a, {"node-a": candidate, "node-b": candidate}):
+        return
+    with processes(a, __file__, "n3", {"n1": "node-a", "n2": "node-b"}) as (n3, nodes):
+        node_a, node_b = nodes["n1"], nodes["n2"]
         changes: list[object] = []
         seen = threading.Condition()
 
@@ -27,33 +55,35 @@ def main() -> None:
             with seen:
                 changes.append(value)
                 seen.notify_all()
-            print(f"  observer (on n3): leader is now {value}")
 
-        obs = n3.election("scheduler").observe(on_leader)
-        candidates = {"node-a": n1.election("scheduler", ttl=a.ttl),
-                      "node-b": n2.election("scheduler", ttl=a.ttl)}
-        won = {name: threading.Event() for name in candidates}
+        def observed(value: object) -> None:
+            """Wait until the observer on n3 has seen `value` lead, and say so."""
+            with seen:
+                if not seen.wait_for(lambda: value in changes, 60):
+                    raise SystemExit(f"the observer never saw {value} lead")
+                changes.clear()
+            print(f"  observer (on n3): {value or 'nobody'} leads", flush=True)
 
-        def run(name: str, e: embedkv.recipes.Election) -> None:
-            if e.campaign(name, timeout=60):
-                print(f"{name} is the leader")
-                won[name].set()
-
-        threads = [threading.Thread(target=run, args=kv) for kv in candidates.items()]
-        threads[0].start()
-        won["node-a"].wait(30)
-        threads[1].start()
-        leader = candidates["node-a"]
-        print("node-a is killed")
-        died = time.monotonic()
-        leader.session.orphan()
-        threads[1].join(30)
-        print(f"node-b took over {time.monotonic() - died:.1f} s later (TTL {a.ttl} s);"
-              f" node-a leader? {leader.is_leader}")
-        candidates["node-b"].resign()
-        with seen:
-            seen.wait_for(lambda: changes[-1] is None, 30)
-        obs.cancel()
+        with n3.election(ELECTION).observe(on_leader):
+            node_a.tell("campaign")
+            node_a.expect("@won")
+            observed("node-a")
+            node_b.tell("campaign")
+            node_b.expect("@campaigning")
+            queued = f"_embedkv/election/{ELECTION}/"
+            while n3.count(queued) < 2:  # node-b's key is in line behind node-a's
+                time.sleep(0.01)
+            print(f"node-a's process ({node_a.pid}) is killed with SIGKILL", flush=True)
+            died = time.monotonic()
+            node_a.kill()
+            node_b.expect("@won")
+            took = time.monotonic() - died
+            observed("node-b")
+            print(f"node-b took over {took:.1f} s after the kill (TTL {a.ttl} s); "
+                  f"n2 and n3 go on without n1 ({n3.leader} leads the cluster)", flush=True)
+            node_b.tell("resign")
+            node_b.expect("@resigned")
+            observed(None)
 
 
 if __name__ == "__main__":

@@ -213,3 +213,23 @@ def test_a_listen_address_in_use_is_named(tmp_path: Path) -> None:
             embedkv.open(tmp_path / "d", name="n1", listen=address, insecure=True, **FAST)
     with embedkv.open(tmp_path / "d") as store:  # released, and still a usable store
         store["k"] = 1
+
+
+def test_removing_the_leader_through_a_follower_then_adding_through_it(tmp_path: Path) -> None:
+    """The follower's call to the leader may break as the removal applies (the removed leader
+    is dropped from its peers); the removal still returns, and the next change goes to the
+    next leader instead of the removed one (found by the fault campaign)."""
+    peers = peers_of("n1", "n2", "n3")
+    stores = found(tmp_path, peers)
+    try:
+        wait_for(lambda: all(s.leader for s in stores.values()), what="a leader")
+        leader = stores["n1"].leader
+        assert leader is not None
+        follower = next(s for n, s in stores.items() if n != leader)
+        follower.remove_member(leader)
+        follower.add_member("n4", f"127.0.0.1:{free_port()}", learner=True)
+        names = [m.name for m in follower.members()]
+        assert leader not in names and "n4" in names
+    finally:
+        for s in stores.values():
+            s.close()

@@ -444,6 +444,13 @@ class Member:
         if type(lease_id) is not int:
             raise TypeError(f"lease ids are ints, not {type(lease_id).__name__}")
         leader = self._leader_elsewhere()
+        if leader is None and self._links is not None:
+            # Leading, as far as we know: prove it first (a ReadIndex round), as etcd does
+            # before a renewal. A leader deposed while paused would otherwise renew a lease
+            # whose countdown the new leader keeps, and the caller would believe the lease
+            # safe when it is about to expire (found by the fault campaign, seed 901).
+            self._wait(self.read_barrier())
+            leader = self._leader_elsewhere()
         if leader is None:
             return self._leases.keepalive(lease_id)
         answer = self._call(leader, "lease.keepalive", [self.applied_index, lease_id],
@@ -556,22 +563,51 @@ class Member:
         change is still pending, and retries until it is not; a change forwarded inside Raft
         would be dropped silently instead."""
         self._check_writable()
-        leader = self._leader_elsewhere()
-        if leader is None:
-            return self._change_here(cc, info).conf_state
         body = {"type": int(cc.type), "id": cc.node_id,
                 "peer": None if info is None else [info.name, info.address, info.promote]}
-        try:
-            index = self._call(leader, "change", body, self._timeout)
-        except RemoteError as exc:
-            if str(exc).startswith("membership change refused"):
-                raise ValueError(str(exc)) from None
-            raise Unavailable(f"the leader could not make the change: {exc}") from None
+        deadline = time.monotonic() + self._timeout
+        while True:
+            leader = self._leader_elsewhere()
+            if leader is None:
+                return self._change_here(cc, info).conf_state
+            try:
+                index = self._call(leader, "change", body,
+                                   max(0.1, deadline - time.monotonic()))
+                break
+            except RemoteError as exc:
+                if str(exc).startswith("membership change refused"):
+                    raise ValueError(str(exc)) from None
+                raise Unavailable(f"the leader could not make the change: {exc}") from None
+            except Unavailable:
+                # The leader went away (it may be the very member this change removed, its
+                # link dropped as the change applied here): done if the change shows here,
+                # else ask the next leader.
+                if self._shows(cc):
+                    return self._dd.conf_state
+                if time.monotonic() >= deadline:
+                    raise
+                self._wait_leader_other_than(leader, deadline)
         if type(index) is not int:
             raise Unavailable(f"a malformed answer from the leader: {index!r:.100}")
         while self._writer.applied_index < index:  # applied there: wait until it is here too
             self._wait(self.read_barrier())
         return self._dd.conf_state
+
+    def _wait_leader_other_than(self, gone: int, deadline: float) -> None:
+        def moved() -> bool:
+            return self._core.node.leader not in (gone, NONE)
+
+        with self._writer.leadership:
+            self._writer.leadership.wait_for(moved, max(0.0, deadline - time.monotonic()))
+
+    def _shows(self, cc: ConfChange) -> bool:
+        """Whether the applied configuration here already has `cc`'s effect."""
+        conf = self._dd.conf_state
+        if cc.type is ConfChangeType.REMOVE:
+            return cc.node_id not in conf.voters | conf.learners
+        if cc.type is ConfChangeType.ADD_VOTER:
+            return cc.node_id in conf.voters
+        return cc.node_id in conf.learners
 
     def _change_here(self, cc: ConfChange, info: PeerInfo | None) -> ConfApplied:
         seq = next(self._seq)
@@ -830,8 +866,12 @@ class Member:
         if (not isinstance(body, list) or not body
                 or not all(type(i) is int and i >= 0 for i in body)):
             raise ValueError("a lease call is [applied index, lease ids...]")
-        if self.applied_index < body[0]:
+        # A ReadIndex round: this member still leads (a deposed leader must not renew), and
+        # it has applied at least what the round's index covers.
+        index = await asyncio.wrap_future(self.read_barrier())
+        if index < body[0] and self.applied_index < body[0]:
             await asyncio.wrap_future(self.read_barrier())
+        self._require_leader()
         return body[1:]
 
     async def _serve_keepalive(self, caller: int, body: Any) -> Any:

@@ -134,6 +134,7 @@ class _Link:
         self.queue: deque[bytes] = deque()
         self.queued_bytes = 0
         self.wake = asyncio.Event()
+        self.redial = asyncio.Event()  # set: the peer is evidently up, end the backoff now
         self.attempt = 0
         self.task = asyncio.get_running_loop().create_task(
             self._run(), name=f"embedkv-net-link-{peer}"
@@ -175,7 +176,17 @@ class _Link:
                 _call("on_peer_lost", t.on_peer_lost, self.peer)
             delay = backoff_delay(self.attempt, t.backoff_base, t.backoff_cap, t.rng)
             self.attempt += 1
-            await asyncio.sleep(delay)
+            self.redial.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.redial.wait(), delay)
+
+    def heard_from(self) -> None:
+        """The peer just sent us something: if this link waits out a backoff (the peer was
+        not listening yet, as when a cluster starts), dial now rather than drop what we
+        send meanwhile (a forwarded proposal dropped there is lost until its deadline)."""
+        if self.state is LinkState.DOWN:
+            self.attempt = 0
+            self.redial.set()
 
     async def _connected(self) -> bool:
         """Connect, greet and write batches until the link breaks; True if it was up and the
@@ -735,13 +746,18 @@ class PeerTransport:
 
     def _deliver(self, sender: int, msg: Message) -> bool:
         """Hand `msg` to on_message (now or after the fault plan's delay); False if dropped."""
+        delay = 0.0
         if self.faults is not None:
             verdict = self.faults.on_receive(sender, msg)
             if verdict is None:
                 return False
-            if verdict > 0:
-                asyncio.get_running_loop().call_later(verdict, self._deliver_now, msg)
-                return True
+            delay = verdict
+        link = self._links.get(sender)
+        if link is not None:
+            link.heard_from()
+        if delay > 0:
+            asyncio.get_running_loop().call_later(delay, self._deliver_now, msg)
+            return True
         self._deliver_now(msg)
         return True
 

@@ -24,6 +24,7 @@ import hashlib
 import json
 import logging
 import os
+import random
 import signal
 import sys
 import threading
@@ -38,6 +39,10 @@ import cbor2
 
 import embedkv
 from embedkv import Event, Put, Value
+
+_CLIENT_KINDS = ["put", "get", "sget", "delete", "cas", "lease_put"]
+_CLIENT_WEIGHTS = [3, 3, 1, 1, 2, 1]
+"""The fault campaign's mix: reads and writes about even, CAS often enough to race."""
 
 _PAGE = 2000
 """Keys read per range call when hashing: a store of 100k keys is never read at once."""
@@ -469,6 +474,174 @@ class Child:
         for w in workers:
             w.join()
         return state
+
+    # --- fault-campaign clients (tests/faults) ---------------------------------------------------
+
+    def op_clients_start(self, stream: str, processes: list[int], keys: list[str],
+                         duration: float, seed: int, lease_ttl: int = 3600,
+                         stale_reads: bool = False, lease_watchers: list[int] | None = None,
+                         lease_ttl_watched: int = 2) -> None:
+        """Start one client thread per id in `processes`, each issuing random operations on
+        `keys` for `duration` seconds, one at a time. Every invoke and every completion is
+        streamed to the parent at once (``{"stream": ..., "ev": "invoke" | "done" | "end"}``),
+        the invoke before the operation starts: a process killed mid-operation leaves an
+        invoke without a completion, which the parent records as unknown. Timestamps are
+        time.monotonic(), one clock for every process of the machine. `stale_reads` makes the
+        clients' linearizable gets serializable while still calling them linearizable: a
+        planted bug that shows the campaign can fail. Each id in `lease_watchers` runs a
+        lease client instead (see `_lease_client`)."""
+        deadline = time.monotonic() + duration
+        for process in lease_watchers or ():
+            rng = random.Random(f"{seed}/{process}")
+            threading.Thread(target=self._lease_client,
+                             args=(stream, process, deadline, rng, lease_ttl_watched),
+                             daemon=True, name=f"lease-client-{process}").start()
+        for process in processes:
+            rng = random.Random(f"{seed}/{process}")
+            threading.Thread(target=self._client, args=(stream, process, keys, deadline, rng,
+                                                        lease_ttl, stale_reads),
+                             daemon=True, name=f"client-{process}").start()
+
+    def _client(self, stream: str, process: int, keys: list[str], deadline: float,
+                rng: random.Random, lease_ttl: int, stale_reads: bool) -> None:
+        seen: dict[str, Any] = {}  # the last value this client read or wrote per key
+        lease: int | None = None
+        seq = 0
+        while time.monotonic() < deadline:
+            seq += 1
+            kind = rng.choices(_CLIENT_KINDS, _CLIENT_WEIGHTS)[0]
+            key = rng.choice(keys)
+            value = process * 1_000_000 + seq  # unique: a read names the write it saw
+            expected = seen.get(key) if rng.random() < 0.7 else rng.choice(
+                [None, *[v for v in seen.values() if v is not None]])
+            if kind == "lease_put" and lease is None:
+                try:  # a lease longer than any run: its keys never expire during one
+                    lease = self.store.lease(lease_ttl, keepalive=False).id
+                except embedkv.Error:
+                    kind = "put"
+            op: dict[str, Any] = {"stream": stream, "ev": "invoke", "p": process, "n": seq,
+                                  "kind": kind, "key": key,
+                                  "value": None if kind in ("get", "sget", "delete") else value,
+                                  "expected": expected if kind == "cas" else None}
+            op["t"] = time.monotonic()
+            self.send(op)
+            outcome, result, error = self._client_op(kind, key, value, expected, lease,
+                                                     stale_reads)
+            done = time.monotonic()
+            if kind in ("put", "lease_put", "cas") and outcome == "ok":
+                if kind != "cas" or result:
+                    seen[key] = value
+            elif kind in ("get", "sget") and outcome == "ok":
+                seen[key] = result
+            elif kind == "delete" and outcome == "ok":
+                seen[key] = None
+            if error == "LeaseNotFound":
+                lease = None
+            self.send({"stream": stream, "ev": "done", "p": process, "n": seq, "t": done,
+                       "outcome": outcome, "result": result, "error": error})
+            if error in ("Removed", "Closed"):
+                break  # this member serves nothing any more
+            if error is not None:
+                time.sleep(rng.uniform(0.01, 0.05))  # a client's back-off, as any would have
+        self.send({"stream": stream, "ev": "end", "p": process})
+
+    def _lease_client(self, stream: str, process: int, deadline: float, rng: random.Random,
+                      ttl: int) -> None:
+        """Grant a `ttl`-second lease, put a key with it, refresh it a few times, then read
+        the key (linearizably) until it is gone; stream one ``"lease"`` record per key: the
+        invoke time of the last acknowledged grant or refresh, the completion of the first
+        read that found it gone, the invoke of the last read that found it present."""
+        seq = 0
+        while time.monotonic() < deadline:
+            seq += 1
+            key = f"l/{process}/{seq}"
+            invoked = time.monotonic()
+            try:
+                lease = self.store.lease(ttl, keepalive=False)
+                last_ok = invoked
+                self.store.put(key, seq, lease=lease.id)
+            except embedkv.Error:
+                time.sleep(rng.uniform(0.01, 0.05))  # a client's back-off
+                continue
+            for _ in range(rng.randint(0, 2)):
+                time.sleep(rng.uniform(0.2, 0.6) * ttl)  # when this client refreshes
+                invoked = time.monotonic()
+                try:
+                    lease.refresh()
+                except embedkv.Error:
+                    break  # gone, or in doubt: only acknowledged refreshes bound its life
+                last_ok = invoked
+            present: float | None = None
+            gone: float | None = None
+            give_up = time.monotonic() + 4 * ttl + 10
+            while gone is None and time.monotonic() < give_up:
+                invoked = time.monotonic()
+                try:
+                    kv = self.store.get_kv(key)
+                except embedkv.Error:
+                    continue
+                if kv is None:
+                    gone = time.monotonic()
+                else:
+                    present = invoked
+                    time.sleep(0.05)  # the polling period
+            self.send({"stream": stream, "ev": "lease", "p": process, "lease": lease.id,
+                       "ttl": ttl, "key": key, "last_keepalive_ok": last_ok,
+                       "gone_seen": gone, "present_seen": present})
+        self.send({"stream": stream, "ev": "end", "p": process})
+
+    def _client_op(self, kind: str, key: str, value: int, expected: Any, lease: int | None,
+                   stale_reads: bool) -> tuple[str, Any, str | None]:
+        """(outcome, result, error name). A read that failed took no effect: "fail". A write
+        that failed with Unavailable (a timeout, no quorum, removed, closed) may have been
+        applied: "unknown"; LeaseNotFound is a definite refusal: "fail"."""
+        try:
+            if kind == "put":
+                return "ok", self.store.put(key, value).revision, None
+            if kind == "lease_put":
+                return "ok", self.store.put(key, value, lease=lease).revision, None
+            if kind == "get" or kind == "sget":
+                kv = self.store.get_kv(key, serializable=kind == "sget" or stale_reads)
+                return "ok", None if kv is None else kv.value, None
+            if kind == "delete":
+                return "ok", self.store.delete(key).revision, None
+            if expected is None:
+                return "ok", self.store.create(key, value), None
+            return "ok", self.store.compare_and_set(key, expected, value), None
+        except embedkv.Error as exc:
+            name = type(exc).__name__
+            if kind in ("get", "sget") or isinstance(exc, embedkv.LeaseNotFound):
+                return "fail", None, name
+            return "unknown", None, name
+        except Exception as exc:  # a bug, not a fault: unknown, and its name in the history
+            logging.getLogger("child").exception("client %s %s failed", kind, key)
+            return "unknown", None, type(exc).__name__
+
+    def op_fault_rule(self, peer: str, drop: float = 0.0, delay: float = 0.0,
+                      direction: str = "both") -> bool:
+        """Drop (probability `drop`) and/or delay (`delay` seconds) traffic with member `peer`
+        (a name) in `direction` ("send", "receive" or "both") through the transport's fault
+        hook. False if `peer` is not a member (any more)."""
+        from embedkv.net.faults import Direction, FaultPlan
+
+        way = {"send": Direction.SEND, "receive": Direction.RECEIVE,
+               "both": Direction.BOTH}[direction]
+        found = [m for m in self.store.members() if m.name == peer]
+        if not found:
+            return False
+        transport = self._transport()
+
+        def apply() -> None:
+            if transport.faults is None:
+                transport.faults = FaultPlan()
+            for target in (found[0].id, found[0].address):
+                if drop:
+                    transport.faults.drop(target, drop, way)
+                if delay:
+                    transport.faults.delay(target, delay, way)
+
+        self._on_loop(transport, apply)
+        return True
 
     # --- fault injection and lifecycle --------------------------------------------------------
 

@@ -22,7 +22,7 @@ import subprocess
 import sys
 import threading
 import uuid
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future
 from concurrent.futures import TimeoutError as FutureTimeout
 from pathlib import Path
@@ -109,6 +109,9 @@ class Member:
         self._ready: Future[dict[str, Any]] = Future()
         self._lock = threading.Lock()
         self._reader: threading.Thread | None = None
+        self.on_stream: Callable[[Member, dict[str, Any]], None] | None = None
+        """Called on the reader thread with each unsolicited ``{"stream": ...}`` line (the
+        fault campaign's clients report their operations that way)."""
 
     def __repr__(self) -> str:
         state = "down" if not self.alive else ("stopped" if self.stopped else "up")
@@ -193,6 +196,11 @@ class Member:
             try:
                 message = json.loads(line)
             except ValueError:
+                continue
+            if "stream" in message:
+                on_stream = self.on_stream
+                if on_stream is not None:
+                    on_stream(self, message)
                 continue
             if "ready" in message:
                 if not ready.done():

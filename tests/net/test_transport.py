@@ -67,10 +67,8 @@ class Node:
             report_unreachable=self.unreachable.append,
             on_peer_lost=self.lost.append,
             report_snapshot=lambda p, ok: self.snapshots.append((p, ok)),
-            backoff_base=0.01,
-            backoff_cap=0.1,
             rng=random.Random(self.id),
-            **kw,
+            **{"backoff_base": 0.01, "backoff_cap": 0.1, **kw},
         )
         await self.t.start()
         return self
@@ -428,5 +426,31 @@ def test_a_peer_that_resets_the_link_is_lost_not_refusing() -> None:
         finally:
             await close([a])
             server.close()
+
+    run(main)
+
+
+def test_a_link_in_backoff_redials_when_the_peer_speaks() -> None:
+    """A cluster starting: A dials B before B listens and backs off for a long time; B comes
+    up and talks to A, so A's link to B comes up at once instead of dropping what A sends
+    until the backoff ends."""
+    import socket
+
+    async def main() -> None:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port_b = s.getsockname()[1]
+        a = await Node(1).start({2: f"127.0.0.1:{port_b}"}, backoff_base=30.0, backoff_cap=30.0)
+        b: Node | None = None
+        try:
+            await until(lambda: a.transport.link_state(2) is LinkState.DOWN, "a backs off")
+            b = await Node(2).start({1: f"127.0.0.1:{a.port}"}, port=port_b)
+            b.transport.send([msg(2, 1, b"hello")])
+            await until(lambda: a.bodies() == [b"hello"], "b reaches a")
+            await until(lambda: a.transport.link_state(2) is LinkState.UP, "a redials b")
+            a.transport.send([msg(1, 2, b"back")])
+            await until(lambda: b is not None and b.bodies() == [b"back"], "a reaches b")
+        finally:
+            await close([a] + ([b] if b is not None else []))
 
     run(main)

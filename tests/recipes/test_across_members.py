@@ -11,7 +11,7 @@ import pytest
 
 import embedkv
 from embedkv import Put
-from tests.recipes import safety
+from tests.recipes import models, safety
 from tests.test_cluster_open import found, peers_of
 from tests.waiting import wait_for
 
@@ -82,3 +82,11 @@ def test_barrier(members: list[embedkv.Store]) -> None:
 
 def test_service_registry(members: list[embedkv.Store]) -> None:
     safety.services_backend_dies(members, "m-web")
+
+
+@pytest.mark.parametrize("recipe", models.RECIPES)
+def test_recipe_matches_its_model(members: list[embedkv.Store], recipe: str) -> None:
+    """tests/recipes/models.py with user `i` on member ``i % 3`` (one seed each: the
+    single-member runs try more)."""
+    check = getattr(models, f"{recipe}_model")
+    check(members, f"m-model-{recipe}", seed=7)

@@ -3,6 +3,8 @@ one cluster, and says what it promises, so none can rot."""
 
 from __future__ import annotations
 
+import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -17,10 +19,19 @@ EXPECT = {
     "work_queue.py": ["consumer-A's late ack is refused: the job was redelivered, done once",
                       "every job done exactly once: True, 0 left"],
     "service_discovery.py": ["backend 10.0.0.2 is killed (no more heartbeats)"],
-    "leader_election.py": ["node-b is the leader"],
-    "config_pubsub.py": ["the view changed all at once: {'log_level': 'debug', 'workers': 8}"],
+    "leader_election.py": ["node-a is the leader\n  observer (on n3): node-a leads\n",
+                           "is killed with SIGKILL\nnode-b is the leader\n"
+                           "  observer (on n3): node-b leads\nnode-b took over",
+                           "node-b resigns\n  observer (on n3): nobody leads\n"],
+    "config_pubsub.py": ["member n2) sees (revision 2): {'log_level': 'info', 'workers': 4}",
+                         "the view changed all at once: {'log_level': 'debug', 'workers': 8} "
+                         "(on n2, revision 3)\nthe view changed all at once: "
+                         "{'log_level': 'debug', 'workers': 8} (on n3, revision 3)"],
     "health_monitor.py": ["healthy: ['worker-0', 'worker-2']"],
 }
+
+PROCESSES = {"leader_election.py": 2, "config_pubsub.py": 2}
+"""The examples whose actors run in processes of their own: how many they start."""
 
 
 @pytest.mark.parametrize("name", sorted(EXPECT))
@@ -35,6 +46,10 @@ def test_example_runs_in_short_mode(name: str, tmp_path: Path) -> None:
     assert "three members n1, n2, n3 on 127.0.0.1 (short run, leases of 1 s)" in proc.stdout
     for line in EXPECT[name]:
         assert line in proc.stdout, proc.stdout
+    if name in PROCESSES:  # its actors ran in processes of their own, one per member
+        assert "one process each" in proc.stdout
+        pids = {int(p) for p in re.findall(r"process (\d+), member", proc.stdout)}
+        assert len(pids) == PROCESSES[name] and os.getpid() not in pids
     if name == "service_discovery.py":
         after = proc.stdout.split("is killed")[1]
         assert "10.0.0.2:8080" not in after.replace("registry", "")
