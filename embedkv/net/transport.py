@@ -90,6 +90,16 @@ def backoff_delay(attempt: int, base: float, cap: float, rng: random.Random) -> 
     return rng.uniform(d / 2, d)
 
 
+def _after(delay: float | None, fn: Callable[..., None], *args: Any) -> None:
+    """Run `fn` now, after `delay` seconds, or never (None: the fault plan dropped it)."""
+    if delay is None:
+        return
+    if delay > 0:
+        asyncio.get_running_loop().call_later(delay, fn, *args)
+    else:
+        fn(*args)
+
+
 def _call(what: str, fn: Callable[..., None], *args: Any) -> None:
     """Run a callback; its failure is logged, never allowed to break a link."""
     try:
@@ -558,24 +568,12 @@ class PeerTransport:
 
     def _send_call(self, conn: _CallConn, call: Call, data: bytes) -> None:
         """Write a call (through the fault plan: a dropped call is answered by the timeout)."""
-        if self.faults is not None:
-            verdict = self.faults.on_send(conn.target, call)
-            if verdict is None:
-                return
-            if verdict > 0:
-                asyncio.get_running_loop().call_later(verdict, conn.write, data)
-                return
-        conn.write(data)
+        delay = 0.0 if self.faults is None else self.faults.on_send(conn.target, call)
+        _after(delay, conn.write, data)
 
     def _receive_reply(self, conn: _CallConn, reply: Reply) -> None:
-        if self.faults is not None:
-            verdict = self.faults.on_receive(conn.target, reply)
-            if verdict is None:
-                return
-            if verdict > 0:
-                asyncio.get_running_loop().call_later(verdict, conn.deliver, reply)
-                return
-        conn.deliver(reply)
+        delay = 0.0 if self.faults is None else self.faults.on_receive(conn.target, reply)
+        _after(delay, conn.deliver, reply)
 
     # ------------------------------------------------------------------------- sending
 
