@@ -389,7 +389,7 @@ class Links:
         for m in messages:
             if m.type is MessageType.SNAP:
                 task = asyncio.get_running_loop().create_task(self._send_snapshot(m))
-                task.add_done_callback(_log_failure)
+                task.add_done_callback(log_outcome("sending a snapshot", logging.ERROR))
             else:
                 rest.append(m)
         if rest:
@@ -433,7 +433,7 @@ class Links:
             return
         task = asyncio.get_running_loop().create_task(
             self.transport.call(address, "removed", index, timeout=5.0))
-        task.add_done_callback(_ignore)
+        task.add_done_callback(log_outcome("telling a removed member"))
 
     # --- in ---------------------------------------------------------------------------
 
@@ -497,15 +497,15 @@ class Links:
         return ready
 
 
-def _ignore(task: asyncio.Task[Any]) -> None:
-    with contextlib.suppress(asyncio.CancelledError):
-        exc = task.exception()
-        if exc is not None:
-            log.debug("telling a removed member failed: %s", exc)
+def log_outcome(what: str, level: int = logging.DEBUG) -> Callable[[asyncio.Task[Any]], None]:
+    """A done-callback for a task nobody awaits: its failure is logged (as `what` failed),
+    never left as an unretrieved exception."""
 
+    def done(task: asyncio.Task[Any]) -> None:
+        with contextlib.suppress(asyncio.CancelledError):
+            exc = task.exception()
+            if exc is not None:
+                log.log(level, "%s failed: %s", what, exc,
+                        exc_info=exc if level >= logging.ERROR else None)
 
-def _log_failure(task: asyncio.Task[None]) -> None:
-    with contextlib.suppress(asyncio.CancelledError):
-        exc = task.exception()
-        if exc is not None:
-            log.error("sending a snapshot failed", exc_info=exc)
+    return done

@@ -63,6 +63,7 @@ from .cluster import (
     context_origin,
     encode_context,
     local_info,
+    log_outcome,
     new_identity,
     random_id,
 )
@@ -93,13 +94,6 @@ def _progress_of(status: Status) -> tuple[int, dict[int, int]]:
     """(the leader's last index, match per member) from a leader's Status."""
     matches = {mid: pr.match for mid, pr in status.progress.items()}
     return max(matches.values(), default=status.commit), matches
-
-
-def _quiet(task: asyncio.Task[Any]) -> None:
-    with contextlib.suppress(asyncio.CancelledError):
-        exc = task.exception()
-        if exc is not None:
-            log.debug("a forwarded keep-alive failed: %s", exc)
 
 
 class Member:
@@ -910,7 +904,7 @@ class Member:
         task = self._engine.loop.create_task(
             links.call(leader, "lease.keepalive", [self.applied_index, *lease_ids],
                        self._timeout))
-        task.add_done_callback(_quiet)
+        task.add_done_callback(log_outcome("a forwarded keep-alive"))
 
     # --- shutdown -----------------------------------------------------------------------------
 
