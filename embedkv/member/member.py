@@ -87,6 +87,9 @@ log = logging.getLogger("embedkv.member")
 
 _T = TypeVar("_T")
 
+NOT_LEADER = "not the leader"
+"""What a member answers to a call only the leader serves."""
+
 _ids = random.SystemRandom()  # the per-run base of proposal numbers
 
 
@@ -571,7 +574,12 @@ class Member:
             except RemoteError as exc:
                 if str(exc).startswith("membership change refused"):
                     raise ValueError(str(exc)) from None
-                raise Unavailable(f"the leader could not make the change: {exc}") from None
+                if str(exc) != NOT_LEADER:
+                    raise Unavailable(f"the leader could not make the change: {exc}") from None
+                # It no longer leads (or was removed): like a leader gone, below.
+                if time.monotonic() >= deadline:
+                    raise Unavailable(f"no leader made the change: {exc}") from None
+                self._wait_leader_other_than(leader, deadline)
             except Unavailable:
                 # The leader went away (it may be the very member this change removed, its
                 # link dropped as the change applied here): done if the change shows here,
@@ -885,15 +893,14 @@ class Member:
         return None if found is None else [found[0], found[1]]
 
     async def _serve_progress(self, caller: int, body: Any) -> Any:
-        status = self.raft_status()
-        if status.role is not Role.LEADER:
-            raise ValueError("not the leader")
-        last, matches = _progress_of(status)
+        self._require_leader()
+        last, matches = _progress_of(self.raft_status())
         return [last, {str(mid): match for mid, match in matches.items()}]
 
     def _require_leader(self) -> None:
-        if self._core.node.role is not Role.LEADER:
-            raise ValueError("not the leader")
+        """Calls only the leader serves; a removed leader (still handing over) serves none."""
+        if self._core.node.role is not Role.LEADER or self._writer.removed is not None:
+            raise ValueError(NOT_LEADER)
 
     def _forward_keepalives(self, lease_ids: list[int]) -> None:
         """On a follower, on the engine loop: automatic keep-alives go to the leader."""
