@@ -450,8 +450,7 @@ class Member:
             leader = self._leader_elsewhere()
         if leader is None:
             return self._leases.keepalive(lease_id)
-        answer = self._call(leader, "lease.keepalive", [self.applied_index, lease_id],
-                            self._timeout)
+        answer = self._call(leader, "lease.keepalive", [lease_id], self._timeout)
         ttl = answer[0] if isinstance(answer, list) and len(answer) == 1 else 0
         if not ttl:
             raise LeaseNotFound(lease_id)
@@ -471,7 +470,7 @@ class Member:
         leader = self._leader_elsewhere()
         if leader is None:
             return self._leases.time_to_live(lease_id)
-        answer = self._call(leader, "lease.ttl", [self.applied_index, lease_id], self._timeout)
+        answer = self._call(leader, "lease.ttl", [lease_id], self._timeout)
         if answer is None:
             return None
         return int(answer[0]), float(answer[1])
@@ -860,25 +859,21 @@ class Member:
                                         f"cluster (at index {body}, told by {caller:#x})"))
         return None
 
-    async def _caught_up(self, body: Any) -> list[int]:
-        """A lease call: [the caller's applied index, lease ids...]. Answered once this leader
-        has applied as much as the caller: a lease granted through a follower (which may
-        apply before the leader does) is then known here too."""
+    async def _leading_caught_up(self, body: Any) -> list[int]:
+        """A lease call names lease ids. Answered after a ReadIndex round: it proves this
+        member still leads (a deposed leader must not renew), and it leaves it applied up to
+        its commit index, which covers whatever the caller applied (a lease granted through
+        a follower, which may apply before the leader does, is then known here too)."""
         self._require_leader()
-        if (not isinstance(body, list) or not body
-                or not all(type(i) is int and i >= 0 for i in body)):
-            raise ValueError("a lease call is [applied index, lease ids...]")
-        # A ReadIndex round: this member still leads (a deposed leader must not renew), and
-        # it has applied at least what the round's index covers.
-        index = await asyncio.wrap_future(self.read_barrier())
-        if index < body[0] and self.applied_index < body[0]:
-            await asyncio.wrap_future(self.read_barrier())
+        if not isinstance(body, list) or not all(type(i) is int and i >= 0 for i in body):
+            raise ValueError("a lease call names lease ids")
+        await asyncio.wrap_future(self.read_barrier())
         self._require_leader()
-        return body[1:]
+        return body
 
     async def _serve_keepalive(self, caller: int, body: Any) -> Any:
         out = []  # the TTL of each lease, in order; 0: not found
-        for lease_id in await self._caught_up(body):
+        for lease_id in await self._leading_caught_up(body):
             try:
                 out.append(self._leases.keepalive(lease_id))
             except LeaseNotFound:
@@ -886,7 +881,7 @@ class Member:
         return out
 
     async def _serve_ttl(self, caller: int, body: Any) -> Any:
-        ids = await self._caught_up(body)
+        ids = await self._leading_caught_up(body)
         if len(ids) != 1:
             raise ValueError("a TTL query names one lease id")
         found = self._leases.time_to_live(ids[0])
@@ -909,8 +904,7 @@ class Member:
         if links is None or leader == NONE or leader == self.member_id:
             return
         task = self._engine.loop.create_task(
-            links.call(leader, "lease.keepalive", [self.applied_index, *lease_ids],
-                       self._timeout))
+            links.call(leader, "lease.keepalive", lease_ids, self._timeout))
         task.add_done_callback(log_outcome("a forwarded keep-alive"))
 
     # --- shutdown -----------------------------------------------------------------------------
