@@ -23,6 +23,7 @@ from collections.abc import Iterable
 from typing import Final
 
 from cryptography import x509
+from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
@@ -222,17 +223,25 @@ def _load_ca(d: str) -> tuple[x509.Certificate, ec.EllipticCurvePrivateKey]:
 def issue(directory: str | os.PathLike[str], name: str, *, ips: Iterable[str] = (),
           dns: Iterable[str] = (), days: int = MEMBER_DAYS,
           not_before: datetime.datetime | None = None,
-          not_after: datetime.datetime | None = None) -> tuple[str, str]:
+          not_after: datetime.datetime | None = None, renew: bool = False) -> tuple[str, str]:
     """Issue member `name` a certificate signed by the CA in `directory`: ``NAME.pem`` and
     ``NAME.key`` (mode 0600), with the SANs ``embedkv://member/NAME`` plus `ips` and `dns`,
     usable as both TLS server and client. `not_before`/`not_after` override the validity (for
-    tests of expired and not-yet-valid certificates). Returns (certificate path, key path)."""
+    tests of expired and not-yet-valid certificates). `renew=True` replaces an existing pair
+    (a new key and serial; each file is swapped in by a rename, so a member reloading it
+    never reads half a file). Returns (certificate path, key path)."""
     check_name(name)
     addresses = [_check_ip(ip) for ip in ips]
     dns_names = [_check_dns(n) for n in dns]
     d = os.fspath(directory)
     cert_path, key_path = os.path.join(d, f"{name}.pem"), os.path.join(d, f"{name}.key")
     ca_cert, ca_key = _load_ca(d)
+    if renew:
+        final = cert_path, key_path
+        cert_path, key_path = cert_path + ".new", key_path + ".new"
+        for path in (cert_path, key_path):  # left over by an interrupted renewal
+            if os.path.lexists(path):
+                os.unlink(path)
     _refuse_existing(cert_path, key_path)
     start, end = _validity(days, not_before, not_after)
     key = ec.generate_private_key(ec.SECP256R1())
@@ -264,6 +273,10 @@ def issue(directory: str | os.PathLike[str], name: str, *, ips: Iterable[str] = 
         .sign(ca_key, hashes.SHA256())
     )
     _write_pair(cert_path, cert, key_path, key)
+    if renew:
+        os.replace(key_path, final[1])
+        os.replace(cert_path, final[0])
+        return final
     return cert_path, key_path
 
 
@@ -393,3 +406,106 @@ def peer_member_name(ssl_object: ssl.SSLObject | ssl.SSLSocket) -> str:
             f"{cert.serial_number:x}) carries no embedkv member name"
         )
     return name
+
+
+# --- a running member's side ------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class PeerIdentity:
+    """Who is at the other end of a handshaken connection: the member name and the serial
+    (lower-case hex, as `show` prints it) of the certificate it presented."""
+
+    name: str
+    serial: str
+
+
+def serial_of(cert: x509.Certificate) -> str:
+    return f"{cert.serial_number:x}"
+
+
+class Credentials:
+    """A member's TLS material while it runs: the contexts it accepts and dials with, rebuilt
+    from the files whenever one of them changed (`refresh`), so that a renewed certificate or
+    a new CA bundle is used from the next handshake on without a restart.
+
+    A failed reload (a half-copied file, a key that does not match its certificate) is
+    logged by the caller and the last good contexts stay in use; the files are tried again at
+    the next refresh."""
+
+    def __init__(self, tls: TLS) -> None:
+        self.tls = tls
+        self._stamp: tuple[tuple[int, int, int], ...] | None = None
+        self.server: ssl.SSLContext
+        self.client: ssl.SSLContext
+        self.name: str
+        self.serial: str
+        self._cas: list[x509.Certificate]
+        self._load()
+
+    def _stamps(self) -> tuple[tuple[int, int, int], ...]:
+        out = []
+        for path in (self.tls.ca, self.tls.cert, self.tls.key):
+            st = os.stat(path)
+            out.append((st.st_mtime_ns, st.st_size, st.st_ino))
+        return tuple(out)
+
+    def _load(self) -> None:
+        tls = self.tls
+        for path in (tls.ca, tls.cert, tls.key):
+            if not os.path.isfile(path):
+                raise CertificateError(f"missing {path}")
+        stamp = self._stamps()
+        own = load_certificates(tls.cert)[0]
+        name = member_name(own)
+        if name is None:
+            raise CertificateError(f"{tls.cert} carries no embedkv member name "
+                                   f"(a URI SAN {MEMBER_URI_PREFIX}NAME)")
+        cas = load_certificates(tls.ca)
+        server = server_context(tls)
+        client = client_context(tls)
+        self.server, self.client, self._cas = server, client, cas
+        self.name, self.serial = name, serial_of(own)
+        self._stamp = stamp
+
+    def refresh(self) -> bool:
+        """Reload the files if any changed since the last load; True if they were reloaded.
+        CertificateError/OSError if they changed but cannot be used (the old contexts stay)."""
+        try:
+            stamp = self._stamps()
+        except OSError as exc:
+            raise CertificateError(f"cannot read the TLS files: {exc}") from None
+        if stamp == self._stamp:
+            return False
+        self._load()
+        return True
+
+    def identify(self, ssl_object: ssl.SSLObject | ssl.SSLSocket | None) -> PeerIdentity:
+        """The identity of the peer on a handshaken connection. CertificateError if there is
+        no TLS, no certificate, no member name in it, or it was not issued by a CA that
+        ca.pem holds now (a CA dropped from the bundle stops counting at once, though the
+        running contexts may still hold it until rebuilt)."""
+        if ssl_object is None:
+            raise CertificateError("the connection is not TLS")
+        der = ssl_object.getpeercert(binary_form=True)
+        if not der:
+            raise CertificateError("the peer presented no certificate")
+        cert = x509.load_der_x509_certificate(der)
+        name = member_name(cert)
+        if name is None:
+            raise CertificateError(
+                f"the peer's certificate ({cert.subject.rfc4514_string()}, serial "
+                f"{serial_of(cert)}) carries no embedkv member name"
+            )
+        if not any(_issued_by(cert, ca) for ca in self._cas):
+            raise CertificateError(f"the certificate of {name} (serial {serial_of(cert)}) was "
+                                   f"not issued by a CA in {self.tls.ca}")
+        return PeerIdentity(name, serial_of(cert))
+
+
+def _issued_by(cert: x509.Certificate, ca: x509.Certificate) -> bool:
+    try:
+        cert.verify_directly_issued_by(ca)
+    except (ValueError, TypeError, InvalidSignature):
+        return False
+    return True

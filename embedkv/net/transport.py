@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import dataclasses
 import enum
 import hmac
@@ -18,6 +19,7 @@ import itertools
 import logging
 import random
 import ssl as _ssl
+import weakref
 from collections import deque
 from collections.abc import AsyncIterable, Awaitable, Callable, Coroutine, Iterable, Mapping
 from typing import Any
@@ -42,6 +44,7 @@ from .frames import (
     SnapshotEnd,
     encode,
 )
+from .tls import CertificateError, Credentials, PeerIdentity
 
 log = logging.getLogger("embedkv.net")
 
@@ -56,6 +59,19 @@ _READ_SIZE = 256 << 10
 
 JOIN = "join"
 """The one method a call connection without the cluster token may carry."""
+
+_CALLER: contextvars.ContextVar[PeerIdentity | None] = contextvars.ContextVar(
+    "embedkv_caller", default=None)
+
+
+def caller_identity() -> PeerIdentity | None:
+    """Inside an `on_call` handler: the certificate identity of the member calling (None
+    without TLS). The join handler takes the joiner's name from it."""
+    return _CALLER.get()
+
+
+class IdentityRefused(ConnectionError):
+    """A peer's TLS identity does not match the member it speaks for (or it is revoked)."""
 
 
 class RemoteError(Error):
@@ -203,6 +219,7 @@ class _Link:
         peer closed it (the runtime may start an election at once)."""
         t = self.t
         reader, writer = await t.dial(self.address)
+        t.check_listener(writer, self.peer, self.address)
         watch: asyncio.Task[str | None] | None = None
         try:
             writer.write(encode(Hello(t.member_id, t.cluster, Purpose.RAFT), t.max_frame))
@@ -267,10 +284,12 @@ class _CallConn:
     Never redials: once it fails (cannot connect, refused, closed, garbage) every pending call
     gets Unavailable and it leaves the pool, so the next call dials afresh."""
 
-    def __init__(self, t: PeerTransport, target: Target, address: str) -> None:
+    def __init__(self, t: PeerTransport, target: Target, address: str,
+                 revoked_ok: bool = False) -> None:
         self.t = t
         self.target = target
         self.address = address
+        self.revoked_ok = revoked_ok
         self.token = t.cluster  # a changed token retires the connection (see PeerTransport.call)
         self.pending: dict[int, asyncio.Future[object]] = {}
         self.up = asyncio.Event()  # set once the hello is written, or once failed
@@ -326,6 +345,7 @@ class _CallConn:
         error = f"connection to {name} closed"
         try:
             reader, self.writer = await t.dial(self.address)
+            t.check_listener(self.writer, self.target, self.address, revoked_ok=self.revoked_ok)
             self.writer.write(encode(Hello(t.member_id, self.token, Purpose.CALL), t.max_frame))
             self.up.set()
             frames = _Reader(reader, t.max_frame)
@@ -397,6 +417,9 @@ class PeerTransport:
         max_calls: int = 1024,
         rng: random.Random | None = None,
         faults: FaultPlan | None = None,
+        tls: Credentials | None = None,
+        member_name: Callable[[int], str | None] | None = None,
+        revoked: Callable[[str], bool] | None = None,
     ) -> None:
         if member_id <= 0:
             raise ValueError(f"member_id must be positive, not {member_id!r}")
@@ -413,8 +436,17 @@ class PeerTransport:
         self.on_peer_lost = on_peer_lost
         self.report_snapshot = report_snapshot
         self.on_call = on_call
+        self.tls = tls
+        if tls is not None:  # never plain TCP once a member has certificates
+            server_ssl, client_ssl = tls.server, tls.client
         self.server_ssl = server_ssl
         self.client_ssl = client_ssl
+        self.member_name = member_name if member_name is not None else (lambda _: None)
+        self.revoked = revoked if revoked is not None else (lambda _: False)
+        self.identities: dict[Target, PeerIdentity] = {}
+        """The TLS identity last seen for each peer id (both ways) and call target address."""
+        self._inbound_ids: weakref.WeakKeyDictionary[asyncio.StreamWriter, PeerIdentity] = (
+            weakref.WeakKeyDictionary())
         self.max_frame = max_frame
         self.max_snapshot = max_snapshot
         self.snapshot_chunk = snapshot_chunk
@@ -442,9 +474,8 @@ class PeerTransport:
     async def start(self) -> None:
         """Listen and dial every peer; returns once the listening socket is bound."""
         host, port = self.listen
-        self._server = await asyncio.start_server(
-            self._serve, host, port, ssl=self.server_ssl, reuse_address=True
-        )
+        # TLS starts in _serve (start_tls): a failed handshake is logged there
+        self._server = await asyncio.start_server(self._serve, host, port, reuse_address=True)
         for peer, address in self._peers.items():
             self._links[peer] = _Link(self, peer, address)
 
@@ -511,9 +542,11 @@ class PeerTransport:
 
     # ------------------------------------------------------------------------- calls
 
-    async def call(self, target: Target, method: str, body: object, *, timeout: float) -> object:
+    async def call(self, target: Target, method: str, body: object, *, timeout: float,
+                   revoked_ok: bool = False) -> object:
         """Send `method(body)` to `target` (a peer id, or a "host:port" for a member whose id
-        is not known yet) and return its handler's reply body.
+        is not known yet) and return its handler's reply body. `revoked_ok`: the target's
+        certificate may be revoked (telling a removed member that it is out).
 
         Raises Unavailable (cannot connect, connection lost or refused, transport closed, or
         no reply within `timeout` seconds), RemoteError (the handler raised), ProtocolError
@@ -528,7 +561,7 @@ class PeerTransport:
         fut: asyncio.Future[object] | None = None
         try:
             async with asyncio.timeout(timeout):
-                conn = self._call_conn(target)
+                conn = self._call_conn(target, revoked_ok)
                 await conn.up.wait()
                 if conn.error is not None:
                     raise Unavailable(conn.error)
@@ -548,11 +581,14 @@ class PeerTransport:
             if fut is not None and fut.done() and not fut.cancelled():
                 fut.exception()  # retrieved: a failure nobody awaited is not worth a warning
 
-    def _call_conn(self, target: Target) -> _CallConn:
+    def _call_conn(self, target: Target, revoked_ok: bool = False) -> _CallConn:
         """The pooled call connection to `target`, dialing one if there is none."""
         conn = self._calls.get(target)
         if conn is not None and conn.token != self.cluster:  # e.g. a joiner that now has it
             conn.close("the cluster token changed")
+            conn = None
+        if conn is not None and conn.revoked_ok != revoked_ok:
+            conn.close("another identity check is wanted")
             conn = None
         if conn is None:
             if isinstance(target, str):
@@ -563,7 +599,7 @@ class PeerTransport:
                 if found is None:
                     raise Unavailable(f"no address for member {target}")
                 address = found
-            conn = self._calls[target] = _CallConn(self, target, address)
+            conn = self._calls[target] = _CallConn(self, target, address, revoked_ok)
         return conn
 
     def _send_call(self, conn: _CallConn, call: Call, data: bytes) -> None:
@@ -578,8 +614,10 @@ class PeerTransport:
     # ------------------------------------------------------------------------- sending
 
     async def dial(self, address: str) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
-        """A new outbound connection to `address` (TLS when `client_ssl` is set)."""
+        """A new outbound connection to `address` (TLS when `client_ssl` is set; the caller
+        then checks who answered with `check_listener`)."""
         host, port = parse_address(address)
+        self.refresh_tls()
         return await asyncio.wait_for(
             asyncio.open_connection(
                 host,
@@ -589,6 +627,65 @@ class PeerTransport:
             ),
             self.connect_timeout,
         )
+
+    def check_listener(self, writer: asyncio.StreamWriter, target: Target, address: str, *,
+                       revoked_ok: bool = False) -> None:
+        """With TLS, on a connection just dialed for `target` (a peer id, or the address
+        itself): the listener's certificate must name the member `target` is (any member
+        for an address) and must not be revoked, else IdentityRefused (logged, and the
+        connection closed). The identity is recorded in `identities`."""
+        if self.tls is None:
+            return
+        try:
+            self.identities[target] = self._check_listener(writer, target, revoked_ok)
+        except IdentityRefused as exc:
+            log.warning("refused %s at %s: %s", _target_name(target), address, exc)
+            writer.close()
+            raise
+
+    def refresh_tls(self) -> None:
+        """Pick up renewed certificate files (see tls.Credentials); the next handshakes use
+        them. A change that cannot be used is logged and the old material stays."""
+        if self.tls is None:
+            return
+        try:
+            if self.tls.refresh():
+                log.info("reloaded the TLS files: certificate %s (serial %s)",
+                         self.tls.tls.cert, self.tls.serial)
+        except (CertificateError, OSError) as exc:
+            log.warning("cannot reload the TLS files (keeping the previous ones): %s", exc)
+        self.server_ssl, self.client_ssl = self.tls.server, self.tls.client
+
+    def _identity(self, writer: asyncio.StreamWriter) -> PeerIdentity:
+        assert self.tls is not None
+        try:
+            peer = self.tls.identify(writer.get_extra_info("ssl_object"))
+        except CertificateError as exc:
+            raise IdentityRefused(str(exc)) from None
+        if self.revoked(peer.serial):
+            raise IdentityRefused(f"the certificate of {peer.name} (serial {peer.serial}) is "
+                                  "revoked: that member was removed from the cluster")
+        return peer
+
+    def _check_listener(self, writer: asyncio.StreamWriter, target: Target,
+                        revoked_ok: bool) -> PeerIdentity:
+        if revoked_ok:
+            saved, self.revoked = self.revoked, (lambda _: False)
+            try:
+                peer = self._identity(writer)
+            finally:
+                self.revoked = saved
+        else:
+            peer = self._identity(writer)
+        if isinstance(target, int):
+            expected = self.member_name(target)
+            if expected is None:
+                raise IdentityRefused(f"member {target} is not in this member's directory "
+                                      f"(its certificate names {peer.name})")
+            if peer.name != expected:
+                raise IdentityRefused(f"the certificate names {peer.name} but member {target} "
+                                      f"is {expected}")
+        return peer
 
     def send(self, messages: list[Message]) -> None:
         """Queue `messages` for their peers; never blocks, drops and reports what cannot go."""
@@ -653,6 +750,7 @@ class PeerTransport:
                 raise ConnectionError(f"no address for peer {peer}")
             reader, w = await self.dial(address)
             writer = w
+            self.check_listener(w, peer, address)
             assert msg.snapshot is not None
             head = dataclasses.replace(msg, snapshot=Snapshot(msg.snapshot.meta, b""))
             w.write(encode(Hello(self.member_id, self.cluster, Purpose.SNAPSHOT)))
@@ -691,10 +789,12 @@ class PeerTransport:
         peername = writer.get_extra_info("peername")
         frames = _Reader(reader, self.max_frame)
         try:
+            if self.server_ssl is not None and not await self._accept_tls(writer, peername):
+                return
             hello = await asyncio.wait_for(frames.next(), self.hello_timeout)
             if hello is None:
                 return
-            refusal = self._refusal(hello)
+            refusal = self._refusal(hello) or self._identity_refusal(hello, writer)
             if refusal is not None:
                 log.warning("refused a connection from %s: %s", peername, refusal)
                 writer.write(encode(Refused(refusal)))
@@ -718,6 +818,42 @@ class PeerTransport:
         finally:
             self._inbound.discard(writer)
             writer.close()
+
+    async def _accept_tls(self, writer: asyncio.StreamWriter, peername: object) -> bool:
+        """The server side of the TLS handshake; False (logged with OpenSSL's reason: another
+        CA, an expired certificate, TLS 1.2, plain TCP...) if it failed."""
+        self.refresh_tls()
+        assert self.server_ssl is not None
+        try:
+            await asyncio.wait_for(writer.start_tls(self.server_ssl), self.hello_timeout)
+        except (_ssl.SSLError, ConnectionError, TimeoutError) as exc:
+            log.warning("refused a connection from %s: TLS handshake failed: %s", peername,
+                        _describe(exc))
+            return False
+        return True
+
+    def _identity_refusal(self, hello: Frame, writer: asyncio.StreamWriter) -> str | None:
+        """With TLS: why the certificate cannot speak for the member the hello claims (None
+        if it can). A joiner (no token yet, calling join) is known by its certificate's name
+        alone; anyone else must be the member of that name in this member's directory."""
+        if self.tls is None:
+            return None
+        assert isinstance(hello, Hello)
+        try:
+            peer = self._identity(writer)
+        except IdentityRefused as exc:
+            return str(exc)
+        if hello.cluster:
+            expected = self.member_name(hello.member)
+            if expected is None:
+                return (f"the certificate names {peer.name} but the hello claims member "
+                        f"{hello.member}, which is not in this member's directory")
+            if expected != peer.name:
+                return (f"the certificate names {peer.name} but the hello claims member "
+                        f"{hello.member} ({expected})")
+            self.identities[hello.member] = peer
+        self._inbound_ids[writer] = peer
+        return None
 
     def _refusal(self, hello: Frame) -> str | None:
         if not isinstance(hello, Hello):
@@ -857,6 +993,7 @@ class PeerTransport:
         return task
 
     async def _answer(self, sender: int, call: Call, writer: asyncio.StreamWriter) -> None:
+        _CALLER.set(self._inbound_ids.get(writer))  # this task's own context
         handler = self.on_call
         if handler is None:
             reply = Reply(call.call_id, False, "no handler")
