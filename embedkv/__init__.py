@@ -27,6 +27,7 @@ from .errors import (
 )
 from .leases import AsyncLease, Lease
 from .member import MemberInfo
+from .net.tls import TLS, CertificateError
 from .operations import Deleted
 from .storage.backup import DefragResult
 from .storage.requests import (
@@ -66,9 +67,11 @@ __version__ = "0.1.0"
 __all__ = [
     "MAX_KEY_BYTES",
     "MAX_VALUE_BYTES",
+    "TLS",
     "AsyncLease",
     "AsyncStore",
     "AsyncWatch",
+    "CertificateError",
     "Closed",
     "CompactResult",
     "Compacted",

@@ -40,6 +40,7 @@ from .aio import AsyncStore, open_async  # re-exported: the asyncio face, in emb
 from .errors import Closed, Unavailable
 from .leases import AsyncLease, Lease, granted, lease_id, propose_grant
 from .member import ClusterOptions, Member, MemberInfo, check_cluster_options, new_identity
+from .net.tls import TLS
 from .operations import (
     FIRST,
     TO_END,
@@ -178,17 +179,13 @@ def _check_options(
     durable: object, serializable_reads: object, request_timeout: object, tick_interval: object,
     election_tick: object, heartbeat_tick: object, name: object = None, listen: object = None,
     peers: object = None, cluster: object = None, join: object = None, insecure: object = False,
+    tls: object = None,
 ) -> ClusterOptions:
     """Check ``open``'s options before anything touches the disk (open_async checks them at
     its call too, not when awaited)."""
     check_flag("insecure", insecure)
-    opts = ClusterOptions(name, listen, peers, cluster, join)  # type: ignore[arg-type]
-    if (listen is not None or peers is not None or join is not None) and not insecure:
-        raise ValueError(
-            "peer links would be plain TCP: anyone on the network could read, write or join "
-            "this store. Pass insecure=True to accept that (mutual TLS is coming; until then "
-            "keep peer addresses on a trusted network)"
-        )
+    opts = ClusterOptions(name, listen, peers, cluster, join,  # type: ignore[arg-type]
+                          tls, bool(insecure))  # type: ignore[arg-type]
     check_flag("durable", durable)
     check_flag("serializable_reads", serializable_reads)
     # The longest a thread may wait, less the grace a caller adds (see _GRACE).
@@ -221,6 +218,7 @@ def open(
     cluster: str | None = None,
     join: Sequence[str] | None = None,
     insecure: bool = False,
+    tls: TLS | str | os.PathLike[str] | None = None,
 ) -> Store:
     """Open (creating if needed) the store in directory `path` and return a Store.
 
@@ -229,8 +227,11 @@ def open(
     exactly these voters (every founder gets the same peers and token); ``join=["host:port"]``
     joins a running cluster through any member (as a learner, promoted once caught up); a
     one-member store reopened with ``listen`` takes joins. A restart needs only `path` (and
-    ``listen`` if it changed). Peer links are plain TCP for now, so each of these needs
-    ``insecure=True``.
+    ``listen`` if it changed). Each of these needs ``tls=`` (README "Security"): a directory
+    holding ``ca.pem``, ``NAME.pem`` and ``NAME.key`` (NAME: this member's name), or an
+    ``embedkv.TLS(ca=, cert=, key=)``; peer links are then mutual TLS 1.3 and the member's name
+    is the one in its certificate. The data dir remembers the files (absolute paths; give
+    ``tls=`` again if they moved). ``insecure=True`` instead runs them over plain TCP.
 
     ``durable=True``: a write returns once it is fsync'd. ``durable=False`` skips the fsync per
     commit: a crash of the process loses nothing, a crash of the machine may lose the last
@@ -248,7 +249,7 @@ def open(
     """
     opts = _check_options(durable, serializable_reads, request_timeout, tick_interval,
                           election_tick, heartbeat_tick, name, listen, peers, cluster, join,
-                          insecure)
+                          insecure, tls)
     member = Member.open(
         os.fspath(path),
         durable=durable,

@@ -18,8 +18,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import hashlib
 import logging
+import os
 import random
 import secrets
 from collections.abc import Awaitable, Callable, Mapping, Sequence
@@ -30,6 +32,7 @@ import cbor2
 
 from embedkv.errors import CorruptData, Unavailable
 from embedkv.net import PeerTransport
+from embedkv.net.tls import TLS, CertificateError, Credentials
 from embedkv.net.transport import parse_address
 from embedkv.raft import (
     NONE,
@@ -42,9 +45,9 @@ from embedkv.raft import (
     Role,
     Snapshot,
 )
-from embedkv.storage import DataDir, Identity, LocalInfo, PeerInfo
+from embedkv.storage import DataDir, Identity, LocalInfo, PeerInfo, TLSFiles
 from embedkv.storage.codec import MAX_ID
-from embedkv.storage.directory import members_from_rows
+from embedkv.storage.directory import is_serial, members_from_rows
 
 from .writer import LogWriter, NodeCall
 
@@ -52,6 +55,9 @@ log = logging.getLogger("embedkv.member")
 
 MAX_NAME = 64
 """Longest member name (a DNS label, as etcd's names are in practice)."""
+
+TLS_RELOAD_INTERVAL = 1.0
+"""Seconds between looks at the TLS files for a renewed certificate or CA bundle."""
 
 PROMOTE_SLACK = 64
 """A learner within this many entries of the leader's commit index counts as caught up."""
@@ -101,16 +107,27 @@ def cluster_id_for(token: str, peers: Mapping[str, str]) -> int:
 # --- what a membership change carries --------------------------------------------------------
 
 
-def encode_context(info: PeerInfo | None, origin: tuple[int, int] | None) -> bytes:
+def encode_context(info: PeerInfo | None, origin: tuple[int, int] | None,
+                   deny: tuple[str, ...] = ()) -> bytes:
     body: dict[str, Any] = {}
     if info is not None:
         body["name"] = info.name
         body["address"] = info.address
         if info.promote:
             body["promote"] = True
+        if info.serials:
+            body["serials"] = list(info.serials)
     if origin is not None:
         body["origin"] = list(origin)
+    if deny:
+        body["deny"] = sorted(deny)
     return cbor2.dumps(body)
+
+
+def _serials(value: object) -> tuple[str, ...]:
+    if isinstance(value, list) and all(is_serial(v) for v in value):
+        return tuple(value)
+    return ()
 
 
 def _context(cc: ConfChange) -> dict[str, Any]:
@@ -130,7 +147,13 @@ def context_member(cc: ConfChange) -> PeerInfo | None:
     name, address = body.get("name"), body.get("address")
     if not isinstance(name, str) or not isinstance(address, str):
         return None
-    return PeerInfo(name, address, promote=body.get("promote") is True)
+    return PeerInfo(name, address, promote=body.get("promote") is True,
+                    serials=_serials(body.get("serials")))
+
+
+def context_deny(cc: ConfChange) -> tuple[str, ...]:
+    """The certificate serials a removal puts on the deny list."""
+    return _serials(_context(cc).get("deny"))
 
 
 def context_origin(cc: ConfChange) -> tuple[int, int] | None:
@@ -181,16 +204,17 @@ def _parse_join_reply(body: object) -> JoinReply:
 
 def join_cluster(
     addresses: list[str], *, name: str, listen: str, member_id: int, timeout: float,
-    token: str | None = None,
+    token: str | None = None, tls: Credentials | None = None,
 ) -> JoinReply:
     """Ask the members at `addresses`, in turn, to add this one as a learner; returns the
-    cluster's identity and directory. Unavailable if none of them could."""
+    cluster's identity and directory. Unavailable if none of them could. With TLS the member
+    answering must present a certificate naming a member of the directory it answers."""
 
     async def ask() -> JoinReply:
         transport = PeerTransport(
             member_id=member_id, cluster="", listen=listen, peers={},
             on_message=lambda m: None, report_unreachable=lambda p: None,
-            on_peer_lost=lambda p: None, report_snapshot=lambda p, ok: None,
+            on_peer_lost=lambda p: None, report_snapshot=lambda p, ok: None, tls=tls,
         )
         errors = []
         try:
@@ -201,10 +225,18 @@ def join_cluster(
                         {"name": name, "address": listen, "id": member_id, "token": token},
                         timeout=timeout,
                     )
+                    reply = _parse_join_reply(body)
                 except Exception as exc:
                     errors.append(f"{address}: {exc}")
                     continue
-                return _parse_join_reply(body)
+                peer = transport.identities.get(address)
+                if tls is not None and (peer is None or peer.name not in {
+                        m.name for m in reply.members.values()}):
+                    errors.append(f"{address}: its certificate names "
+                                  f"{peer.name if peer else 'nobody'}, no member of the "
+                                  "cluster it answered for")
+                    continue
+                return reply
         finally:
             await transport.close()
         raise Unavailable("could not join through any of " + "; ".join(errors))
@@ -234,14 +266,32 @@ class ClusterOptions:
     peers: Mapping[str, str] | None = None
     token: str | None = None
     join: Sequence[str] | None = None
+    tls: TLS | str | os.PathLike[str] | None = None
+    insecure: bool = False
 
     @property
     def wanted(self) -> bool:
         return any(v is not None for v in (self.name, self.listen, self.peers, self.join))
 
 
+SECURITY_HINT = (
+    "give tls= (a directory with ca.pem, NAME.pem and NAME.key, made with `embedkv certs "
+    "init DIR` and `embedkv certs issue DIR NAME`, or embedkv.TLS(ca=, cert=, key=)), or "
+    "insecure=True to accept that anyone who can reach the peer port can read, write or "
+    "join this store (README \"Security\")"
+)
+
+
 def check_cluster_options(opts: ClusterOptions) -> None:
     """Every cluster option checked before anything is created or changed."""
+    if opts.tls is not None and not isinstance(opts.tls, TLS | str | os.PathLike):
+        raise TypeError("tls must be a certificate directory or an embedkv.TLS, not "
+                        f"{type(opts.tls).__name__}")
+    if opts.tls is not None and opts.insecure:
+        raise ValueError("give tls= or insecure=True, not both")
+    if (opts.listen is not None or opts.peers is not None or opts.join is not None) and not (
+            opts.tls is not None or opts.insecure):
+        raise ValueError(f"peer links need mutual TLS: {SECURITY_HINT}")
     if opts.name is not None:
         check_name(opts.name)
     if opts.listen is not None:
@@ -266,14 +316,71 @@ def check_cluster_options(opts: ClusterOptions) -> None:
             raise ValueError("give peers (to found a cluster) or join (to join one), not both")
 
 
-def local_info(opts: ClusterOptions, token: str | None) -> LocalInfo:
+def local_info(opts: ClusterOptions, token: str | None, tls: TLSFiles | None) -> LocalInfo:
     if opts.listen is None:
         raise ValueError("a clustered member needs listen='host:port' (its peer address)")
     return LocalInfo(opts.name or "default", opts.listen,
-                     token or opts.token or secrets.token_hex(16))
+                     token or opts.token or secrets.token_hex(16), tls)
 
 
-def bootstrap_founder(dd: DataDir, opts: ClusterOptions) -> None:
+# --- TLS: which files, checked before anything is written ---------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Security:
+    """How a member's peer links are secured: its TLS files and live credentials, or neither
+    (plain TCP, chosen with insecure=True)."""
+
+    files: TLSFiles | None = None
+    credentials: Credentials | None = None
+
+
+def resolve_security(opts: ClusterOptions, local: LocalInfo | None) -> tuple[ClusterOptions,
+                                                                             Security]:
+    """The TLS a member opens with: `tls=` if given (a directory needs the member's name:
+    name=, or the one the data dir holds), else what the data dir persisted. Its certificate
+    must name this member; a member that ran over TLS is never reopened without it. Returns
+    the options (name= filled from the certificate if it was not given) and the security."""
+    if opts.tls is None:
+        if local is not None and local.tls is not None:
+            if opts.insecure:
+                raise ValueError(f"member {local.name!r} runs over TLS: it is never reopened "
+                                 "with insecure=True (its peers would refuse it anyway)")
+            files = local.tls
+            try:
+                creds = Credentials(TLS(files.ca, files.cert, files.key))
+            except (CertificateError, OSError) as exc:
+                raise CertificateError(
+                    f"member {local.name!r} runs over mutual TLS with the files it was "
+                    f"opened with ({files.ca}, {files.cert}, {files.key}), and they cannot "
+                    f"be used: {exc}. Pass tls= with where they are now") from None
+            _check_cert_name(creds, local.name)
+            return opts, Security(files, creds)
+        return opts, Security()
+    name = opts.name if opts.name is not None else (local.name if local is not None else None)
+    if isinstance(opts.tls, TLS):
+        tls = opts.tls
+    else:
+        if name is None:
+            raise ValueError(f"tls={os.fspath(opts.tls)!r} needs name=: the member's files "
+                             "there are NAME.pem and NAME.key")
+        tls = TLS.from_dir(opts.tls, check_name(name))
+    files = TLSFiles(*(os.path.abspath(p) for p in (tls.ca, tls.cert, tls.key)))
+    creds = Credentials(TLS(files.ca, files.cert, files.key))
+    if name is None:
+        opts = dataclasses.replace(opts, name=creds.name)
+    else:
+        _check_cert_name(creds, name)
+    return opts, Security(files, creds)
+
+
+def _check_cert_name(creds: Credentials, name: str) -> None:
+    if creds.name != name:
+        raise CertificateError(f"{creds.tls.cert} is the certificate of member {creds.name!r}, "
+                               f"not of {name!r}")
+
+
+def bootstrap_founder(dd: DataDir, opts: ClusterOptions, security: Security) -> None:
     """A founding member: the same `peers` on every founder give the same ids and cluster."""
     peers = dict(opts.peers or {})
     if opts.name is None:
@@ -289,23 +396,25 @@ def bootstrap_founder(dd: DataDir, opts: ClusterOptions) -> None:
     members = {ids[n]: PeerInfo(n, a) for n, a in peers.items()}
     identity = Identity(cluster_id_for(token, peers), ids[opts.name])
     dd.bootstrap(identity, ConfState(voters=frozenset(ids.values())), members=members,
-                 local=LocalInfo(opts.name, listen, token))
+                 local=LocalInfo(opts.name, listen, token, security.files))
 
 
-def bootstrap_joiner(dd: DataDir, opts: ClusterOptions, timeout: float) -> None:
+def bootstrap_joiner(dd: DataDir, opts: ClusterOptions, timeout: float,
+                     security: Security) -> None:
     """A fresh member asks a running one to add it (as a learner, promoted once caught up)."""
     if opts.name is None or opts.listen is None:
         raise ValueError("joining a cluster needs name= and listen=")
     member_id = random_id()
     reply = join_cluster(list(opts.join or ()), name=opts.name, listen=opts.listen,
-                         member_id=member_id, timeout=timeout, token=opts.token)
+                         member_id=member_id, timeout=timeout, token=opts.token,
+                         tls=security.credentials)
     # An empty configuration: the leader's log (or snapshot) brings the real one. The id is
     # ours, or the one add_member gave this name and address beforehand.
     dd.bootstrap(Identity(reply.cluster_id, reply.member_id), ConfState(), members=reply.members,
-                 local=LocalInfo(opts.name, opts.listen, reply.token))
+                 local=LocalInfo(opts.name, opts.listen, reply.token, security.files))
 
 
-def check_reopen(dd: DataDir, opts: ClusterOptions) -> None:
+def check_reopen(dd: DataDir, opts: ClusterOptions, security: Security) -> None:
     """A dir with data: options given again must agree with what it persisted."""
     local = dd.local
     if opts.join is not None:
@@ -315,7 +424,8 @@ def check_reopen(dd: DataDir, opts: ClusterOptions) -> None:
             raise ValueError(f"{dd.path} holds a one-member store: it cannot found a cluster "
                              "with other peers; open it with listen= and join the others to it")
         if opts.wanted:
-            dd.set_local(local_info(opts, None))  # grows: it takes joins from now on
+            # grows: it takes joins from now on
+            dd.set_local(local_info(opts, None, security.files))
         return
     if opts.name is not None and opts.name != local.name:
         raise ValueError(f"{dd.path} holds member {local.name!r}, not {opts.name!r}")
@@ -330,8 +440,10 @@ def check_reopen(dd: DataDir, opts: ClusterOptions) -> None:
                 raise ValueError(
                     f"peers disagree with the membership {dd.path} holds: {n!r} is "
                     f"{known.get(n)!r} there, not {a!r} (give only the path to restart)")
-    if opts.listen is not None and opts.listen != local.listen:
-        dd.set_local(LocalInfo(local.name, opts.listen, local.token))
+    listen = opts.listen if opts.listen is not None else local.listen
+    if (listen, security.files) != (local.listen, local.tls):
+        # a new address, or TLS files given: from now on the member runs with these
+        dd.set_local(LocalInfo(local.name, listen, local.token, security.files))
 
 
 # --- the links -------------------------------------------------------------------------------
@@ -351,6 +463,7 @@ class Links:
         listen: str,
         tick_interval: float,
         handlers: Mapping[str, Handler],
+        security: Security | None = None,
     ) -> None:
         self._dd = dd
         self._writer = writer
@@ -360,6 +473,8 @@ class Links:
         self._handlers = dict(handlers)
         self._rng = random.Random()
         self._campaign: asyncio.TimerHandle | None = None
+        self._reload: asyncio.Task[None] | None = None
+        self.tls = security.credentials if security is not None else None
         peers = {mid: info.address for mid, info in dd.members().items() if mid != member_id}
         self.transport = PeerTransport(
             member_id=member_id,
@@ -370,16 +485,67 @@ class Links:
             report_unreachable=self._report_unreachable,
             on_peer_lost=self._on_peer_lost,
             report_snapshot=self._report_snapshot,
+            tls=self.tls,
+            member_name=self._name_of,
+            revoked=lambda serial: serial in dd.denied,
         )
         self.transport.on_call = self._on_call
 
+    def _name_of(self, member_id: int) -> str | None:
+        info = self._dd.members().get(member_id)
+        return None if info is None else info.name
+
     async def start(self) -> None:
         await self.transport.start()
+        if self.tls is not None:
+            self._reload = asyncio.get_running_loop().create_task(self._reload_tls())
+
+    async def _reload_tls(self) -> None:
+        """Renewed certificate files are also picked up while no connection is made (the
+        listener's next handshakes use them): look at them every second."""
+        while True:
+            await asyncio.sleep(TLS_RELOAD_INTERVAL)
+            self.transport.refresh_tls()
 
     async def close(self) -> None:
         if self._campaign is not None:
             self._campaign.cancel()
+        if self._reload is not None:
+            self._reload.cancel()
         await self.transport.close()
+
+    def serials_seen(self, member_id: int) -> tuple[str, ...]:
+        """The certificate serials this member knows for `member_id`: those in the directory
+        and the one its peer links last saw (this member's own, for itself)."""
+        info = self._dd.members().get(member_id)
+        known = info.serials if info is not None else ()
+        if member_id == self._me:
+            current = self.tls.serial if self.tls is not None else None
+        else:
+            peer = self.transport.identities.get(member_id)
+            current = peer.serial if peer is not None else None
+        return known + ((current,) if current is not None and current not in known else ())
+
+    def unrecorded_serial(self) -> tuple[int, str] | None:
+        """A member of the configuration (this one included) whose current certificate's
+        serial the directory does not hold yet: the leader records it, so that removing that
+        member later revokes that certificate everywhere."""
+        if self.tls is None:
+            return None
+        conf = self._dd.conf_state
+        members = self._dd.members()
+        for mid in sorted(conf.voters | conf.learners):
+            info = members.get(mid)
+            if info is None:
+                continue
+            if mid == self._me:
+                serial: str | None = self.tls.serial
+            else:
+                peer = self.transport.identities.get(mid)
+                serial = peer.serial if peer is not None and peer.name == info.name else None
+            if serial is not None and serial not in info.serials:
+                return mid, serial
+        return None
 
     # --- out --------------------------------------------------------------------------
 
@@ -431,8 +597,8 @@ class Links:
         address = self.transport.peers.get(member_id)
         if address is None:
             return
-        task = asyncio.get_running_loop().create_task(
-            self.transport.call(address, "removed", index, timeout=5.0))
+        task = asyncio.get_running_loop().create_task(  # its certificate is revoked by now
+            self.transport.call(address, "removed", index, timeout=5.0, revoked_ok=True))
         task.add_done_callback(log_outcome("telling a removed member"))
 
     # --- in ---------------------------------------------------------------------------

@@ -25,6 +25,7 @@ from typing import Any, TypeVar, cast
 
 from embedkv.errors import Closed, LeaseNotFound, NoSpace, Removed, Unavailable
 from embedkv.net import RemoteError
+from embedkv.net.transport import caller_identity
 from embedkv.raft import (
     NONE,
     ConfChange,
@@ -53,12 +54,14 @@ from .cluster import (
     ClusterOptions,
     Links,
     MemberInfo,
+    Security,
     bootstrap_founder,
     bootstrap_joiner,
     check_address,
     check_cluster_options,
     check_name,
     check_reopen,
+    context_deny,
     context_member,
     context_origin,
     encode_context,
@@ -66,6 +69,7 @@ from .cluster import (
     log_outcome,
     new_identity,
     random_id,
+    resolve_security,
 )
 from .engine import Engine
 from .futures import MemberFuture
@@ -111,6 +115,7 @@ class Member:
         election_tick: int,
         heartbeat_tick: int,
         clock: Callable[[], float],
+        security: Security | None = None,
     ) -> None:
         identity = dd.identity
         if identity is None:
@@ -147,10 +152,12 @@ class Member:
         self._writer.send = self._engine.send
         self._writer.conf_origin = context_origin
         self._writer.conf_member = context_member
+        self._writer.conf_deny = context_deny
         self._writer.on_conf_applied = self._on_conf_applied
         self._writer.on_installed = self._on_installed
         self._links: Links | None = None
         self._promoting = False
+        self._recording = False
         if self._local is not None:
             self._links = Links(
                 dd=dd,
@@ -169,6 +176,7 @@ class Member:
                     "change": self._serve_change,
                     "moved": self._serve_moved,
                 },
+                security=security,
             )
             self._engine.transport = self._links.send
             self._engine.on_tick = self._leader_chores
@@ -215,20 +223,21 @@ class Member:
         check_cluster_options(opts)
         dd = DataDir.open(path, durable=durable)
         try:
+            opts, security = resolve_security(opts, dd.local if dd.identity else None)
             if dd.identity is None:
                 if opts.peers is not None:
-                    bootstrap_founder(dd, opts)
+                    bootstrap_founder(dd, opts, security)
                 elif opts.join is not None:
-                    bootstrap_joiner(dd, opts, float(request_timeout))
+                    bootstrap_joiner(dd, opts, float(request_timeout), security)
                 else:
                     identity = new_identity()
                     local = None
                     if opts.wanted:
-                        local = local_info(opts, None)
+                        local = local_info(opts, None, security.files)
                     dd.bootstrap(identity, ConfState(voters=frozenset({identity.member_id})),
                                  local=local)
             else:
-                check_reopen(dd, opts)
+                check_reopen(dd, opts, security)
             member = cls(
                 dd,
                 request_timeout=float(request_timeout),
@@ -236,6 +245,7 @@ class Member:
                 election_tick=election_tick,
                 heartbeat_tick=heartbeat_tick,
                 clock=clock,
+                security=security if dd.local is not None else None,
             )
         except BaseException:
             dd.close()
@@ -612,7 +622,11 @@ class Member:
 
     def _change_here(self, cc: ConfChange, info: PeerInfo | None) -> ConfApplied:
         seq = next(self._seq)
-        cc = ConfChange(cc.type, cc.node_id, encode_context(info, (self.member_id, seq)))
+        deny: tuple[str, ...] = ()
+        if cc.type is ConfChangeType.REMOVE and self._links is not None:
+            # Its certificates are refused from the removal on, on every member.
+            deny = self._links.serials_seen(cc.node_id)
+        cc = ConfChange(cc.type, cc.node_id, encode_context(info, (self.member_id, seq), deny))
         future: Future[ConfApplied] = MemberFuture()
         self._writer.submit(Proposal(seq, b"", future, time.monotonic() + self._timeout, cc))
         if self._writer.stopping:
@@ -626,8 +640,10 @@ class Member:
             raise Unavailable(f"no result within the request timeout ({self._timeout}s)") from None
 
     def add_member(self, name: str, address: str, *, learner: bool = False,
-                   member_id: int | None = None, promote: bool = False) -> MemberInfo:
-        """Add a member (a voter, or a learner that votes only once promoted)."""
+                   member_id: int | None = None, promote: bool = False,
+                   serials: tuple[str, ...] = ()) -> MemberInfo:
+        """Add a member (a voter, or a learner that votes only once promoted); `serials`:
+        its certificate's, when known (a join over TLS)."""
         check_name(name)
         check_address(address)
         for mid, info in self._dd.members().items():
@@ -639,7 +655,7 @@ class Member:
         mid = random_id() if member_id is None else member_id
         kind = ConfChangeType.ADD_LEARNER if learner else ConfChangeType.ADD_VOTER
         conf = self.change_membership(ConfChange(kind, mid),
-                                      PeerInfo(name, address, promote=promote))
+                                      PeerInfo(name, address, promote=promote, serials=serials))
         return MemberInfo(name, mid, address, mid in conf.voters, False, None)
 
     def remove_member(self, name: str) -> None:
@@ -777,6 +793,30 @@ class Member:
             self._promoting = True
             threading.Thread(target=self._promote, args=(ready[0],), daemon=True,
                              name="embedkv-promote").start()
+        if links.tls is not None and not self._recording and self._core.node.role is Role.LEADER:
+            found = links.unrecorded_serial()
+            if found is not None:
+                self._recording = True
+                threading.Thread(target=self._record_serial, args=found, daemon=True,
+                                 name="embedkv-record-serial").start()
+
+    def _record_serial(self, member_id: int, serial: str) -> None:
+        """Record a member's certificate serial in the replicated directory (the leader does
+        it as it sees a certificate first): removing the member revokes it everywhere."""
+        try:
+            info = self._dd.members().get(member_id)
+            conf = self._dd.conf_state
+            if info is None or member_id not in conf.voters | conf.learners:
+                return
+            kind = (ConfChangeType.ADD_VOTER if member_id in conf.voters
+                    else ConfChangeType.ADD_LEARNER)
+            self.change_membership(ConfChange(kind, member_id), info.with_serials((serial,)))
+            log.info("recorded certificate serial %s of member %s", serial, info.name)
+        except Exception as exc:
+            log.info("recording the certificate serial of member %#x failed (will retry): %s",
+                     member_id, exc)
+        finally:
+            self._recording = False
 
     def _promote(self, member_id: int) -> None:
         try:
@@ -800,6 +840,17 @@ class Member:
         if type(mid) is not int or not 0 < mid <= MAX_ID or mid != caller:
             raise ValueError("a join request needs the joiner's own positive id")
         assert isinstance(name, str) and isinstance(address, str)
+        serials: tuple[str, ...] = ()
+        peer = caller_identity()
+        if self._links is not None and self._links.tls is not None:
+            if peer is None:
+                raise ValueError("a join needs the joiner's certificate")
+            if peer.name != name:
+                log.warning("refused a join: the certificate names %s but the join asks for "
+                            "member %s", peer.name, name)
+                raise ValueError(f"the certificate names {peer.name} but the join asks for "
+                                 f"member {name}")
+            serials = (peer.serial,)
         local = self._local
         assert local is not None  # calls are served only by a member with links
         wanted = body.get("token")
@@ -813,7 +864,7 @@ class Member:
                 added = known_id
         if added is None:
             await asyncio.to_thread(self.add_member, name, address, learner=True,
-                                    member_id=mid, promote=True)
+                                    member_id=mid, promote=True, serials=serials)
             added = mid
         members = self._dd.members()
         return {"cluster_id": self.cluster_id, "token": local.token, "id": added,

@@ -206,6 +206,8 @@ class LogWriter:
         """How to find the proposer of a membership change (the runtime's context format)."""
         self.conf_member: Callable[[ConfChange], PeerInfo | None] = lambda cc: None
         """The directory entry a membership change carries in its context, if any."""
+        self.conf_deny: Callable[[ConfChange], tuple[str, ...]] = lambda cc: ()
+        """The certificate serials a removal's context puts on the deny list."""
         self.on_conf_applied: Callable[[ConfApplied], None] | None = None
         """Called (on this thread, after the batch is durable) for each applied change."""
         self.on_installed: Callable[[], None] | None = None
@@ -734,9 +736,11 @@ class LogWriter:
 
     def _record_member(self, w: WriteBatch, cc: ConfChange) -> None:
         """Keep the member directory (names and addresses) in step with the configuration,
-        in the transaction that applies the change, so it survives log compaction."""
+        in the transaction that applies the change, so it survives log compaction; a removal
+        puts the serials its context lists on the deny list."""
         if cc.type is ConfChangeType.REMOVE:
             w.remove_member(cc.node_id)
+            w.deny(self.conf_deny(cc))  # its certificates: refused from now on
             return
         info = self.conf_member(cc)
         if info is not None:

@@ -143,6 +143,23 @@ class _Reader:
         return self._pending.popleft()
 
 
+class _Accepting(asyncio.StreamReaderProtocol):
+    """An inbound connection's protocol. With TLS it reads nothing until `_serve` starts the
+    handshake: a ClientHello read into the plain stream's buffer would be lost to it."""
+
+    def __init__(self, reader: asyncio.StreamReader,
+                 serve: Callable[[asyncio.StreamReader, asyncio.StreamWriter],
+                                 Coroutine[Any, Any, None]], *, tls: bool) -> None:
+        super().__init__(reader, serve)
+        self._tls = tls
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        if self._tls:
+            assert isinstance(transport, asyncio.ReadTransport)
+            transport.pause_reading()  # start_tls resumes it
+        super().connection_made(transport)
+
+
 class LinkState(enum.Enum):
     CONNECTING = "connecting"  # messages queue up
     UP = "up"  # messages queue up and are written in batches
@@ -474,8 +491,14 @@ class PeerTransport:
     async def start(self) -> None:
         """Listen and dial every peer; returns once the listening socket is bound."""
         host, port = self.listen
-        # TLS starts in _serve (start_tls): a failed handshake is logged there
-        self._server = await asyncio.start_server(self._serve, host, port, reuse_address=True)
+        loop = asyncio.get_running_loop()
+        tls = self.server_ssl is not None
+
+        def accept() -> asyncio.StreamReaderProtocol:
+            return _Accepting(asyncio.StreamReader(limit=_READ_SIZE), self._serve, tls=tls)
+
+        # With TLS the handshake runs in _serve (start_tls), so that a failure is logged.
+        self._server = await loop.create_server(accept, host, port, reuse_address=True)
         for peer, address in self._peers.items():
             self._links[peer] = _Link(self, peer, address)
 
@@ -824,9 +847,14 @@ class PeerTransport:
         CA, an expired certificate, TLS 1.2, plain TCP...) if it failed."""
         self.refresh_tls()
         assert self.server_ssl is not None
+        plain = writer.transport
         try:
             await asyncio.wait_for(writer.start_tls(self.server_ssl), self.hello_timeout)
-        except (_ssl.SSLError, ConnectionError, TimeoutError) as exc:
+        except (OSError, TimeoutError, AttributeError) as exc:
+            # AttributeError: the peer left mid-handshake and asyncio (3.11) found no TLS
+            # transport to swap in; the writer keeps the plain one, so close() works.
+            if getattr(writer, "_transport", plain) is None:
+                writer._transport = plain  # type: ignore[attr-defined]
             log.warning("refused a connection from %s: TLS handshake failed: %s", peername,
                         _describe(exc))
             return False

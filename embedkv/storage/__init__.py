@@ -7,7 +7,7 @@ docs/internals/storage.md for the layout.
 from embedkv.errors import LeaseExists
 
 from .datadir import DataDir, Identity, WriteBatch
-from .directory import LocalInfo, PeerInfo
+from .directory import LocalInfo, PeerInfo, TLSFiles
 from .mvcc import Applied, KeySpace
 from .raftlog import RaftLog
 
@@ -20,5 +20,6 @@ __all__ = [
     "LocalInfo",
     "PeerInfo",
     "RaftLog",
+    "TLSFiles",
     "WriteBatch",
 ]

@@ -32,12 +32,15 @@ from .codec import (
     unpack_exact,
 )
 from .directory import (
+    DENIED,
     LOCAL,
     MEMBERS,
     LocalInfo,
     PeerInfo,
+    decode_denied,
     decode_local,
     decode_members,
+    encode_denied,
     encode_local,
     encode_members,
 )
@@ -138,6 +141,8 @@ class DataDir:
             self._members: dict[int, PeerInfo] = {} if raw is None else decode_members(raw)
             raw = txn.get(LOCAL, db=env.dbs[b"raft_state"])
             self._local = None if raw is None else decode_local(raw)
+            raw = txn.get(DENIED, db=env.dbs[b"raft_state"])
+            self._denied = frozenset[str]() if raw is None else decode_denied(raw)
         self.kv = KeySpace(env, revision, compact)
         self.log = RaftLog.load(env, applied)
         self._tables = Tables(env)
@@ -215,6 +220,12 @@ class DataDir:
     def members(self) -> dict[int, PeerInfo]:
         """The member directory (id -> name, address) as of the applied index (a copy)."""
         return dict(self._members)
+
+    @property
+    def denied(self) -> frozenset[str]:
+        """Serials (hex) of the certificates of removed members, as of the applied index:
+        refused on every peer connection."""
+        return self._denied
 
     @property
     def local(self) -> LocalInfo | None:
@@ -389,6 +400,7 @@ class WriteBatch:
         self._conf_state = dd.log.conf_state
         self._members = dd._members
         self._local = dd._local
+        self._denied = dd._denied
         self._state_dirty = False
 
     # --- the operations -----------------------------------------------------------------
@@ -401,11 +413,16 @@ class WriteBatch:
         self._run(self._set_hard_state, (hard_state,))
 
     def set_member(self, member_id: int, info: PeerInfo) -> None:
-        """Add or change a member directory entry (with the membership change it follows)."""
+        """Add or change a member directory entry (with the membership change it follows).
+        Certificate serials accumulate: those of `info` are added to the entry's."""
         self._run(self._set_member, (member_id, info))
 
     def remove_member(self, member_id: int) -> None:
         self._run(self._remove_member, (member_id,))
+
+    def deny(self, serials: Iterable[str]) -> None:
+        """Add certificate serials to the deny list (with the removal of their member)."""
+        self._run(self._deny, (frozenset(serials),))
 
     def set_local(self, local: LocalInfo) -> None:
         self._run(self._set_local, (local,))
@@ -531,6 +548,10 @@ class WriteBatch:
     def _set_member(self, member_id: int, info: PeerInfo) -> None:
         assert self._txn is not None
         members = dict(self._members)
+        old = members.get(member_id)
+        if old is not None and old.serials:
+            info = PeerInfo(info.name, info.address, info.promote, old.serials).with_serials(
+                info.serials)
         members[member_id] = info
         self._put_members(members)
 
@@ -544,6 +565,16 @@ class WriteBatch:
         assert self._txn is not None
         self._txn.put(MEMBERS, encode_members(members), db=self._env.dbs[b"raft_state"])
         self._members = members
+
+    def _deny(self, serials: frozenset[str]) -> None:
+        assert self._txn is not None
+        if not serials <= self._denied:
+            self._put_denied(self._denied | serials)
+
+    def _put_denied(self, denied: frozenset[str]) -> None:
+        assert self._txn is not None
+        self._txn.put(DENIED, encode_denied(denied), db=self._env.dbs[b"raft_state"])
+        self._denied = denied
 
     def _set_local(self, local: LocalInfo) -> None:
         assert self._txn is not None
@@ -575,6 +606,7 @@ class WriteBatch:
         self._log.install(txn, meta.index, meta.term)
         self._set_conf_state(meta.conf_state)
         self._put_members(header.get("members", {}))
+        self._put_denied(header.get("denied", frozenset()))
 
     def _compact_step(self, max_keys: int) -> bool:
         return self._applier.compact_step(max_keys)  # the current applier (after a replay too)
@@ -688,6 +720,7 @@ class WriteBatch:
         log.conf_state = self._conf_state
         dd._members = self._members
         dd._local = self._local
+        dd._denied = self._denied
         log.trim_tail()
         dd.kv.revision = self._applier.revision
         dd.kv.compact_revision = self._applier.compact

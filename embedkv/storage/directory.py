@@ -4,8 +4,13 @@ Raft knows members by id; the directory maps each id to a name and a peer addres
 a learner should be promoted once it has caught up). It is part of the replicated state: the
 log writer changes it in the transaction that applies a membership change, and it travels in
 snapshot streams, so it survives log compaction. `LocalInfo` is not replicated: this member's
-name, listen address and cluster token, written at bootstrap (or when the address changes).
-Both records are sealed with the per-record checksum like every other record.
+name, listen address and cluster token, written at bootstrap (or when the address changes),
+and the TLS files it runs with (None: plain TCP, chosen with insecure=True).
+
+With TLS the directory also holds the serials of each member's certificates (recorded by the
+leader as it sees them), and `DENIED` the serials of removed members' certificates, refused on
+every connection. All records are sealed with the per-record checksum like every other record;
+the TLS fields are optional, so records written before them still read.
 """
 
 from __future__ import annotations
@@ -22,6 +27,10 @@ from .codec import seal, unseal
 
 MEMBERS: Final = b"members"
 LOCAL: Final = b"local"
+DENIED: Final = b"denied"
+
+MAX_SERIALS: Final = 16
+"""Certificate serials kept per member (the most recent): one more per renewal."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -32,19 +41,38 @@ class PeerInfo:
     name: str
     address: str
     promote: bool = False
+    serials: tuple[str, ...] = ()
+    """The serials (hex) of the certificates this member was seen with, oldest first."""
+
+    def with_serials(self, serials: tuple[str, ...]) -> PeerInfo:
+        """This entry with `serials` added after the ones it has (the last MAX_SERIALS)."""
+        merged = self.serials + tuple(s for s in serials if s not in self.serials)
+        return PeerInfo(self.name, self.address, self.promote, merged[-MAX_SERIALS:])
+
+
+@dataclass(frozen=True, slots=True)
+class TLSFiles:
+    """Where a TLS member's CA bundle, certificate and key are (absolute paths)."""
+
+    ca: str
+    cert: str
+    key: str
 
 
 @dataclass(frozen=True, slots=True)
 class LocalInfo:
-    """This member's own name, listen address and cluster token."""
+    """This member's own name, listen address and cluster token, and its TLS files (None:
+    its peer links are plain TCP)."""
 
     name: str
     listen: str
     token: str
+    tls: TLSFiles | None = None
 
 
 def members_rows(members: Mapping[int, PeerInfo]) -> list[list[Any]]:
-    return [[mid, m.name, m.address, m.promote] for mid, m in sorted(members.items())]
+    return [[mid, m.name, m.address, m.promote] + ([list(m.serials)] if m.serials else [])
+            for mid, m in sorted(members.items())]
 
 
 def members_from_rows(rows: object) -> dict[int, PeerInfo]:
@@ -53,12 +81,46 @@ def members_from_rows(rows: object) -> dict[int, PeerInfo]:
         raise CorruptData("the member directory is not a list")
     out: dict[int, PeerInfo] = {}
     for row in rows:
-        if (not isinstance(row, list) or len(row) != 4 or type(row[0]) is not int
+        if (not isinstance(row, list) or len(row) not in (4, 5) or type(row[0]) is not int
                 or not 0 < row[0] < 1 << 64 or not isinstance(row[1], str)
-                or not isinstance(row[2], str) or type(row[3]) is not bool or row[0] in out):
+                or not isinstance(row[2], str) or type(row[3]) is not bool or row[0] in out
+                or (len(row) == 5 and not _serials(row[4]))):
             raise CorruptData(f"a member directory row is invalid: {row!r:.100}")
-        out[row[0]] = PeerInfo(row[1], row[2], row[3])
+        out[row[0]] = PeerInfo(row[1], row[2], row[3], tuple(row[4]) if len(row) == 5 else ())
     return out
+
+
+def _serials(value: object) -> bool:
+    return isinstance(value, list) and all(is_serial(v) for v in value)
+
+
+def is_serial(value: object) -> bool:
+    """A certificate serial as recorded: lower-case hex, at most 40 digits (RFC 5280)."""
+    return (isinstance(value, str) and 0 < len(value) <= 40
+            and all(c in "0123456789abcdef" for c in value))
+
+
+def denied_from_list(items: object) -> frozenset[str]:
+    if not _serials(items):
+        raise CorruptData(f"the deny list is invalid: {items!r:.100}")
+    assert isinstance(items, list)
+    return frozenset(items)
+
+
+def encode_denied(denied: frozenset[str]) -> bytes:
+    return seal(DENIED, cbor2.dumps(sorted(denied)))
+
+
+def decode_denied(raw: bytes) -> frozenset[str]:
+    body = unseal("raft_state", DENIED, raw)
+    try:
+        items = cbor2.loads(body, max_depth=2)
+    except Exception as exc:
+        raise CorruptData(f"raft_state record b'denied' does not decode: {exc}") from None
+    try:
+        return denied_from_list(items)
+    except CorruptData as exc:
+        raise CorruptData(f"raft_state record b'denied' is invalid: {exc}") from None
 
 
 def encode_members(members: Mapping[int, PeerInfo]) -> bytes:
@@ -78,15 +140,26 @@ def decode_members(raw: bytes) -> dict[int, PeerInfo]:
 
 
 def encode_local(local: LocalInfo) -> bytes:
-    return seal(LOCAL, cbor2.dumps([local.name, local.listen, local.token]))
+    row: list[Any] = [local.name, local.listen, local.token]
+    if local.tls is not None:
+        row.append([local.tls.ca, local.tls.cert, local.tls.key])
+    return seal(LOCAL, cbor2.dumps(row))
 
 
 def decode_local(raw: bytes) -> LocalInfo:
     body = unseal("raft_state", LOCAL, raw)
     try:
-        row = cbor2.loads(body, max_depth=2)
+        row = cbor2.loads(body, max_depth=3)
     except Exception as exc:
         raise CorruptData(f"raft_state record b'local' does not decode: {exc}") from None
-    if not isinstance(row, list) or len(row) != 3 or not all(isinstance(v, str) for v in row):
+    if (not isinstance(row, list) or len(row) not in (3, 4)
+            or not all(isinstance(v, str) for v in row[:3])):
         raise CorruptData("raft_state record b'local' is invalid")
-    return LocalInfo(row[0], row[1], row[2])
+    tls = None
+    if len(row) == 4:
+        files = row[3]
+        if (not isinstance(files, list) or len(files) != 3
+                or not all(isinstance(v, str) and v for v in files)):
+            raise CorruptData("raft_state record b'local' has invalid TLS files")
+        tls = TLSFiles(*files)
+    return LocalInfo(row[0], row[1], row[2], tls)

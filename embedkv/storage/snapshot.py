@@ -47,8 +47,12 @@ from .codec import (
     unseal,
 )
 from .directory import (
+    DENIED,
     MEMBERS,
+    decode_denied,
     decode_members,
+    denied_from_list,
+    encode_denied,
     encode_members,
     members_from_rows,
     members_rows,
@@ -158,6 +162,9 @@ def _write_snapshot(env: Env, out: IO[bytes]) -> dict[str, Any]:
             # The member directory travels in the header: it is small, and a follower
             # installing the snapshot must learn every member's name and address.
             fields["members"] = members_rows(decode_members(raw))
+        raw = txn.get(DENIED, db=env.dbs[b"raft_state"])
+        if raw is not None:
+            fields["denied"] = sorted(decode_denied(raw))  # revoked certificates, likewise
         header = cbor2.dumps(fields)
         emit(MAGIC)
         emit(FRAME.pack(TAG_HEADER, len(header)) + header)
@@ -253,6 +260,8 @@ def _header(payload: bytes) -> dict[str, Any]:
         raise CorruptData("snapshot header revisions are inconsistent")
     if "members" in header:
         header["members"] = members_from_rows(header["members"])
+    if "denied" in header:
+        header["denied"] = denied_from_list(header["denied"])
     if "compacting" in header:
         work = header["compacting"]
         if (type(work) is not list or len(work) != len(CompactionWork._fields)
@@ -368,6 +377,8 @@ def restore_into(
         # The same cluster: its directory comes along (a new membership, as a backup
         # restores to, makes a new cluster whose directory starts empty).
         pending.append((state_db, MEMBERS, encode_members(header["members"])))
+    if conf_state is None and header.get("denied"):
+        pending.append((state_db, DENIED, encode_denied(header["denied"])))
     if "compacting" in header:
         pending.append((env.dbs[STATE_DB], COMPACTING,
                         COMPACTION_WORK.pack(*header["compacting"])))

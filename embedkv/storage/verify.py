@@ -242,7 +242,7 @@ def _check_state(
 ) -> None:
     """The fixed records of the main database and raft_state: present ones decode (and
     pending compaction work fits the compact revision)."""
-    from .directory import LOCAL, MEMBERS, decode_local, decode_members
+    from .directory import DENIED, LOCAL, MEMBERS, decode_denied, decode_local, decode_members
     from .mvcc import read_compaction_work
     from .raftlog import CONF_STATE, HARD_STATE  # raftlog imports lmdbenv; keep this light
 
@@ -260,6 +260,7 @@ def _check_state(
             (b"raft_state", b"identity", state, lambda v: unpack_exact(U64X2, v, "identity")),
             (b"raft_state", MEMBERS, state, decode_members),
             (b"raft_state", LOCAL, state, decode_local),
+            (b"raft_state", DENIED, state, decode_denied),
         ]
     damaged: set[bytes] = set()
     for table, key, db, decode in checks:
