@@ -573,7 +573,11 @@ class WriteBatch:
 
     def _put_denied(self, denied: frozenset[str]) -> None:
         assert self._txn is not None
-        self._txn.put(DENIED, encode_denied(denied), db=self._env.dbs[b"raft_state"])
+        db = self._env.dbs[b"raft_state"]
+        if denied:
+            self._txn.put(DENIED, encode_denied(denied), db=db)
+        else:  # none: no record, as in a dir that never revoked anything
+            self._txn.delete(DENIED, db=db)
         self._denied = denied
 
     def _set_local(self, local: LocalInfo) -> None:

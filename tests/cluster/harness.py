@@ -372,8 +372,16 @@ class Cluster:
     running ones; `kill_all` (run by the fixture at teardown) SIGKILLs every child."""
 
     def __init__(self, root: Path, size: int = 3, *, options: dict[str, Any] | None = None,
-                 child_options: dict[str, Any] | None = None) -> None:
+                 child_options: dict[str, Any] | None = None, tls: bool = False) -> None:
         self.root = root
+        self.certs: Path | None = None
+        """With `tls`: the cluster's CA and every member's certificate (made on demand);
+        members open with ``tls=`` this directory instead of ``insecure=True``."""
+        if tls:
+            from embedkv.net import tls as certs
+
+            self.certs = root / "certs"
+            certs.init_ca(self.certs)
         self.size = size
         self.token = f"test-{uuid.uuid4().hex}"
         self.options = dict(FAST, **(options or {}))
@@ -432,9 +440,20 @@ class Cluster:
         self.wait_leader()
         return self
 
+    def security(self, name: str) -> dict[str, Any]:
+        """The options that secure member `name`'s peer links: its certificate (issued now if
+        it has none) with `tls`, else ``insecure=True``."""
+        if self.certs is None:
+            return {"insecure": True}
+        from embedkv.net import tls as certs
+
+        if not (self.certs / f"{name}.pem").exists():
+            certs.issue(self.certs, name, ips=["127.0.0.1"])
+        return {"tls": str(self.certs)}
+
     def founder_options(self, name: str, peers: dict[str, str]) -> dict[str, Any]:
         return dict(self.options, name=name, listen=peers[name], peers=peers,
-                    cluster=self.token, insecure=True)
+                    cluster=self.token, **self.security(name))
 
     def join(self, name: str, via: Iterable[Member] | None = None, attempts: int = 5,
              timeout: float = START_TIMEOUT, **options: Any) -> Member:
@@ -446,7 +465,7 @@ class Cluster:
             shutil.rmtree(self.root / name, ignore_errors=True)
             member = self.member(name, dict(
                 self.options, name=name, listen=f"127.0.0.1:{free_port()}",
-                join=addresses, insecure=True, **options,
+                join=addresses, **self.security(name), **options,
             ))
             try:
                 member.start(timeout)

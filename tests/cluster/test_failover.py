@@ -15,10 +15,11 @@ from .conftest import MakeCluster
 from .harness import ChildError, Member, free_port, free_ports
 
 
+@pytest.mark.parametrize("tls", [False, True], ids=["tcp", "tls"])
 def test_leader_killed_new_leader_writes_resume_killed_member_catches_up(
-    make_cluster: MakeCluster,
+    make_cluster: MakeCluster, tls: bool,
 ) -> None:
-    cluster = make_cluster(3)
+    cluster = make_cluster(3, tls=tls)
     old = cluster.wait_leader()
     for m in cluster:
         m.put(f"before/{m.name}", 1)

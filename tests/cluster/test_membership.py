@@ -16,8 +16,10 @@ KEYS = 5000
 """Keys in the cluster a new member joins (the bench does it with 100k)."""
 
 
-def test_fourth_member_joins_catches_up_and_is_promoted(make_cluster: MakeCluster) -> None:
-    cluster = make_cluster(3)
+@pytest.mark.parametrize("tls", [False, True], ids=["tcp", "tls"])
+def test_fourth_member_joins_catches_up_and_is_promoted(make_cluster: MakeCluster,
+                                                         tls: bool) -> None:
+    cluster = make_cluster(3, tls=tls)
     leader = cluster.wait_leader()
     leader.call("fill", prefix="k/", count=KEYS)
     joiner = cluster.join("n4")
@@ -94,8 +96,9 @@ def test_one_member_store_grows_into_three_keeping_every_key(make_cluster: MakeC
     assert survivors[1].get("grown") == 1
 
 
-def test_removed_member_fails_every_operation(make_cluster: MakeCluster) -> None:
-    cluster = make_cluster(3)
+@pytest.mark.parametrize("tls", [False, True], ids=["tcp", "tls"])
+def test_removed_member_fails_every_operation(make_cluster: MakeCluster, tls: bool) -> None:
+    cluster = make_cluster(3, tls=tls)
     leader = cluster.wait_leader()
     victim = cluster.followers(leader)[0]
     rest = [m for m in cluster if m is not victim]

@@ -11,9 +11,11 @@ import embedkv
 from .conftest import MakeCluster
 
 
-@pytest.mark.parametrize("size", [3, 5])
-def test_writes_on_any_member_are_visible_on_all(make_cluster: MakeCluster, size: int) -> None:
-    cluster = make_cluster(size)
+@pytest.mark.parametrize("size, tls", [(3, False), (5, False), (3, True)],
+                         ids=["3", "5", "3-tls"])
+def test_writes_on_any_member_are_visible_on_all(make_cluster: MakeCluster, size: int,
+                                                 tls: bool) -> None:
+    cluster = make_cluster(size, tls=tls)
     members = list(cluster)
     for i, m in enumerate(members):
         m.put(f"k/{m.name}", i)

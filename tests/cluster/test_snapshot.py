@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from typing import Any
 
+import pytest
+
 from tests.waiting import wait_for
 
 from .conftest import MakeCluster
@@ -33,10 +35,11 @@ def compact_past(cluster: Cluster, leader: Member, behind: int, prefix: str,
     raise AssertionError(f"the leader's log never started past index {behind}")
 
 
-def lagging_cluster(make_cluster: MakeCluster) -> tuple[Cluster, Member, Member]:
+def lagging_cluster(make_cluster: MakeCluster,
+                    tls: bool = False) -> tuple[Cluster, Member, Member]:
     """Three members keeping a short log, one write applied on all: the cluster, its leader
     and the follower that is to fall behind."""
-    cluster = make_cluster(3, child_options=SHORT_LOG)
+    cluster = make_cluster(3, child_options=SHORT_LOG, tls=tls)
     leader = cluster.wait_leader()
     lagging = cluster.followers(leader)[0]
     leader.put("first", 1)
@@ -44,10 +47,11 @@ def lagging_cluster(make_cluster: MakeCluster) -> tuple[Cluster, Member, Member]
     return cluster, leader, lagging
 
 
+@pytest.mark.parametrize("tls", [False, True], ids=["tcp", "tls"])
 def test_member_down_while_the_log_is_compacted_catches_up_by_snapshot(
-    make_cluster: MakeCluster,
+    make_cluster: MakeCluster, tls: bool,
 ) -> None:
-    cluster, leader, lagging = lagging_cluster(make_cluster)
+    cluster, leader, lagging = lagging_cluster(make_cluster, tls)
     behind = lagging.call("log_bounds")["applied"]
     lagging.kill()
     compact_past(cluster, leader, behind, "s/", lagging)
