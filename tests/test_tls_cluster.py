@@ -206,6 +206,20 @@ def test_a_joiner_gets_its_name_from_its_certificate(members: Members, tmp_path:
     members.serves()
 
 
+def test_the_leader_records_every_members_certificate_serial(members: Members) -> None:
+    """Founders' serials are known to nobody at bootstrap: the leader records each one it
+    sees (its own included) in the replicated directory, so that a removal can revoke it."""
+    ids = members.ids()
+    want = {ids[n]: Credentials(TLS.from_dir(members.certs, n)).serial for n in members.peers}
+
+    def recorded() -> bool:
+        return all(all(serial in s._m.data_dir.members()[mid].serials
+                       for mid, serial in want.items())
+                   for s in members.stores.values())
+
+    wait_for(recorded, 10, "every founder's serial in every member's directory")
+
+
 def test_a_removed_members_certificate_is_refused_everywhere(
     members: Members, netlog: pytest.LogCaptureFixture
 ) -> None:

@@ -23,7 +23,6 @@ from collections.abc import Iterable
 from typing import Final
 
 from cryptography import x509
-from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
@@ -440,7 +439,6 @@ class Credentials:
         self.client: ssl.SSLContext
         self.name: str
         self.serial: str
-        self._cas: list[x509.Certificate]
         self._load()
 
     def _stamps(self) -> tuple[tuple[int, int, int], ...]:
@@ -461,10 +459,9 @@ class Credentials:
         if name is None:
             raise CertificateError(f"{tls.cert} carries no embedkv member name "
                                    f"(a URI SAN {MEMBER_URI_PREFIX}NAME)")
-        cas = load_certificates(tls.ca)
         server = server_context(tls)
         client = client_context(tls)
-        self.server, self.client, self._cas = server, client, cas
+        self.server, self.client = server, client
         self.name, self.serial = name, serial_of(own)
         self._stamp = stamp
 
@@ -481,10 +478,9 @@ class Credentials:
         return True
 
     def identify(self, ssl_object: ssl.SSLObject | ssl.SSLSocket | None) -> PeerIdentity:
-        """The identity of the peer on a handshaken connection. CertificateError if there is
-        no TLS, no certificate, no member name in it, or it was not issued by a CA that
-        ca.pem holds now (a CA dropped from the bundle stops counting at once, though the
-        running contexts may still hold it until rebuilt)."""
+        """The identity of the peer on a handshaken connection (its certificate verified
+        against the CA by the handshake). CertificateError if there is no TLS, no
+        certificate, or no member name in it."""
         if ssl_object is None:
             raise CertificateError("the connection is not TLS")
         der = ssl_object.getpeercert(binary_form=True)
@@ -497,15 +493,5 @@ class Credentials:
                 f"the peer's certificate ({cert.subject.rfc4514_string()}, serial "
                 f"{serial_of(cert)}) carries no embedkv member name"
             )
-        if not any(_issued_by(cert, ca) for ca in self._cas):
-            raise CertificateError(f"the certificate of {name} (serial {serial_of(cert)}) was "
-                                   f"not issued by a CA in {self.tls.ca}")
         return PeerIdentity(name, serial_of(cert))
 
-
-def _issued_by(cert: x509.Certificate, ca: x509.Certificate) -> bool:
-    try:
-        cert.verify_directly_issued_by(ca)
-    except (ValueError, TypeError, InvalidSignature):
-        return False
-    return True
