@@ -441,9 +441,10 @@ def _cmd_certs_init(session: _Session, args: argparse.Namespace, out: _Output) -
 
 
 def _cmd_certs_issue(session: _Session, args: argparse.Namespace, out: _Output) -> int:
-    cert, key = tls.issue(args.dir, args.name, ips=args.ip, dns=args.dns)
+    cert, key = tls.issue(args.dir, args.name, ips=args.ip, dns=args.dns, renew=args.renew)
     out.result({"name": args.name, "cert": cert, "key": key},
-               f"Issued {cert} for member {args.name} (key {key}, mode 0600)")
+               f"{'Renewed' if args.renew else 'Issued'} {cert} for member {args.name} "
+               f"(key {key}, mode 0600)")
     return EXIT_OK
 
 
@@ -586,6 +587,8 @@ def _parser() -> argparse.ArgumentParser:
                              help="an IP address the member is reached at (repeatable)")
     certs_issue.add_argument("--dns", action="append", default=[],
                              help="a DNS name the member is reached at (repeatable)")
+    certs_issue.add_argument("--renew", action="store_true",
+                             help="replace NAME's certificate and key (a new serial)")
     certs_show = certs.add("show", _cmd_certs_show,
                            "print a certificate FILE's names, validity and fingerprint")
     certs_show.add_argument("file")

@@ -1,11 +1,15 @@
 """Three members of one cluster, here in one process on 127.0.0.1 (narrated).
 
 On three machines, run the same open() on each with its own name and the machines' addresses
-in `peers` (README "Clusters"); the rest of this program is what any of them can do:
+in `peers`, and its certificates in certs/ (README "Clusters" and "Security"); the rest of
+this program is what any of them can do:
 
     peers = {"n1": "192.168.1.11:7400", "n2": "192.168.1.12:7400", "n3": "192.168.1.13:7400"}
     store = embedkv.open("data/", name="n1", listen="0.0.0.0:7400", peers=peers,
-                         cluster="plant-7", insecure=True)
+                         cluster="plant-7", tls="certs/")
+
+Here the cluster CA and the three member certificates are made in the data root first (what
+`embedkv certs init certs/` and `embedkv certs issue certs/ n1` do).
 
     python examples/three_members.py [--short] [--dir DIR]
 """
@@ -20,6 +24,7 @@ import time
 from pathlib import Path
 
 import embedkv
+from embedkv.net import tls
 
 
 def free_port() -> int:
@@ -45,11 +50,17 @@ def main() -> None:
     tick = 0.05 if args.short else 0.1  # seconds per Raft tick (0.1: the default)
 
     peers = {name: f"127.0.0.1:{free_port()}" for name in ("n1", "n2", "n3")}
+    certs = root / "certs"
+    if not (certs / "ca.pem").exists():  # a second run in the same --dir reuses them
+        tls.init_ca(certs)  # ca.pem, ca.key (0600): keep ca.key off the members
+        for name in peers:
+            tls.issue(certs, name, ips=["127.0.0.1"])  # NAME.pem, NAME.key (0600)
     stores = {
         name: embedkv.open(root / name, name=name, listen=address, peers=peers,
-                           cluster="example", insecure=True, tick_interval=tick)
+                           cluster="example", tls=certs, tick_interval=tick)
         for name, address in peers.items()
     }
+    print("three members linked by mutual TLS 1.3, each known by the name in its certificate")
     try:
         wait_until("a leader", lambda: all(s.leader for s in stores.values()))
         leader = stores["n1"].leader

@@ -225,3 +225,16 @@ def test_ca_rollover_through_a_bundle(certs: Path, tmp_path: Path,
             await close([a, b])
 
     run(go)
+
+
+def test_certs_issue_renew_replaces_the_pair(certs: Path) -> None:
+    from .test_tls import cli
+
+    before = creds(certs, "n1").serial
+    assert cli("certs", "issue", str(certs), "n1")[0] == 1  # never replaced by accident
+    code, out = cli("certs", "issue", str(certs), "n1", "--renew")
+    assert code == 0 and "Renewed" in out
+    assert creds(certs, "n1").serial != before
+    assert (certs / "n1.key").stat().st_mode & 0o777 == 0o600
+    assert sorted(p.name for p in certs.iterdir()) == sorted(
+        ["ca.pem", "ca.key"] + [f"{n}.{e}" for n in NAMES.values() for e in ("pem", "key")])
