@@ -391,25 +391,6 @@ def client_context(source: TLS | str | os.PathLike[str], name: str | None = None
     return ctx
 
 
-def peer_member_name(ssl_object: ssl.SSLObject | ssl.SSLSocket) -> str:
-    """The member name in the certificate the peer presented on this (handshaken) connection;
-    CertificateError if there is no certificate or it names no member."""
-    der = ssl_object.getpeercert(binary_form=True)
-    if not der:
-        raise CertificateError("the peer presented no certificate")
-    cert = x509.load_der_x509_certificate(der)
-    name = member_name(cert)
-    if name is None:
-        raise CertificateError(
-            f"the peer's certificate ({cert.subject.rfc4514_string()}, serial "
-            f"{cert.serial_number:x}) carries no embedkv member name"
-        )
-    return name
-
-
-# --- a running member's side ------------------------------------------------------------------
-
-
 @dataclasses.dataclass(frozen=True, slots=True)
 class PeerIdentity:
     """Who is at the other end of a handshaken connection: the member name and the serial
@@ -421,6 +402,34 @@ class PeerIdentity:
 
 def serial_of(cert: x509.Certificate) -> str:
     return f"{cert.serial_number:x}"
+
+
+def peer_identity(ssl_object: ssl.SSLObject | ssl.SSLSocket | None) -> PeerIdentity:
+    """The identity of the peer on this handshaken connection (its certificate verified
+    against the CA by the handshake). CertificateError if there is no TLS, no certificate,
+    or no member name in it."""
+    if ssl_object is None:
+        raise CertificateError("the connection is not TLS")
+    der = ssl_object.getpeercert(binary_form=True)
+    if not der:
+        raise CertificateError("the peer presented no certificate")
+    cert = x509.load_der_x509_certificate(der)
+    name = member_name(cert)
+    if name is None:
+        raise CertificateError(
+            f"the peer's certificate ({cert.subject.rfc4514_string()}, serial "
+            f"{serial_of(cert)}) carries no embedkv member name"
+        )
+    return PeerIdentity(name, serial_of(cert))
+
+
+def peer_member_name(ssl_object: ssl.SSLObject | ssl.SSLSocket) -> str:
+    """The member name in the certificate the peer presented on this (handshaken) connection;
+    CertificateError if there is no certificate or it names no member."""
+    return peer_identity(ssl_object).name
+
+
+# --- a running member's side ------------------------------------------------------------------
 
 
 class Credentials:
@@ -476,22 +485,3 @@ class Credentials:
             return False
         self._load()
         return True
-
-    def identify(self, ssl_object: ssl.SSLObject | ssl.SSLSocket | None) -> PeerIdentity:
-        """The identity of the peer on a handshaken connection (its certificate verified
-        against the CA by the handshake). CertificateError if there is no TLS, no
-        certificate, or no member name in it."""
-        if ssl_object is None:
-            raise CertificateError("the connection is not TLS")
-        der = ssl_object.getpeercert(binary_form=True)
-        if not der:
-            raise CertificateError("the peer presented no certificate")
-        cert = x509.load_der_x509_certificate(der)
-        name = member_name(cert)
-        if name is None:
-            raise CertificateError(
-                f"the peer's certificate ({cert.subject.rfc4514_string()}, serial "
-                f"{serial_of(cert)}) carries no embedkv member name"
-            )
-        return PeerIdentity(name, serial_of(cert))
-

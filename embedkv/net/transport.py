@@ -44,7 +44,7 @@ from .frames import (
     SnapshotEnd,
     encode,
 )
-from .tls import CertificateError, Credentials, PeerIdentity
+from .tls import CertificateError, Credentials, PeerIdentity, peer_identity
 
 log = logging.getLogger("embedkv.net")
 
@@ -682,7 +682,7 @@ class PeerTransport:
     def _identity(self, writer: asyncio.StreamWriter) -> PeerIdentity:
         assert self.tls is not None
         try:
-            peer = self.tls.identify(writer.get_extra_info("ssl_object"))
+            peer = peer_identity(writer.get_extra_info("ssl_object"))
         except CertificateError as exc:
             raise IdentityRefused(str(exc)) from None
         if self.revoked(peer.serial):

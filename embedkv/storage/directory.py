@@ -15,15 +15,17 @@ the TLS fields are optional, so records written before them still read.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any, Final
+from typing import Any, Final, TypeVar
 
 import cbor2
 
 from embedkv.errors import CorruptData
 
 from .codec import seal, unseal
+
+_T = TypeVar("_T")
 
 MEMBERS: Final = b"members"
 LOCAL: Final = b"local"
@@ -112,15 +114,7 @@ def encode_denied(denied: frozenset[str]) -> bytes:
 
 
 def decode_denied(raw: bytes) -> frozenset[str]:
-    body = unseal("raft_state", DENIED, raw)
-    try:
-        items = cbor2.loads(body, max_depth=2)
-    except Exception as exc:
-        raise CorruptData(f"raft_state record b'denied' does not decode: {exc}") from None
-    try:
-        return denied_from_list(items)
-    except CorruptData as exc:
-        raise CorruptData(f"raft_state record b'denied' is invalid: {exc}") from None
+    return _decode(DENIED, raw, 2, denied_from_list)
 
 
 def encode_members(members: Mapping[int, PeerInfo]) -> bytes:
@@ -128,15 +122,20 @@ def encode_members(members: Mapping[int, PeerInfo]) -> bytes:
 
 
 def decode_members(raw: bytes) -> dict[int, PeerInfo]:
-    body = unseal("raft_state", MEMBERS, raw)
+    return _decode(MEMBERS, raw, 3, members_from_rows)
+
+
+def _decode(key: bytes, raw: bytes, depth: int, parse: Callable[[object], _T]) -> _T:
+    """A sealed CBOR record of raft_state, parsed; CorruptData naming the record."""
+    body = unseal("raft_state", key, raw)
     try:
-        rows = cbor2.loads(body, max_depth=3)
+        value = cbor2.loads(body, max_depth=depth)
     except Exception as exc:
-        raise CorruptData(f"raft_state record b'members' does not decode: {exc}") from None
+        raise CorruptData(f"raft_state record {key!r} does not decode: {exc}") from None
     try:
-        return members_from_rows(rows)
+        return parse(value)
     except CorruptData as exc:
-        raise CorruptData(f"raft_state record b'members' is invalid: {exc}") from None
+        raise CorruptData(f"raft_state record {key!r} is invalid: {exc}") from None
 
 
 def encode_local(local: LocalInfo) -> bytes:

@@ -65,36 +65,22 @@ def test_members_of_one_ca_link_and_know_each_other(certs: Path) -> None:
     run(go)
 
 
-def test_a_listener_naming_another_member_is_refused_by_the_dialer(
-    certs: Path, caplog: pytest.LogCaptureFixture
+@pytest.mark.parametrize("as1, as2, refusal", [
+    # node 2 presents n3's certificate: node 1, dialing member 2 (n2), refuses it
+    ("n1", "n3", "the certificate names n3 but member 2 is n2"),
+    # node 1 presents n3's certificate with its own id 1 (n1): node 2 refuses its hello
+    ("n3", "n2", "the certificate names n3 but the hello claims member 1 (n1)"),
+], ids=["dialer", "listener"])
+def test_a_certificate_naming_another_member_is_refused(
+    certs: Path, caplog: pytest.LogCaptureFixture, as1: str, as2: str, refusal: str
 ) -> None:
     caplog.set_level(logging.INFO, logger="embedkv.net")
 
     async def go() -> None:
-        a, b = await pair(certs, as2="n3")  # node 2 presents n3's certificate
+        a, b = await pair(certs, as1=as1, as2=as2)
         try:
             a.transport.send([msg(1, 2, b"secret")])
-            await until(lambda: logged(caplog, "the certificate names n3 but member 2 is n2"),
-                        "the dialer's refusal")
-            assert b.got == []
-        finally:
-            await close([a, b])
-
-    run(go)
-
-
-def test_a_hello_claiming_another_member_is_refused_by_the_listener(
-    certs: Path, caplog: pytest.LogCaptureFixture
-) -> None:
-    caplog.set_level(logging.INFO, logger="embedkv.net")
-
-    async def go() -> None:
-        a, b = await pair(certs, as1="n3")  # node 1 presents n3's certificate
-        try:
-            a.transport.send([msg(1, 2, b"forged")])
-            await until(lambda: logged(
-                caplog, "the certificate names n3 but the hello claims member 1 (n1)"),
-                "the listener's refusal")
+            await until(lambda: logged(caplog, refusal), "the refusal")
             assert b.got == []
         finally:
             await close([a, b])
