@@ -481,6 +481,7 @@ class PeerTransport:
         self._links: dict[int, _Link] = {}
         self._server: asyncio.Server | None = None
         self._tasks: set[asyncio.Task[None]] = set()
+        self._serving: set[asyncio.Task[Any]] = set()  # one per inbound connection
         self._inbound: set[asyncio.StreamWriter] = set()
         self._calls: dict[Target, _CallConn] = {}
         self._call_ids = itertools.count(1)  # unique per transport, so per connection too
@@ -494,8 +495,17 @@ class PeerTransport:
         loop = asyncio.get_running_loop()
         tls = self.server_ssl is not None
 
+        async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            # A task close() cancels: a TLS connection closed by close() ends only after its
+            # close_notify exchange, which may outlive the loop.
+            task = asyncio.current_task()
+            if task is not None:
+                self._serving.add(task)
+                task.add_done_callback(self._serving.discard)
+            await self._serve(reader, writer)
+
         def accept() -> asyncio.StreamReaderProtocol:
-            return _Accepting(asyncio.StreamReader(limit=_READ_SIZE), self._serve, tls=tls)
+            return _Accepting(asyncio.StreamReader(limit=_READ_SIZE), serve, tls=tls)
 
         # With TLS the handshake runs in _serve (start_tls), so that a failure is logged.
         self._server = await loop.create_server(accept, host, port, reuse_address=True)
@@ -521,7 +531,7 @@ class PeerTransport:
         for conn in calls:
             conn.close("the transport is closed")
         tasks = [link.task for link in self._links.values()] + list(self._tasks)
-        tasks += [conn.task for conn in calls]
+        tasks += [conn.task for conn in calls] + list(self._serving)
         self._links.clear()
         for w in list(self._inbound):
             w.close()
@@ -679,27 +689,20 @@ class PeerTransport:
             log.warning("cannot reload the TLS files (keeping the previous ones): %s", exc)
         self.server_ssl, self.client_ssl = self.tls.server, self.tls.client
 
-    def _identity(self, writer: asyncio.StreamWriter) -> PeerIdentity:
+    def _identity(self, writer: asyncio.StreamWriter, revoked_ok: bool = False) -> PeerIdentity:
         assert self.tls is not None
         try:
             peer = peer_identity(writer.get_extra_info("ssl_object"))
         except CertificateError as exc:
             raise IdentityRefused(str(exc)) from None
-        if self.revoked(peer.serial):
+        if not revoked_ok and self.revoked(peer.serial):
             raise IdentityRefused(f"the certificate of {peer.name} (serial {peer.serial}) is "
                                   "revoked: that member was removed from the cluster")
         return peer
 
     def _check_listener(self, writer: asyncio.StreamWriter, target: Target,
                         revoked_ok: bool) -> PeerIdentity:
-        if revoked_ok:
-            saved, self.revoked = self.revoked, (lambda _: False)
-            try:
-                peer = self._identity(writer)
-            finally:
-                self.revoked = saved
-        else:
-            peer = self._identity(writer)
+        peer = self._identity(writer, revoked_ok)
         if isinstance(target, int):
             expected = self.member_name(target)
             if expected is None:
