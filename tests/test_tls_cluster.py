@@ -317,3 +317,44 @@ def test_open_async_takes_tls(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="mutual TLS"):
         embedkv.open_async(tmp_path / "e", name="n1", listen=f"127.0.0.1:{free_port()}")
 
+
+
+def test_a_joiner_refuses_an_answer_from_a_certificate_outside_the_cluster(
+    tmp_path: Path,
+) -> None:
+    """The member a joiner dials by address must present a certificate naming a member of
+    the directory it answers with: a stranger holding some member certificate of the CA
+    cannot hand the joiner a cluster of its own making."""
+    import threading
+
+    from embedkv.net import PeerTransport
+
+    certs = make_certs(tmp_path / "certs", "n1", "n9")
+    loop = asyncio.new_event_loop()
+    thread = threading.Thread(target=loop.run_forever, daemon=True)
+    thread.start()
+
+    async def forged(caller: int, method: str, body: object) -> object:
+        return {"cluster_id": 1, "token": "t", "id": caller,
+                "members": [[caller, "n1", "127.0.0.1:1", True], [5, "n5", "127.0.0.1:2", False]]}
+
+    async def serve() -> PeerTransport:
+        t = PeerTransport(member_id=9, cluster="t", listen="127.0.0.1:0", peers={},
+                          on_message=lambda m: None, report_unreachable=lambda p: None,
+                          on_peer_lost=lambda p: None, report_snapshot=lambda p, ok: None,
+                          on_call=forged, tls=Credentials(TLS.from_dir(certs, "n9")))
+        await t.start()
+        return t
+
+    stranger = asyncio.run_coroutine_threadsafe(serve(), loop).result(10)
+    try:
+        address = f"127.0.0.1:{stranger.address[1]}"
+        with pytest.raises(embedkv.Unavailable, match="its certificate names n9, no member"):
+            join_cluster([address], name="n1", listen=f"127.0.0.1:{free_port()}",
+                         member_id=random_id(), timeout=10,
+                         tls=Credentials(TLS.from_dir(certs, "n1")))
+    finally:
+        asyncio.run_coroutine_threadsafe(stranger.close(), loop).result(10)
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join(10)
+        loop.close()
