@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 
 import embedkv
 from embedkv.recipes import SessionLost
-from tests.recipes.safety import lock_dead_holder, lock_exclusion
+from tests.recipes.safety import lock_dead_holder, lock_exclusion, lock_fair
 from tests.waiting import wait_for
 
 
@@ -19,26 +19,7 @@ def test_exclusion_and_strictly_increasing_tokens_with_8_threads(store: embedkv.
 
 
 def test_waiters_are_served_in_arrival_order(store: embedkv.Store) -> None:
-    first = store.lock("fair", ttl=5)
-    assert first.acquire()
-    order: list[str] = []
-    threads = []
-    for i, name in enumerate("BCDE"):
-        lock = store.lock("fair", ttl=5)
-
-        def run(lock: embedkv.recipes.Lock = lock, name: str = name) -> None:
-            with lock:
-                order.append(name)
-
-        t = threading.Thread(target=run)
-        t.start()
-        threads.append(t)
-        # the next one starts only once this one's key is queued
-        wait_for(lambda i=i: store.count("_embedkv/lock/fair/") == i + 2, what="queued")
-    first.release()
-    for t in threads:
-        t.join(30)
-    assert order == list("BCDE")
+    lock_fair([store], "fair")
 
 
 def test_a_dead_holders_lock_frees_itself_and_its_late_write_is_refused(
