@@ -91,3 +91,43 @@ def test_member_processes_contending_for_a_lock_never_overlap(make_cluster: Make
     assert refused == []
     assert len(tokens) == 3 * rounds and len(set(tokens)) == len(tokens)
     assert members[0].get("counter") == 3 * rounds
+
+
+def test_member_processes_producing_and_consuming_one_queue_deliver_each_item_once(
+    make_cluster: MakeCluster,
+) -> None:
+    """A producer and a consumer in each of three member processes, all at once: every item
+    is acked by exactly one consumer."""
+    cluster = make_cluster(3)
+    cluster.wait_leader()
+    members = list(cluster)
+    per = 10
+    left = 3 * per  # gets still to make: each is sure to find an item
+    consumed: list[str] = []
+    guard = threading.Lock()
+
+    def producer(member: Member) -> None:
+        for i in range(per):
+            member.call("queue_put", name="jobs", value=f"{member.name}-{i}")
+
+    def consumer(member: Member) -> None:
+        nonlocal left
+        while True:
+            with guard:
+                if left == 0:
+                    return
+                left -= 1
+            value = member.call("queue_get", name="jobs", ttl=5, wait=60)
+            member.call("queue_ack", name="jobs")
+            with guard:
+                consumed.append(value)
+
+    threads = [threading.Thread(target=fn, args=(m,)) for m in members
+               for fn in (producer, consumer)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(120)
+    assert not any(t.is_alive() for t in threads)
+    assert sorted(consumed) == sorted(f"{m.name}-{i}" for m in members for i in range(per))
+    assert members[0].call("count", prefix="_embedkv/queue/jobs/") == 0

@@ -169,3 +169,30 @@ def test_lock_matches_a_model(store: embedkv.Store, ops: list[tuple[str, int]]) 
     for lk in locks:
         if lk.is_held:
             lk.release()
+
+
+@MODEL
+@given(st.lists(st.tuples(st.sampled_from(["read", "write", "release"]), st.integers(0, 3)),
+                max_size=20))
+def test_rwlock_matches_a_model(store: embedkv.Store, ops: list[tuple[str, int]]) -> None:
+    """Non-blocking read/write acquisitions and releases by four clients against: readers
+    share, a writer is alone (a refused non-blocking try leaves no one waiting)."""
+    rw = store.rwlock(f"rwmodel{store.revision}")
+    held: dict[int, tuple[str, embedkv.recipes.Lock]] = {}
+    for op, i in ops:
+        if op == "release":
+            if i in held:
+                held.pop(i)[1].release()
+            continue
+        if i in held:
+            continue
+        writers = [c for c, (kind, _) in held.items() if kind == "write"]
+        expect = not writers if op == "read" else not held
+        lock = rw.read() if op == "read" else rw.write()
+        assert lock.acquire(blocking=False) == expect, (op, i, held)
+        if expect:
+            held[i] = (op, lock)
+        assert all(lk.is_held for _, lk in held.values())
+    for _, lk in held.values():
+        lk.release()
+    assert store.count("_embedkv/rwlock/") == 0
