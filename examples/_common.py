@@ -100,19 +100,31 @@ class Child:
     def __init__(self, a: argparse.Namespace, script: str, role: str, name: str,
                  peers: dict[str, str], root: Path) -> None:
         self.role, self.name = role, name
-        cmd = [sys.executable, script, str(root), "--role", role, "--member", name,
-               "--peers", json.dumps(peers)] + (["--short"] if a.short else [])
-        self._proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+        self._cmd = [sys.executable, script, str(root), "--role", role, "--member", name,
+                     "--peers", json.dumps(peers)] + (["--short"] if a.short else [])
+        self._start()
+
+    def _start(self) -> None:
+        self._proc = subprocess.Popen(self._cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                                       text=True, bufsize=1)
         self.pid = self._proc.pid
         self._lines: queue.SimpleQueue[str | None] = queue.SimpleQueue()
-        threading.Thread(target=self._read, daemon=True).start()
+        threading.Thread(target=self._read, args=(self._proc, self._lines), daemon=True).start()
 
-    def _read(self) -> None:
-        assert self._proc.stdout is not None
-        for line in self._proc.stdout:
-            self._lines.put(line.rstrip("\n"))
-        self._lines.put(None)  # the process ended
+    @staticmethod
+    def _read(proc: subprocess.Popen[str], lines: queue.SimpleQueue[str | None]) -> None:
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            lines.put(line.rstrip("\n"))
+        lines.put(None)  # the process ended
+
+    def restart(self) -> None:
+        """Start the killed process again: its member reopens its data dir and catches up
+        with the cluster; its role starts afresh."""
+        if self._proc.poll() is None:
+            raise RuntimeError(f"{self.name}'s process is still running")
+        self._start()
+        self.expect("@open")
 
     def tell(self, command: str) -> None:
         """Send `command` (one line) to the process."""

@@ -30,12 +30,16 @@ EXPECT = {
                          "the view changed all at once: {'log_level': 'debug', 'workers': 8} "
                          "(on n2, revision 3)\nthe view changed all at once: "
                          "{'log_level': 'debug', 'workers': 8} (on n3, revision 3)"],
-    "health_monitor.py": ["healthy: ['worker-0', 'worker-2']"],
+    "health_monitor.py": ["healthy: ['worker-0', 'worker-1', 'worker-2']\n",
+                          "is killed with SIGKILL: its heartbeats stop\n"
+                          "  monitor (on n1): worker-",
+                          "'s process is started again"],
 }
 
 PROCESSES = {"leader_election.py": 2, "config_pubsub.py": 2, "work_queue.py": 2,
-             "service_discovery.py": 2}
-"""The examples whose actors run in processes of their own: how many they start."""
+             "service_discovery.py": 2, "health_monitor.py": 3}
+"""The examples whose actors run in processes of their own: how many they start (the health
+monitor starts its killed worker's process again)."""
 
 
 @pytest.mark.parametrize("name", sorted(EXPECT))
@@ -54,6 +58,10 @@ def test_example_runs_in_short_mode(name: str, tmp_path: Path) -> None:
         assert "one process each" in proc.stdout
         pids = {int(p) for p in re.findall(r"process (\d+), member", proc.stdout)}
         assert len(pids) == PROCESSES[name] and os.getpid() not in pids
+    if name == "health_monitor.py":  # the killed worker drops out, and is back after
+        after = proc.stdout.split("is killed")[1]
+        healthy = re.findall(r"healthy: \[(.*)\]", after)
+        assert [h.count("worker-") for h in healthy] == [2, 3]
     if name == "service_discovery.py":  # after the kill, the gateway routes around it
         routed = [line for line in proc.stdout.split("is killed")[1].splitlines()
                   if line.startswith("gateway routes")]
