@@ -176,6 +176,8 @@ class Barrier:
         self._store = store
 
     def wait(self, timeout: float | None = None) -> bool:
+        """Arrive and wait until `n` have arrived (or pass at once if the barrier is open):
+        True, or False after `timeout` (our arrival is withdrawn)."""
         db = self._db
         db._session = None
         ok = db.enter(timeout)
@@ -231,10 +233,12 @@ class Counter:
                 return new
 
     def subtract(self, delta: int = 1) -> int:
+        """Subtract `delta` and return the new value."""
         return self.add(-delta)
 
     @property
     def value(self) -> int:
+        """The current value (0 before the first add)."""
         return int(self._store.get(self._key, 0))
 
 
@@ -307,6 +311,7 @@ class Party(Holding):
 
     @property
     def present(self) -> bool:
+        """True while our member key is in the store on a lease that cannot have expired."""
         return self._live
 
     def leave(self) -> None:
@@ -317,6 +322,7 @@ class Party(Holding):
             session.close()
 
     def members(self) -> dict[str, Any]:
+        """Member id -> value of everyone present now, oldest first."""
         return {key_text(kv)[len(self._prefix):]: kv.value
                 for kv in self._store.range(prefix=self._prefix, sort="create")}
 
