@@ -88,12 +88,14 @@ class DoubleBarrier:
                 return rnd, mine, r
             # The round opened (or was reset) between our two steps: arrive in the next.
 
-    def _open(self, rnd: int) -> None:
-        """Open round `rnd` (a no-op if it opened already or was reset)."""
-        rk = self._round_key
+    def _open(self, rnd: int) -> bool:
+        """Open round `rnd`: True if it is open now (by us or by another participant), False
+        if it was reset (a Barrier's reset deleted the round, our arrival with it)."""
+        rk, ready = self._round_key, self._ready(rnd)
         done = [] if self._stays_open else [Delete(rk)]
-        self._store.txn(compare=[CreateRevision(rk) == rnd],
-                        success=[*done, Put(self._ready(rnd), True)])
+        r = self._store.txn(compare=[CreateRevision(rk) == rnd],
+                            success=[*done, Put(ready, True)], failure=[Get(ready)])
+        return r.succeeded or bool(ranged(r, 0).kvs)
 
     def _forget(self, rnd: int) -> None:
         """After a timeout: delete the round key if the round is left empty and closed, so
@@ -127,11 +129,12 @@ class DoubleBarrier:
             # r: [..., our key, how many arrived, the ready key], read together.
             while not (opened or ranged(r, -1).kvs):
                 if ranged(r, -2).count >= self.n:
-                    self._open(rnd)  # we (or one who died before opening it) made it n
-                    break
+                    # We (or one who died before opening it) made it n.
+                    if self._open(rnd):
+                        break
                 # Our lease ending while we wait means we no longer count: SessionLost.
-                if not await_change(self._store, ready, r.revision, deadline,
-                                    session=session, wake=on_ready):
+                elif not await_change(self._store, ready, r.revision, deadline,
+                                      session=session, wake=on_ready):
                     session.close()
                     self._forget(rnd)
                     return False
