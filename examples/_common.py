@@ -47,9 +47,12 @@ def _free_port() -> int:
 def _member(a: argparse.Namespace, root: Path, name: str, peers: dict[str, str]) -> embedkv.Store:
     """Open member `name` of the founders `peers` (on three machines, each runs the same
     open() with its own name: README "Clusters")."""
-    tick = 0.02 if a.short else 0.05  # short ticks: 1-second leases are noticed promptly
+    # Short ticks: 1-second leases are noticed promptly; an election timeout of 25 ticks
+    # (0.5 s) still rides out a loaded machine (the test suite's) without needless elections.
+    tick = 0.02 if a.short else 0.05
     return embedkv.open(root / name, name=name, listen=peers[name], peers=peers,
-                        cluster="recipe-example", insecure=True, tick_interval=tick)
+                        cluster="recipe-example", insecure=True, tick_interval=tick,
+                        election_tick=25 if a.short else 10)
 
 
 def _wait_leader(stores: list[embedkv.Store]) -> None:
@@ -141,6 +144,7 @@ class Child:
             except queue.Empty:
                 raise SystemExit(f"{self.role} ({self.name}) did not say {signal_!r}") from None
             if line is None:
+                self._lines.put(None)  # still ended for stop()
                 raise SystemExit(f"{self.role} ({self.name}) ended before saying {signal_!r}")
             if line == signal_:
                 return
