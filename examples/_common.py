@@ -47,9 +47,12 @@ def _free_port() -> int:
 def _member(a: argparse.Namespace, root: Path, name: str, peers: dict[str, str]) -> embedkv.Store:
     """Open member `name` of the founders `peers` (on three machines, each runs the same
     open() with its own name: README "Clusters")."""
-    tick = 0.02 if a.short else 0.05  # short ticks: 1-second leases are noticed promptly
+    # Short ticks: 1-second leases are noticed promptly; an election timeout of 25 ticks
+    # (0.5 s) still rides out a loaded machine (the test suite's) without needless elections.
+    tick = 0.02 if a.short else 0.05
     return embedkv.open(root / name, name=name, listen=peers[name], peers=peers,
-                        cluster="recipe-example", insecure=True, tick_interval=tick)
+                        cluster="recipe-example", insecure=True, tick_interval=tick,
+                        election_tick=25 if a.short else 10)
 
 
 def _wait_leader(stores: list[embedkv.Store]) -> None:
@@ -100,19 +103,31 @@ class Child:
     def __init__(self, a: argparse.Namespace, script: str, role: str, name: str,
                  peers: dict[str, str], root: Path) -> None:
         self.role, self.name = role, name
-        cmd = [sys.executable, script, str(root), "--role", role, "--member", name,
-               "--peers", json.dumps(peers)] + (["--short"] if a.short else [])
-        self._proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+        self._cmd = [sys.executable, script, str(root), "--role", role, "--member", name,
+                     "--peers", json.dumps(peers)] + (["--short"] if a.short else [])
+        self._start()
+
+    def _start(self) -> None:
+        self._proc = subprocess.Popen(self._cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                                       text=True, bufsize=1)
         self.pid = self._proc.pid
         self._lines: queue.SimpleQueue[str | None] = queue.SimpleQueue()
-        threading.Thread(target=self._read, daemon=True).start()
+        threading.Thread(target=self._read, args=(self._proc, self._lines), daemon=True).start()
 
-    def _read(self) -> None:
-        assert self._proc.stdout is not None
-        for line in self._proc.stdout:
-            self._lines.put(line.rstrip("\n"))
-        self._lines.put(None)  # the process ended
+    @staticmethod
+    def _read(proc: subprocess.Popen[str], lines: queue.SimpleQueue[str | None]) -> None:
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            lines.put(line.rstrip("\n"))
+        lines.put(None)  # the process ended
+
+    def restart(self) -> None:
+        """Start the killed process again: its member reopens its data dir and catches up
+        with the cluster; its role starts afresh."""
+        if self._proc.poll() is None:
+            raise RuntimeError(f"{self.name}'s process is still running")
+        self._start()
+        self.expect("@open")
 
     def tell(self, command: str) -> None:
         """Send `command` (one line) to the process."""
@@ -129,6 +144,7 @@ class Child:
             except queue.Empty:
                 raise SystemExit(f"{self.role} ({self.name}) did not say {signal_!r}") from None
             if line is None:
+                self._lines.put(None)  # still ended for stop()
                 raise SystemExit(f"{self.role} ({self.name}) ended before saying {signal_!r}")
             if line == signal_:
                 return

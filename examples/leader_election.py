@@ -19,6 +19,7 @@ import time
 from _common import Parent, args, processes, serve
 
 import embedkv
+from embedkv.recipes import SessionLost
 
 ELECTION = "scheduler"
 
@@ -31,7 +32,13 @@ def candidate(store: embedkv.Store, a: argparse.Namespace, parent: Parent) -> No
         return
     parent.say(f"{me} campaigns (process {os.getpid()}, member {store.name})")
     parent.say("@campaigning")
-    if not election.campaign(me, timeout=60):
+    while True:
+        try:
+            won = election.campaign(me, timeout=60)
+            break
+        except SessionLost:  # our own lease lapsed while waiting (say, in a Raft election)
+            parent.say(f"{me} lost its place in line with its lease and campaigns again")
+    if not won:
         parent.say(f"{me} gave up campaigning")
         return
     parent.say(f"{me} is the leader")

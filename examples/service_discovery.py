@@ -1,48 +1,84 @@
-"""Service discovery behind a gateway: round-robin over live backends, one dies.
+"""Service discovery behind a gateway: round-robin over live backends, one backend is killed.
 
     python examples/service_discovery.py [DATA_DIR] [--short]
 
-Three members of one cluster: backend i registers through member n<i>, the gateway picks on
-n1 and the registry's watch runs on n3.
+Three members of one cluster, one process each: the gateway and the registry's watch run on
+n1 (this process, which also hosts backend 10.0.0.1); backends 10.0.0.2 and 10.0.0.3 run in
+n2's and n3's processes (this script again, with ``--role backend``), each registering
+through its own member. The process of a backend whose member is a follower is SIGKILLed:
+its registration's lease runs out after its TTL, the registry reports the leave and the
+gateway stops routing to it.
 """
 
 from __future__ import annotations
 
+import argparse
+import os
 import threading
 
-from _common import args, cluster
+from _common import Parent, args, processes, serve
 
+import embedkv
 from embedkv.recipes import Endpoint
+
+SERVICE = "web"
+
+
+def address_of(member: str) -> str:
+    return f"10.0.0.{member[1:]}:8080"
+
+
+def backend(store: embedkv.Store, a: argparse.Namespace, parent: Parent) -> None:
+    """Registers when told and keeps its registration alive until the end (or its death)."""
+    if parent.command() != "register":
+        return
+    address = address_of(store.name)
+    with store.services(SERVICE).register(address, {"version": "1.4"}, ttl=a.ttl):
+        parent.say(f"backend {address} (process {os.getpid()}, member {store.name}) is up")
+        parent.say("@registered")
+        parent.command()  # serve until the gateway is done
 
 
 def main() -> None:
     a = args(__doc__)
+    if serve(a, {"backend": backend}):
+        return
     requests = 3 if a.short else 6
-    with cluster(a) as members:
-        gateway = members[0].services("web")
-        gone = threading.Event()
+    with processes(a, __file__, "n1", {"n2": "backend", "n3": "backend"}) as (n1, backends):
+        gateway = n1.services(SERVICE)
+        addresses: dict[str, str] = {}  # a leave names only the registration id
+        left: set[str] = set()
+        changed = threading.Condition()
 
         def on_change(kind: str, ep: Endpoint) -> None:
-            print(f"  registry: {kind} {ep.address or ep.id}")
-            if kind == "leave":
-                gone.set()
+            address = addresses.setdefault(ep.id, ep.address)
+            print(f"  registry (on n1): {kind} {address}", flush=True)
+            with changed:
+                if kind == "leave":
+                    left.add(address)
+                changed.notify_all()
 
-        watch = members[2].services("web").watch(on_change)
-        backends = [s.services("web").register(f"10.0.0.{i}:8080", {"version": "1.4"},
-                                               ttl=a.ttl)
-                    for i, s in enumerate(members, start=1)]
-        for _ in range(2 * requests):
-            print("gateway routes a request to", gateway.pick().address)
-        print("backend 10.0.0.2 is killed (no more heartbeats)")
-        backends[1].session.orphan()
-        gone.wait(30)  # its lease runs out after its TTL
-        for _ in range(requests):
-            print("gateway routes a request to", gateway.pick().address)
-        print("random pick:", gateway.pick(random=True).address)
-        watch.cancel()
-        for b in (backends[0], backends[2]):
-            b.deregister()
-
+        with gateway.register(address_of(n1.name), {"version": "1.4"}, ttl=a.ttl), \
+                gateway.watch(on_change):
+            print(f"backend {address_of(n1.name)} (this process, member n1) is up", flush=True)
+            for b in backends.values():
+                b.tell("register")
+                b.expect("@registered")
+            for _ in range(2 * requests):
+                print("gateway routes a request to", gateway.pick().address, flush=True)
+            # A backend on a follower dies: the leader's death would also hold up the other
+            # backends' heartbeats until a new leader is elected (a story of its own).
+            doomed = backends["n3"] if n1.leader == "n2" else backends["n2"]
+            address = address_of(doomed.name)
+            print(f"backend {address}'s process ({doomed.pid}, member {doomed.name}) is killed "
+                  "with SIGKILL (no more heartbeats)", flush=True)
+            doomed.kill()
+            with changed:  # its lease runs out after its TTL
+                if not changed.wait_for(lambda: address in left, 30):
+                    raise SystemExit("the dead backend never left the registry")
+            for _ in range(requests):
+                print("gateway routes a request to", gateway.pick().address, flush=True)
+            print("random pick:", gateway.pick(random=True).address, flush=True)
 
 if __name__ == "__main__":
     main()

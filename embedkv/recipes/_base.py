@@ -372,8 +372,9 @@ class Session:
         except (LeaseNotFound, Closed):
             self._mark_lost()
             return None
-        except Exception:  # Unavailable and the like: try again until the bound passes.
-            _log.warning("lease %x: keep-alive failed; retrying", self.id, exc_info=True)
+        except Exception as e:  # Unavailable, an election under way: try again until the
+            # bound passes (losing the lease then is what callbacks and `alive` report).
+            _log.info("lease %x: keep-alive failed (%r); retrying", self.id, e)
             return min(time.monotonic() + 0.1, self._valid_until)
         self._valid_until = now + self.ttl
         return min(time.monotonic() + self.ttl / 3, self._valid_until)

@@ -193,3 +193,27 @@ class AsyncServices:
 
     async def pick(self, *, random: bool = False) -> Endpoint:
         return await _run(self.sync.pick, random=random)
+
+
+def _document(face: type, sync: type) -> None:
+    """Give each coroutine and property of an asyncio face its sync recipe's docstring: the
+    operation is the same, awaited."""
+    if face.__doc__ is None:
+        face.__doc__ = f"The asyncio face of {sync.__name__}: its operations, awaited."
+    for name, attr in vars(face).items():
+        if name.startswith("_"):
+            continue
+        doc = getattr(getattr(sync, name, None), "__doc__", None)
+        if isinstance(attr, property):
+            if attr.__doc__ is None and attr.fget is not None:
+                attr.fget.__doc__ = doc
+                setattr(face, name, property(attr.fget, attr.fset, attr.fdel, doc))
+        elif callable(attr) and attr.__doc__ is None:
+            attr.__doc__ = doc
+
+
+for _face, _sync in ((AsyncLock, Lock), (AsyncRWLock, RWLock), (AsyncElection, Election),
+                     (AsyncQueue, Queue), (AsyncBarrier, Barrier),
+                     (AsyncDoubleBarrier, DoubleBarrier), (AsyncCounter, Counter),
+                     (AsyncParty, Party), (AsyncServices, Services)):
+    _document(_face, _sync)

@@ -75,6 +75,7 @@ class ConfigView(Mapping[str, Any]):
             return self._revision, dict(self._data)
 
     def on_change(self, callback: Callable[[ConfigView], object]) -> None:
+        """Call `callback(view)` after each change of the view (see the class)."""
         if not callable(callback):
             raise TypeError("callback must be callable")
         self._callbacks.append(callback)
@@ -89,6 +90,7 @@ class ConfigView(Mapping[str, Any]):
         return len(self._data)
 
     def close(self) -> None:
+        """Stop following the prefix (the view keeps its last state)."""
         self._follow.cancel()
 
     def __enter__(self) -> ConfigView:

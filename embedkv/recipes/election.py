@@ -147,6 +147,7 @@ class Observation:
                 continue
 
     def cancel(self) -> None:
+        """Stop following; an iterator ends once it has given what it already had."""
         self._follow.cancel()
 
     def __enter__(self) -> Observation:

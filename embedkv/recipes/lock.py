@@ -277,7 +277,9 @@ class RWLock:
         prefix("rwlock", name)
 
     def read(self) -> Lock:
+        """A new read lock (shared with readers, after every writer queued before it)."""
         return _ReadLock(self._store, self.name, ttl=self.ttl, _kind="rwlock")
 
     def write(self) -> Lock:
+        """A new write lock (alone, after everyone queued before it)."""
         return _WriteLock(self._store, self.name, ttl=self.ttl, _kind="rwlock")

@@ -37,18 +37,22 @@ class Registration:
 
     @property
     def id(self) -> str:
+        """The registration's id (changes when it re-registers on a new lease)."""
         assert self._party.id is not None
         return self._party.id
 
     @property
     def live(self) -> bool:
+        """True while registered on a lease that cannot have expired."""
         return self._party.present
 
     @property
     def session(self) -> Any:
+        """The lease session of the current registration."""
         return self._party.session
 
     def deregister(self) -> None:
+        """Leave the registry now (ends a re-registration under way)."""
         self._party.leave()
 
     def __enter__(self) -> Registration:
@@ -72,6 +76,8 @@ class Services:
     def register(
         self, address: str, metadata: dict[str, Any] | None = None, *, ttl: int = 10
     ) -> Registration:
+        """Register `address` on a lease of `ttl` seconds kept alive (and renewed on a new
+        lease if lost) until ``deregister()``."""
         if not isinstance(address, str) or not address:
             raise TypeError("address must be a non-empty str")
         if metadata is not None and not isinstance(metadata, dict):

@@ -7,6 +7,7 @@ from collections.abc import Callable
 from typing import Any
 
 from embedkv import (
+    CreateRevision,
     Delete,
     Event,
     EventType,
@@ -14,6 +15,7 @@ from embedkv import (
     ModRevision,
     Put,
     Store,
+    TxnResult,
     Version,
     Watch,
 )
@@ -37,7 +39,17 @@ from .lock import Holding, Lock, enqueue
 class DoubleBarrier:
     """``store.double_barrier(name, n)``: ``enter()`` blocks until `n` participants have
     entered; ``leave()`` blocks until all of them have left — etcd's DoubleBarrier. Each
-    participant's presence is on its own lease, so one that dies no longer counts."""
+    participant's presence is on its own lease, so one that dies no longer counts.
+
+    The name can be used round after round: every round has its own keys. The round key
+    ``<prefix>round`` is created by a round's first arrival, and its create revision is the
+    round's id; participants arrive under ``w/<id>/`` and the round opens with
+    ``ready/<id>``. Opening deletes the round key in the same transaction, so whoever
+    arrives later starts the next round: the last round's open state cannot release it, and
+    the last round's leavers clear only their own round."""
+
+    _stays_open = False
+    """A Barrier's round stays open (late arrivals pass) until reset()."""
 
     def __init__(self, store: Store, name: str, n: int, *, ttl: int = 10,
                  _kind: str = "double_barrier") -> None:
@@ -46,9 +58,56 @@ class DoubleBarrier:
         self.n = check_count("n", n)
         self.ttl = check_ttl(ttl)
         self._prefix = prefix(_kind, name)
-        self._waiting = self._prefix + "w/"
-        self._ready = self._prefix + "ready"
+        self._round_key = self._prefix + "round"
         self._session: Session | None = None
+        self._round = 0
+
+    def _waiting(self, rnd: int) -> str:
+        return f"{self._prefix}w/{rnd:020d}/"
+
+    def _ready(self, rnd: int) -> str:
+        return f"{self._prefix}ready/{rnd:020d}"
+
+    def _arrive(self, session: Session) -> tuple[int, str, TxnResult]:
+        """Put our key in the round now forming (starting one if none is): (the round's
+        id, our key, the arrival's transaction: [_, our key, how many arrived, ready])."""
+        rk = self._round_key
+        while True:
+            r = self._store.txn(compare=[Version(rk) == 0], success=[Put(rk, self.n)],
+                                failure=[Get(rk)])
+            rnd = r.revision if r.succeeded else ranged(r, 0).kvs[0].create_revision
+            mine = f"{self._waiting(rnd)}{session.id:016x}"
+            # Touching the round key orders every arrival after the look of a timed-out
+            # participant clearing an empty round (see _forget).
+            r = self._store.txn(
+                compare=[CreateRevision(rk) == rnd],
+                success=[Put(rk, self.n), Put(mine, "", lease=session.id),
+                         Get(self._waiting(rnd), prefix=True, count_only=True),
+                         Get(self._ready(rnd))])
+            if r.succeeded:
+                return rnd, mine, r
+            # The round opened (or was reset) between our two steps: arrive in the next.
+
+    def _open(self, rnd: int) -> bool:
+        """Open round `rnd`: True if it is open now (by us or by another participant), False
+        if it was reset (a Barrier's reset deleted the round, our arrival with it)."""
+        rk, ready = self._round_key, self._ready(rnd)
+        done = [] if self._stays_open else [Delete(rk)]
+        r = self._store.txn(compare=[CreateRevision(rk) == rnd],
+                            success=[*done, Put(ready, True)], failure=[Get(ready)])
+        return r.succeeded or bool(ranged(r, 0).kvs)
+
+    def _forget(self, rnd: int) -> None:
+        """After a timeout: delete the round key if the round is left empty and closed, so
+        nothing stays behind (an arrival since the look touched it: then it stays)."""
+        rk = self._round_key
+        r = self._store.txn(success=[Get(rk), Get(self._waiting(rnd), prefix=True,
+                                                     count_only=True), Get(self._ready(rnd))])
+        kvs = ranged(r, 0).kvs
+        if kvs and kvs[0].create_revision == rnd and ranged(r, 1).count == 0 \
+                and not ranged(r, 2).kvs:
+            self._store.txn(compare=[ModRevision(rk) == kvs[0].mod_revision],
+                            success=[Delete(rk)])
 
     def enter(self, timeout: float | None = None) -> bool:
         """Arrive and wait until `n` have arrived: True, or False after `timeout`."""
@@ -56,52 +115,57 @@ class DoubleBarrier:
         if self._session is not None:
             raise RuntimeError("already entered")
         session = Session(self._store, self.ttl)
-        mine = f"{self._waiting}{session.id:016x}"
         opened: list[Event] = []
 
         def on_ready(e: Event) -> bool:
-            if e.type is EventType.PUT:  # opened after we arrived (it may close again soon)
+            if e.type is EventType.PUT:  # our round opened after we arrived
                 opened.append(e)
                 return True
             return False
 
         try:
-            r = self._store.txn(success=[Put(mine, "", lease=session.id),
-                                         Get(self._waiting, prefix=True, count_only=True),
-                                         Get(self._ready)])
-            while not (opened or ranged(r, 2).kvs):
-                if ranged(r, 1).count >= self.n:
-                    self._store.put(self._ready, True)
-                    break
+            rnd, mine, r = self._arrive(session)
+            ready = self._ready(rnd)
+            # r: [..., our key, how many arrived, the ready key], read together.
+            while not (opened or ranged(r, -1).kvs):
+                if ranged(r, -2).count >= self.n:
+                    # We (or one who died before opening it) made it n.
+                    if self._open(rnd):
+                        break
                 # Our lease ending while we wait means we no longer count: SessionLost.
-                if not await_change(self._store, self._ready, r.revision, deadline,
-                                    session=session, wake=on_ready):
+                elif not await_change(self._store, ready, r.revision, deadline,
+                                      session=session, wake=on_ready):
                     session.close()
+                    self._forget(rnd)
                     return False
                 r = self._store.txn(success=[Get(mine),
-                                             Get(self._waiting, prefix=True, count_only=True),
-                                             Get(self._ready)])
+                                             Get(self._waiting(rnd), prefix=True,
+                                                 count_only=True),
+                                             Get(ready)])
                 if not ranged(r, 0).kvs:
                     raise SessionLost("our arrival is gone: the lease ended while waiting")
         except BaseException:
             session.close()
             raise
-        self._session = session
+        self._session, self._round = session, rnd
         return True
 
     def leave(self, timeout: float | None = None) -> bool:
-        """Depart and wait until every participant has departed: True, or False on timeout."""
+        """Depart and wait until every participant of our round has departed: True, or
+        False on timeout."""
         deadline = deadline_of(check_timeout(timeout))
         session, self._session = self._session, None
         if session is None:
             raise RuntimeError("not entered")
         session.close()  # deletes our key
+        waiting, ready = self._waiting(self._round), self._ready(self._round)
         while True:
-            r = self._store.txn(success=[Get(self._waiting, prefix=True, count_only=True)])
+            r = self._store.txn(success=[Get(waiting, prefix=True, count_only=True)])
             if ranged(r, 0).count == 0:
-                self._store.txn(compare=[Version(self._ready) > 0], success=[Delete(self._ready)])
+                # Our round's own ready key: a later round's is another key.
+                self._store.txn(compare=[Version(ready) > 0], success=[Delete(ready)])
                 return True
-            if not await_change(self._store, self._waiting, r.revision, deadline, prefix=True):
+            if not await_change(self._store, waiting, r.revision, deadline, prefix=True):
                 return False
 
 
@@ -111,10 +175,12 @@ class Barrier:
     once) until ``reset()``."""
 
     def __init__(self, store: Store, name: str, n: int, *, ttl: int = 10) -> None:
-        self._db = DoubleBarrier(store, name, n, ttl=ttl, _kind="barrier")
+        self._db = _OpenBarrier(store, name, n, ttl=ttl, _kind="barrier")
         self._store = store
 
     def wait(self, timeout: float | None = None) -> bool:
+        """Arrive and wait until `n` have arrived (or pass at once if the barrier is open):
+        True, or False after `timeout` (our arrival is withdrawn)."""
         db = self._db
         db._session = None
         ok = db.enter(timeout)
@@ -124,8 +190,13 @@ class Barrier:
         return ok
 
     def reset(self) -> None:
-        """Close the barrier again for a new round of `n`."""
+        """Close the barrier again for a new round of `n` (its round key goes too: the next
+        arrival starts a round with a new id, which nothing of the old round names)."""
         self._store.delete(self._db._prefix, prefix=True)
+
+
+class _OpenBarrier(DoubleBarrier):
+    _stays_open = True
 
 
 class Semaphore(Lock):
@@ -165,10 +236,12 @@ class Counter:
                 return new
 
     def subtract(self, delta: int = 1) -> int:
+        """Subtract `delta` and return the new value."""
         return self.add(-delta)
 
     @property
     def value(self) -> int:
+        """The current value (0 before the first add)."""
         return int(self._store.get(self._key, 0))
 
 
@@ -241,6 +314,7 @@ class Party(Holding):
 
     @property
     def present(self) -> bool:
+        """True while our member key is in the store on a lease that cannot have expired."""
         return self._live
 
     def leave(self) -> None:
@@ -251,6 +325,7 @@ class Party(Holding):
             session.close()
 
     def members(self) -> dict[str, Any]:
+        """Member id -> value of everyone present now, oldest first."""
         return {key_text(kv)[len(self._prefix):]: kv.value
                 for kv in self._store.range(prefix=self._prefix, sort="create")}
 

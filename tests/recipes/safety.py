@@ -64,6 +64,32 @@ def lock_exclusion(stores: Stores, name: str, users: int = 8, rounds: int = 8) -
     assert stores[-1].count(f"_embedkv/lock/{name}/") == 0
 
 
+def lock_fair(stores: Stores, name: str, waiters: int = 4) -> None:
+    """Waiters queued one after another (waiter i on member i % len) get the lock in the
+    order they queued."""
+    first = stores[0].lock(name, ttl=5)
+    assert first.acquire()
+    order: list[int] = []
+
+    def waiter(i: int, lock: embedkv.recipes.Lock) -> None:
+        with lock:
+            order.append(i)
+
+    threads = []
+    for i in range(waiters):
+        lock = stores[(i + 1) % len(stores)].lock(name, ttl=5)
+        t = threading.Thread(target=waiter, args=(i, lock))
+        t.start()
+        threads.append(t)
+        # the next one starts only once this one's key is queued
+        wait_for(lambda i=i: stores[-1].count(f"_embedkv/lock/{name}/") == i + 2,  # type: ignore[misc]
+                 what="queued")
+    first.release()
+    for t in threads:
+        t.join(30)
+    assert order == list(range(waiters))
+
+
 def lock_dead_holder(stores: Stores, name: str) -> None:
     """A holder dies: the lock frees itself after the TTL, the next token is greater, and the
     dead holder's guarded write is refused by every member."""

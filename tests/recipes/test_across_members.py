@@ -33,6 +33,10 @@ def test_lock_exclusion_and_tokens(members: list[embedkv.Store]) -> None:
     safety.lock_exclusion(members, "m-lock", users=6, rounds=5)
 
 
+def test_lock_waiters_served_in_order(members: list[embedkv.Store]) -> None:
+    safety.lock_fair(members, "m-fair")
+
+
 def test_lock_dead_holder_and_fenced_write(members: list[embedkv.Store]) -> None:
     safety.lock_dead_holder(members, "m-dead")
 

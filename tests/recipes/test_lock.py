@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 
 import embedkv
 from embedkv.recipes import SessionLost
-from tests.recipes.safety import lock_dead_holder, lock_exclusion
+from tests.recipes.safety import lock_dead_holder, lock_exclusion, lock_fair
 from tests.waiting import wait_for
 
 
@@ -19,26 +19,7 @@ def test_exclusion_and_strictly_increasing_tokens_with_8_threads(store: embedkv.
 
 
 def test_waiters_are_served_in_arrival_order(store: embedkv.Store) -> None:
-    first = store.lock("fair", ttl=5)
-    assert first.acquire()
-    order: list[str] = []
-    threads = []
-    for i, name in enumerate("BCDE"):
-        lock = store.lock("fair", ttl=5)
-
-        def run(lock: embedkv.recipes.Lock = lock, name: str = name) -> None:
-            with lock:
-                order.append(name)
-
-        t = threading.Thread(target=run)
-        t.start()
-        threads.append(t)
-        # the next one starts only once this one's key is queued
-        wait_for(lambda i=i: store.count("_embedkv/lock/fair/") == i + 2, what="queued")
-    first.release()
-    for t in threads:
-        t.join(30)
-    assert order == list("BCDE")
+    lock_fair([store], "fair")
 
 
 def test_a_dead_holders_lock_frees_itself_and_its_late_write_is_refused(
@@ -188,3 +169,30 @@ def test_lock_matches_a_model(store: embedkv.Store, ops: list[tuple[str, int]]) 
     for lk in locks:
         if lk.is_held:
             lk.release()
+
+
+@MODEL
+@given(st.lists(st.tuples(st.sampled_from(["read", "write", "release"]), st.integers(0, 3)),
+                max_size=20))
+def test_rwlock_matches_a_model(store: embedkv.Store, ops: list[tuple[str, int]]) -> None:
+    """Non-blocking read/write acquisitions and releases by four clients against: readers
+    share, a writer is alone (a refused non-blocking try leaves no one waiting)."""
+    rw = store.rwlock(f"rwmodel{store.revision}")
+    held: dict[int, tuple[str, embedkv.recipes.Lock]] = {}
+    for op, i in ops:
+        if op == "release":
+            if i in held:
+                held.pop(i)[1].release()
+            continue
+        if i in held:
+            continue
+        writers = [c for c, (kind, _) in held.items() if kind == "write"]
+        expect = not writers if op == "read" else not held
+        lock = rw.read() if op == "read" else rw.write()
+        assert lock.acquire(blocking=False) == expect, (op, i, held)
+        if expect:
+            held[i] = (op, lock)
+        assert all(lk.is_held for _, lk in held.values())
+    for _, lk in held.values():
+        lk.release()
+    assert store.count("_embedkv/rwlock/") == 0
