@@ -27,6 +27,7 @@ from .errors import (
 )
 from .leases import AsyncLease, Lease
 from .member import MemberInfo
+from .member.discovery import Discovery
 from .operations import Deleted
 from .storage.backup import DefragResult
 from .storage.requests import (
@@ -82,6 +83,7 @@ __all__ = [
     "Delete",
     "DeleteResult",
     "Deleted",
+    "Discovery",
     "Error",
     "Event",
     "EventType",

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import dataclasses
+import functools
 import os
 import threading
 import weakref
@@ -40,6 +41,7 @@ from .aio import AsyncStore, open_async  # re-exported: the asyncio face, in emb
 from .errors import Closed, Unavailable
 from .leases import AsyncLease, Lease, granted, lease_id, propose_grant
 from .member import ClusterOptions, Member, MemberInfo, check_cluster_options, new_identity
+from .member.discovery import Discovery, check_discovery, open_with_discovery
 from .operations import (
     FIRST,
     TO_END,
@@ -178,6 +180,7 @@ def _check_options(
     durable: object, serializable_reads: object, request_timeout: object, tick_interval: object,
     election_tick: object, heartbeat_tick: object, name: object = None, listen: object = None,
     peers: object = None, cluster: object = None, join: object = None, insecure: object = False,
+    expect: object = None, discovery: object = None,
 ) -> ClusterOptions:
     """Check ``open``'s options before anything touches the disk (open_async checks them at
     its call too, not when awaited)."""
@@ -203,6 +206,7 @@ def _check_options(
             f"election_tick ({election}) must be greater than heartbeat_tick ({heartbeat})"
         )
     check_cluster_options(opts)
+    check_discovery(opts, expect, discovery)
     return opts
 
 
@@ -221,6 +225,8 @@ def open(
     cluster: str | None = None,
     join: Sequence[str] | None = None,
     insecure: bool = False,
+    expect: int | None = None,
+    discovery: bool | Discovery | None = None,
 ) -> Store:
     """Open (creating if needed) the store in directory `path` and return a Store.
 
@@ -231,6 +237,12 @@ def open(
     one-member store reopened with ``listen`` takes joins. A restart needs only `path` (and
     ``listen`` if it changed). Peer links are plain TCP for now, so each of these needs
     ``insecure=True``.
+
+    Discovery (README "Discovery"): ``cluster="name", expect=3`` on fresh members (each with
+    ``name`` and ``listen``) finds the others of that name with mDNS and founds one cluster
+    once `expect` of them agree, or joins the cluster of that name it finds; a running member
+    announces itself and follows peers whose address changed. ``discovery=Discovery(
+    interfaces=[...], timeout=...)`` tunes it; ``discovery=False`` turns it off.
 
     ``durable=True``: a write returns once it is fsync'd. ``durable=False`` skips the fsync per
     commit: a crash of the process loses nothing, a crash of the machine may lose the last
@@ -248,16 +260,22 @@ def open(
     """
     opts = _check_options(durable, serializable_reads, request_timeout, tick_interval,
                           election_tick, heartbeat_tick, name, listen, peers, cluster, join,
-                          insecure)
-    member = Member.open(
+                          insecure, expect, discovery)
+    open_member = functools.partial(
+        Member.open,
         os.fspath(path),
         durable=durable,
         request_timeout=request_timeout,
         tick_interval=tick_interval,
         election_tick=election_tick,
         heartbeat_tick=heartbeat_tick,
-        cluster=opts,
     )
+    disc = check_discovery(opts, expect, discovery)
+    if disc is None:
+        member = open_member(cluster=opts)
+    else:
+        member = open_with_discovery(os.fspath(path), opts, expect, disc,
+                                     lambda o: open_member(cluster=o), request_timeout)
     return Store(member, serializable_reads=serializable_reads, request_timeout=request_timeout)
 
 
