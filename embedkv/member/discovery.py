@@ -64,6 +64,9 @@ VOTE_FILE = "founding-vote.cbor"
 CALL_TIMEOUT = 2.0
 """Seconds a founding call waits for its answer."""
 
+UNREACHABLE_FOR = 10.0
+"""Seconds a formed announcement nobody answers at is left aside."""
+
 
 @dataclass(frozen=True, slots=True)
 class Discovery:
@@ -150,6 +153,7 @@ class Founder:
         self._changed = asyncio.Event()
         self._tasks: set[asyncio.Task[Any]] = set()
         self._next_join = 0.0
+        self._unreachable: dict[str, float] = {}  # formed addresses nobody answers at: until
 
     async def run(self, deadline: float) -> str:
         loop = asyncio.get_running_loop()
@@ -205,7 +209,8 @@ class Founder:
     async def _step(self) -> None:
         now = time.monotonic()
         seen = [a for a in self.mdns.seen(self.cluster) if a.member != self.name]
-        formed = [a for a in seen if a.state == "formed"]
+        formed = [a for a in seen if a.state == "formed"
+                  and self._unreachable.get(a.address, 0.0) <= now]
         if formed and self.core.vote is None and self.core.decided is None:
             if now >= self._next_join:
                 await self._join(formed)
@@ -223,12 +228,18 @@ class Founder:
             self._next_join = time.monotonic() + 2.0
             return
         addresses = sorted({a.address for a in formed})
-        opts = ClusterOptions(name=self.name, listen=self.listen, join=addresses)
+        live = [a for a in addresses if await reachable(a)]
+        for a in set(addresses) - set(live):
+            # Announced as formed, yet nobody listens there (gone, or forged): it does not
+            # hold founding back (docs/internals/discovery.md says what that costs).
+            self._unreachable[a] = time.monotonic() + UNREACHABLE_FOR
+        if not live:
+            return
+        opts = ClusterOptions(name=self.name, listen=self.listen, join=live)
         try:
             await asyncio.to_thread(bootstrap_joiner, self.dd, opts, self.join_timeout)
         except Exception as exc:
-            log.info("could not join cluster %r through %s yet: %s", self.cluster, addresses,
-                     exc)
+            log.info("could not join cluster %r through %s yet: %s", self.cluster, live, exc)
             self._next_join = time.monotonic() + 1.0
             return
         self.outcome = "joined"
@@ -268,7 +279,11 @@ class Founder:
             body = await self.transport.call(e.to.address, "found.ask", e.proposal.encode(),
                                              timeout=CALL_TIMEOUT)
             granted = isinstance(body, dict) and body.get("granted") is True
-            if not granted:
+            if not isinstance(body, dict) or body.get("name") != e.to.name:
+                # Another member answers at that address: the seat was announced falsely.
+                log.info("%s does not answer at %s: leaving it out", e.to.name, e.to.address)
+                granted = None
+            elif not granted:
                 log.debug("%s refused proposal %s: %s", e.to.name, e.proposal.nonce,
                           body.get("why") if isinstance(body, dict) else body)
         except RemoteError as exc:
@@ -314,10 +329,13 @@ class Founder:
         if self.outcome is not None:
             raise ValueError("this member has left the founding")
         if method == "found.ask":
-            proposal = Proposal.decode(body)
+            try:
+                proposal = Proposal.decode(body)
+            except ValueError as exc:
+                return {"granted": False, "why": str(exc), "name": self.name}
             granted, why, effects = self.core.on_ask(proposal, time.monotonic())
             self._run(effects)  # the vote is durable before the answer leaves
-            return {"granted": granted, "why": why}
+            return {"granted": granted, "why": why, "name": self.name}
         nonce = body.get("nonce") if isinstance(body, dict) else None
         if not isinstance(nonce, str):
             raise ValueError(f"a founding call {method!r} names a nonce")
@@ -330,6 +348,19 @@ class Founder:
         else:
             raise ValueError(f"unknown call {method!r}")
         return None
+
+
+async def reachable(address: str) -> bool:
+    """Whether anything accepts a TCP connection at `address`."""
+    host, port = parse_address(address)
+    try:
+        _, writer = await asyncio.wait_for(asyncio.open_connection(host, port), CALL_TIMEOUT)
+    except (OSError, TimeoutError):
+        return False
+    writer.close()
+    with contextlib.suppress(OSError):
+        await writer.wait_closed()
+    return True
 
 
 async def probe(address: str, token: str) -> bool:

@@ -204,7 +204,14 @@ class Founding:
         rank = candidates.index(self.me)
         if now < self._view_since + self.timing.settle + rank * self.timing.stagger:
             return out
-        others = [s for s in candidates if s != self.me][: self.expect - 1]
+        others: list[Seat] = []
+        taken = {self.me.address}
+        for s in candidates:  # one seat per address: a forged name on a real address loses
+            if s != self.me and s.address not in taken and len(others) < self.expect - 1:
+                others.append(s)
+                taken.add(s.address)
+        if len(others) < self.expect - 1:
+            return out
         proposal = Proposal(secrets.token_hex(16), self.me.name,
                             tuple(sorted([self.me, *others])))
         self._own = _Own(proposal, {self.me.name})

@@ -720,7 +720,12 @@ class Member:
         while not self._closed:
             try:
                 self.change_membership(change, peer)
-                return
+                recorded = self._dd.members().get(self.member_id)
+                if recorded is not None and recorded.address == local.listen:
+                    return
+                # change_membership took an unreachable leader's silence for success (this
+                # voter "shows" already): nothing was recorded, so try again.
+                log.info("this member's address %s is not recorded yet", local.listen)
             except (Closed, Removed):
                 return
             except Exception as exc:  # no quorum yet: the others must learn it eventually
@@ -728,7 +733,7 @@ class Member:
                             local.listen, exc)
                 if conf.voters == {self.member_id}:
                     return  # alone, the next open tries again
-                self._close_done.wait(self._election_tick * self._tick_interval)
+            self._close_done.wait(self._election_tick * self._tick_interval)
 
     # --- discovery's hooks (embedkv.member.discovery) ------------------------------------------
 
