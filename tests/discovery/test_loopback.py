@@ -21,7 +21,7 @@ from embedkv.net.discovery import Announcement, Mdns
 
 from ..waiting import wait_for
 
-FAST = {"tick_interval": 0.02, "request_timeout": 5.0}
+FAST: dict[str, Any] = {"tick_interval": 0.02, "request_timeout": 5.0}
 TIMING = Timing(settle=0.5, stagger=0.3, backoff=1.0, suspect=3.0, poll=0.5)
 
 RUNS = 5
@@ -120,6 +120,10 @@ def form(lan: Lan, cluster: str, names: list[str], **kw: Any) -> list[embedkv.St
     return stores
 
 
+def holds(store: embedkv.Store, key: str, value: str) -> bool:
+    return bool(store.get(key) == value)
+
+
 def has_voters(store: embedkv.Store, names: set[str]) -> bool:
     return {m.name for m in store.members() if m.voter} == names
 
@@ -174,7 +178,7 @@ def test_members_that_all_moved_find_each_other_again(lan: Lan) -> None:
 
     wait_for(writes, 60, "a write after every member moved")
     for s in moved:
-        wait_for(lambda s=s: s.get("k") == "after", 20, "the write everywhere")
+        wait_for(functools.partial(holds, s, "k", "after"), 20, "the write everywhere")
 
     def addresses_follow() -> bool:
         return {m.name: m.address for m in moved[0].members()} == {
