@@ -4,6 +4,8 @@
 from __future__ import annotations
 
 import functools
+import io
+import json
 import random
 import secrets
 import socket
@@ -15,7 +17,7 @@ from typing import Any
 import pytest
 
 import embedkv
-from embedkv import Discovery
+from embedkv import Discovery, cli
 from embedkv.member.founding import Timing
 from embedkv.net.discovery import Announcement, Mdns
 
@@ -265,3 +267,50 @@ def test_discovery_false_announces_nothing(lan: Lan) -> None:
             wait_for(lambda: seen.seen(cluster), 3, "an announcement")
     finally:
         seen.close()
+
+
+def test_cli_discover_lists_what_is_announced(lan: Lan) -> None:
+    cluster, other = lan.name(), lan.name("other")
+    ip = loopback_ip()
+    announcer = Mdns([ip], service_type=lan.service)
+    try:
+        announcer.announce(Announcement(cluster, "n1", f"{ip}:7400", "formed", 0xABC))
+        out = io.StringIO()
+        code = cli.main(["discover", "--cluster", cluster, "--interface", loopback_ip(),
+                         "--timeout", "3", "--service-type", lan.service, "-w", "json"],
+                        stdout=out)
+        assert code == 0
+        assert [json.loads(line) for line in out.getvalue().splitlines()] == [
+            {"cluster": cluster, "member": "n1", "address": f"{ip}:7400", "state": "formed",
+             "cluster_id": 0xABC}]
+        out = io.StringIO()
+        assert cli.main(["discover", "--cluster", other, "--interface", loopback_ip(),
+                         "--timeout", "1", "--service-type", lan.service], stdout=out) == 0
+        assert out.getvalue() == ""
+    finally:
+        announcer.close()
+    assert cli.main(["discover", "--interface", "not-an-ip", "--timeout", "1"]) == 1
+
+
+@pytest.mark.parametrize(("options", "error"), [
+    ({"expect": 3, "discovery": False}, ValueError),
+    ({"expect": 0}, ValueError),
+    ({"expect": True}, TypeError),
+    ({"expect": 3, "cluster": None}, ValueError),
+    ({"expect": 3, "cluster": "bad/name"}, ValueError),
+    ({"expect": 3, "name": None}, ValueError),
+    ({"expect": 3, "peers": {"a": "127.0.0.1:7400"}}, ValueError),
+    ({"discovery": "yes"}, TypeError),
+    ({"discovery": Discovery(interfaces=["eth0"])}, ValueError),
+    ({"discovery": Discovery(interfaces=["127.0.0.1"], timeout=0)}, ValueError),
+    ({"discovery": Discovery(interfaces=["127.0.0.1"], service_type="x")}, ValueError),
+])
+def test_bad_discovery_options_are_refused_before_anything(
+        tmp_path: Path, options: dict[str, Any], error: type[Exception]) -> None:
+    kw: dict[str, Any] = {"name": "a", "listen": "127.0.0.1:7400", "cluster": "c",
+                          "insecure": True, **options}
+    with pytest.raises(error):
+        embedkv.open(tmp_path / "d", **kw)
+    with pytest.raises(error):
+        embedkv.open_async(tmp_path / "d", **kw)
+    assert not (tmp_path / "d").exists()
