@@ -315,6 +315,8 @@ class Founder:
                     return
                 continue
             answer = body.get("answer") if isinstance(body, dict) else None
+            if not isinstance(body, dict) or body.get("name") != p.proposer:
+                continue  # not the proposer answering there
             if answer in ("collecting", "decided", "unknown"):
                 self._answer_poll(p, answer)
                 return
@@ -344,7 +346,7 @@ class Founder:
         elif method == "found.commit":
             self._run(self.core.on_commit(nonce))
         elif method == "found.status":
-            return {"answer": self.core.status(nonce)}
+            return {"answer": self.core.status(nonce), "name": self.name}
         else:
             raise ValueError(f"unknown call {method!r}")
         return None
