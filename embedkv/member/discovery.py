@@ -153,6 +153,7 @@ class Founder:
         self._changed = asyncio.Event()
         self._tasks: set[asyncio.Task[Any]] = set()
         self._next_join = 0.0
+        self._joining = False
         self._unreachable: dict[str, float] = {}  # formed addresses nobody answers at: until
 
     async def run(self, deadline: float) -> str:
@@ -162,11 +163,7 @@ class Founder:
             loop.call_soon_threadsafe(self._changed.set)
 
         self.mdns.on_change = changed
-        self.transport = PeerTransport(
-            member_id=random_id(), cluster=founding_token(self.cluster), listen=self.listen,
-            peers={}, on_message=lambda m: None, report_unreachable=lambda p: None,
-            on_peer_lost=lambda p: None, report_snapshot=lambda p, ok: None,
-        )
+        self.transport = calls_only(founding_token(self.cluster), self.listen)
         self.transport.on_call = self._on_call
         await self.transport.start()
         commits: list[Proposal] = []
@@ -236,12 +233,15 @@ class Founder:
         if not live:
             return
         opts = ClusterOptions(name=self.name, listen=self.listen, join=live)
+        self._joining = True  # no vote is granted meanwhile: a joiner must not found too
         try:
             await asyncio.to_thread(bootstrap_joiner, self.dd, opts, self.join_timeout)
         except Exception as exc:
             log.info("could not join cluster %r through %s yet: %s", self.cluster, live, exc)
             self._next_join = time.monotonic() + 1.0
             return
+        finally:
+            self._joining = False
         self.outcome = "joined"
 
     # --- effects ----------------------------------------------------------------------
@@ -335,6 +335,9 @@ class Founder:
                 proposal = Proposal.decode(body)
             except ValueError as exc:
                 return {"granted": False, "why": str(exc), "name": self.name}
+            if self._joining:
+                return {"granted": False, "why": "this member is joining a formed cluster",
+                        "name": self.name}
             granted, why, effects = self.core.on_ask(proposal, time.monotonic())
             self._run(effects)  # the vote is durable before the answer leaves
             return {"granted": granted, "why": why, "name": self.name}
@@ -350,6 +353,15 @@ class Founder:
         else:
             raise ValueError(f"unknown call {method!r}")
         return None
+
+
+def calls_only(token: str, listen: str) -> PeerTransport:
+    """A transport for calls only (no Raft peers), under a random id and `token`."""
+    return PeerTransport(
+        member_id=random_id(), cluster=token, listen=listen, peers={},
+        on_message=lambda m: None, report_unreachable=lambda p: None,
+        on_peer_lost=lambda p: None, report_snapshot=lambda p, ok: None,
+    )
 
 
 async def reachable(address: str) -> bool:
@@ -368,11 +380,7 @@ async def reachable(address: str) -> bool:
 async def probe(address: str, token: str) -> bool:
     """Whether the member at `address` belongs to the cluster of `token` (it accepted a call
     connection with that token: its handler answered, even with an error)."""
-    transport = PeerTransport(
-        member_id=random_id(), cluster=token, listen="127.0.0.1:0", peers={},
-        on_message=lambda m: None, report_unreachable=lambda p: None,
-        on_peer_lost=lambda p: None, report_snapshot=lambda p, ok: None,
-    )
+    transport = calls_only(token, "127.0.0.1:0")  # never started: it only dials
     try:
         await transport.call(address, "progress", None, timeout=CALL_TIMEOUT)
         return True
