@@ -104,11 +104,20 @@ def advertised(listen: str, interfaces: Sequence[str]) -> str:
 
 
 def read_vote(path: str) -> Proposal | None:
+    """The founding vote persisted in data dir `path` (ValueError if the file is damaged)."""
+    target = os.path.join(path, VOTE_FILE)
     try:
-        with open(os.path.join(path, VOTE_FILE), "rb") as f:
-            return Proposal.decode(cbor2.loads(f.read()))
+        with open(target, "rb") as f:
+            data = f.read()
     except FileNotFoundError:
         return None
+    try:
+        return Proposal.decode(cbor2.loads(data))
+    except Exception as exc:
+        raise ValueError(
+            f"{target} (this member's founding vote) is damaged: {exc}. Deleting it could let "
+            "two clusters form if that vote was counted: remove it only once the proposal it "
+            "held is known to have failed, or start from a fresh data dir") from None
 
 
 def write_vote(path: str, vote: Proposal | None) -> None:

@@ -7,9 +7,11 @@ import heapq
 import itertools
 import random
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import pytest
 
+from embedkv.member.discovery import VOTE_FILE, read_vote, write_vote
 from embedkv.member.founding import (
     Ask,
     Decide,
@@ -245,3 +247,20 @@ def test_bad_proposals_are_refused() -> None:
                          "members": [["a", "h:1"], ["b", "h:1"]]})
     p = Proposal("4" * 32, "b", (a, b, c))
     assert Proposal.decode(p.encode()) == p
+
+
+def test_the_vote_file_round_trips(tmp_path: Path) -> None:
+    a, b = Seat("a", "h:1"), Seat("b", "h:2")
+    p = Proposal("5" * 32, "b", (a, b))
+    assert read_vote(str(tmp_path)) is None
+    write_vote(str(tmp_path), p)
+    assert read_vote(str(tmp_path)) == p
+    write_vote(str(tmp_path), None)
+    assert read_vote(str(tmp_path)) is None
+    write_vote(str(tmp_path), None)  # idempotent
+    (tmp_path / VOTE_FILE).write_bytes(b"\xa0")  # a map, but not a proposal
+    with pytest.raises(ValueError, match="founding vote"):
+        read_vote(str(tmp_path))
+    (tmp_path / VOTE_FILE).write_bytes(b"\xff\x00")  # not CBOR at all
+    with pytest.raises(ValueError, match="founding vote"):
+        read_vote(str(tmp_path))

@@ -141,6 +141,16 @@ def test_three_members_started_together_form_one_cluster(lan: Lan) -> None:
             s.close()
 
 
+def test_more_fresh_members_than_expected_make_one_cluster(lan: Lan) -> None:
+    # 2 * expect - 1 fresh members at once: one proposal of three is founded, the other two
+    # find it formed and join.
+    cluster = lan.name()
+    names = [f"m{i}" for i in range(5)]
+    stores = lan.together([opener(lan, n, cluster, expect=3) for n in names])
+    assert len({s.status().cluster_id for s in stores}) == 1
+    wait_for(functools.partial(has_voters, stores[0], set(names)), 60, "all five voters")
+
+
 def test_a_fourth_member_joins_and_a_restart_does_not_found_again(lan: Lan) -> None:
     cluster = lan.name()
     stores = form(lan, cluster, ["a", "b", "c"])
