@@ -267,6 +267,7 @@ class Founder:
                 bootstrap_founder(self.dd, opts)
                 write_vote(str(self.dd.path), None)
                 self.outcome = "founded"
+                self._changed.set()  # leave the founding transport at once: the others dial
                 log.info("founded cluster %r with %s", self.cluster,
                          ", ".join(s.name for s in p.members))
             elif isinstance(e, Ask):
