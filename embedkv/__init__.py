@@ -27,6 +27,7 @@ from .errors import (
 )
 from .leases import AsyncLease, Lease
 from .member import MemberInfo
+from .member.discovery import Discovery
 from .net.tls import TLS, CertificateError
 from .operations import Deleted
 from .storage.backup import DefragResult
@@ -85,6 +86,7 @@ __all__ = [
     "Delete",
     "DeleteResult",
     "Deleted",
+    "Discovery",
     "Error",
     "Event",
     "EventType",

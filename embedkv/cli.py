@@ -25,7 +25,7 @@ from typing import Any, BinaryIO, Final, TextIO
 
 from . import __version__
 from .errors import Error
-from .net import tls
+from .net import discovery, tls
 from .storage import DataDir
 from .storage.backup import backup_data_dir, read_backup_info
 from .storage.lmdbenv import MARKER_FILE
@@ -457,6 +457,31 @@ def _cmd_certs_show(session: _Session, args: argparse.Namespace, out: _Output) -
     return EXIT_OK
 
 
+def _cmd_discover(session: _Session, args: argparse.Namespace, out: _Output) -> int:
+    interfaces = args.interface or discovery.lan_interfaces()
+    if not interfaces:
+        raise CommandError("no LAN interface to browse on (give --interface ADDR)")
+    if not 0 < args.timeout <= 3600:
+        raise CommandError(f"--timeout must be in (0, 3600] seconds, not {args.timeout:g}")
+    mdns = discovery.Mdns(interfaces, service_type=args.service_type)
+    try:
+        threading.Event().wait(args.timeout)  # mDNS answers trickle in: browse this long
+        seen = sorted(mdns.seen(args.cluster), key=lambda a: (a.cluster, a.member, a.address))
+    finally:
+        mdns.close()
+    rows = [[a.cluster, a.member, a.address, a.state,
+             "" if a.cluster_id is None else f"{a.cluster_id:x}"] for a in seen]
+    if out.as_json:
+        for a in seen:
+            out.json({"cluster": a.cluster, "member": a.member, "address": a.address,
+                      "state": a.state, "cluster_id": a.cluster_id})
+    elif out.as_table:
+        out.table(["CLUSTER", "MEMBER", "ADDRESS", "STATE", "CLUSTER ID"], rows)
+    else:
+        out.lines(*(", ".join(c for c in row if c) for row in rows))
+    return EXIT_OK
+
+
 # --- the parser -------------------------------------------------------------------------------
 
 
@@ -576,6 +601,16 @@ def _parser() -> argparse.ArgumentParser:
     status.add_argument("file")
     commands.add("defrag", _cmd_defrag,
                  "rewrite a closed data dir's file without its free pages")
+    discover = commands.add("discover", _cmd_discover,
+                            "list the members announced with mDNS (no data dir needed)")
+    discover.add_argument("--cluster", default=None, help="only members of this cluster name")
+    discover.add_argument("--interface", action="append", default=[], metavar="ADDR",
+                          help="browse on the interface with this IPv4 address (repeatable; "
+                               "default: the host's LAN interfaces)")
+    discover.add_argument("--timeout", type=float, default=3.0,
+                          help="seconds to listen for announcements (default 3)")
+    discover.add_argument("--service-type", default=discovery.SERVICE_TYPE,
+                          help=f"the DNS-SD service type (default {discovery.SERVICE_TYPE})")
     certs = commands.group("certs", "make and inspect TLS certificates for peer links")
     certs_init = certs.add("init", _cmd_certs_init, "make a cluster CA (ca.pem, ca.key) in DIR")
     certs_init.add_argument("dir")

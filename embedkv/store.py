@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import dataclasses
+import functools
 import os
 import threading
 import weakref
@@ -40,6 +41,7 @@ from .aio import AsyncStore, open_async  # re-exported: the asyncio face, in emb
 from .errors import Closed, Unavailable
 from .leases import AsyncLease, Lease, granted, lease_id, propose_grant
 from .member import ClusterOptions, Member, MemberInfo, check_cluster_options, new_identity
+from .member.discovery import Discovery, check_discovery, open_with_discovery
 from .net.tls import TLS
 from .operations import (
     FIRST,
@@ -179,7 +181,7 @@ def _check_options(
     durable: object, serializable_reads: object, request_timeout: object, tick_interval: object,
     election_tick: object, heartbeat_tick: object, name: object = None, listen: object = None,
     peers: object = None, cluster: object = None, join: object = None, insecure: object = False,
-    tls: object = None,
+    tls: object = None, expect: object = None, discovery: object = None,
 ) -> ClusterOptions:
     """Check ``open``'s options before anything touches the disk (open_async checks them at
     its call too, not when awaited)."""
@@ -200,6 +202,7 @@ def _check_options(
             f"election_tick ({election}) must be greater than heartbeat_tick ({heartbeat})"
         )
     check_cluster_options(opts)
+    check_discovery(opts, expect, discovery)
     return opts
 
 
@@ -219,6 +222,8 @@ def open(
     join: Sequence[str] | None = None,
     insecure: bool = False,
     tls: TLS | str | os.PathLike[str] | None = None,
+    expect: int | None = None,
+    discovery: bool | Discovery | None = None,
 ) -> Store:
     """Open (creating if needed) the store in directory `path` and return a Store.
 
@@ -232,6 +237,12 @@ def open(
     ``embedkv.TLS(ca=, cert=, key=)``; peer links are then mutual TLS 1.3 and the member's name
     is the one in its certificate. The data dir remembers the files (absolute paths; give
     ``tls=`` again if they moved). ``insecure=True`` instead runs them over plain TCP.
+
+    Discovery (README "Discovery"): ``cluster="name", expect=3`` on fresh members (each with
+    ``name`` and ``listen``) finds the others of that name with mDNS and founds one cluster
+    once `expect` of them agree, or joins the cluster of that name it finds; a running member
+    announces itself and follows peers whose address changed. ``discovery=Discovery(
+    interfaces=[...], timeout=...)`` tunes it; ``discovery=False`` turns it off.
 
     ``durable=True``: a write returns once it is fsync'd. ``durable=False`` skips the fsync per
     commit: a crash of the process loses nothing, a crash of the machine may lose the last
@@ -249,16 +260,22 @@ def open(
     """
     opts = _check_options(durable, serializable_reads, request_timeout, tick_interval,
                           election_tick, heartbeat_tick, name, listen, peers, cluster, join,
-                          insecure, tls)
-    member = Member.open(
+                          insecure, tls, expect, discovery)
+    open_member = functools.partial(
+        Member.open,
         os.fspath(path),
         durable=durable,
         request_timeout=request_timeout,
         tick_interval=tick_interval,
         election_tick=election_tick,
         heartbeat_tick=heartbeat_tick,
-        cluster=opts,
     )
+    disc = check_discovery(opts, expect, discovery)
+    if disc is None:
+        member = open_member(cluster=opts)
+    else:
+        member = open_with_discovery(os.fspath(path), opts, expect, disc,
+                                     lambda o: open_member(cluster=o), request_timeout)
     return Store(member, serializable_reads=serializable_reads, request_timeout=request_timeout)
 
 

@@ -24,7 +24,7 @@ from os import PathLike
 from typing import Any, TypeVar, cast
 
 from embedkv.errors import Closed, LeaseNotFound, NoSpace, Removed, Unavailable
-from embedkv.net import RemoteError
+from embedkv.net import LinkState, RemoteError
 from embedkv.net.transport import caller_identity
 from embedkv.raft import (
     NONE,
@@ -158,6 +158,7 @@ class Member:
         self._links: Links | None = None
         self._promoting = False
         self._recording = False
+        self._closers: list[Callable[[], None]] = []
         if self._local is not None:
             self._links = Links(
                 dd=dd,
@@ -735,7 +736,12 @@ class Member:
         while not self._closed:
             try:
                 self.change_membership(change, peer)
-                return
+                recorded = self._dd.members().get(self.member_id)
+                if recorded is not None and recorded.address == local.listen:
+                    return
+                # change_membership took an unreachable leader's silence for success (this
+                # voter "shows" already): nothing was recorded, so try again.
+                log.info("this member's address %s is not recorded yet", local.listen)
             except (Closed, Removed):
                 return
             except Exception as exc:  # no quorum yet: the others must learn it eventually
@@ -743,7 +749,39 @@ class Member:
                             local.listen, exc)
                 if conf.voters == {self.member_id}:
                     return  # alone, the next open tries again
-                self._close_done.wait(self._election_tick * self._tick_interval)
+            self._close_done.wait(self._election_tick * self._tick_interval)
+
+    # --- discovery's hooks (embedkv.member.discovery) ------------------------------------------
+
+    def on_close(self, closer: Callable[[], None]) -> None:
+        """Run `closer` first when this member closes (discovery withdraws its announcement)."""
+        self._closers.append(closer)
+
+    def follow_peer(self, name: str, address: str) -> bool:
+        """Dial member `name` at `address` if its link is down at the address known now (an
+        announced address never replaces one that works); True if the link moved."""
+        links = self._links
+        if links is None or self._closed:
+            return False
+        check_address(address)
+        mid = next((m for m, info in self._dd.members().items() if info.name == name), None)
+        if mid is None or mid == self.member_id:
+            return False
+        transport = links.transport
+
+        def move() -> bool:
+            if transport.peers.get(mid) in (None, address):
+                return False
+            if transport.link_state(mid) is not LinkState.DOWN:
+                return False
+            transport.set_peer(mid, address)
+            return True
+
+        async def run() -> bool:
+            return move()
+
+        future = asyncio.run_coroutine_threadsafe(run(), self._engine.loop)
+        return future.result(self._timeout)
 
     def _call(self, target: int | str, method: str, body: Any, timeout: float) -> Any:
         links = self._links
@@ -980,6 +1018,11 @@ class Member:
                 self._close_done.wait()
             return
         try:
+            for closer in self._closers:
+                try:
+                    closer()
+                except Exception:
+                    log.exception("closing %r failed", closer)
             self._hand_over()
             links = self._links
             if links is not None and self._engine.thread.is_alive():
