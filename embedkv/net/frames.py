@@ -34,6 +34,10 @@ PROTOCOL_VERSION = 1
 DEFAULT_MAX_FRAME = 16 << 20
 """Largest payload accepted or produced (16 MiB); snapshot data travels in smaller chunks."""
 
+MAX_HELLO = 4096
+"""Largest first frame a listener accepts: a hello is at most about 1 KiB (its token is at most
+256 characters), and a stranger must not make the listener buffer more before it says who it is."""
+
 MAX_TOKEN = 256
 """Longest cluster token (UTF-8 characters) a hello may carry."""
 
@@ -463,10 +467,13 @@ class FrameDecoder:
     caller must drop the connection.
     """
 
-    def __init__(self, max_frame: int = DEFAULT_MAX_FRAME) -> None:
-        if max_frame < 1:
-            raise ValueError(f"max_frame must be positive, not {max_frame!r}")
+    def __init__(self, max_frame: int = DEFAULT_MAX_FRAME, first_max: int | None = None) -> None:
+        """`first_max` caps the first frame alone (a listener passes MAX_HELLO); `max_frame`
+        every frame."""
+        if max_frame < 1 or (first_max is not None and first_max < 1):
+            raise ValueError(f"frame caps must be positive, not {max_frame!r}, {first_max!r}")
         self.max_frame = max_frame
+        self._cap = max_frame if first_max is None else min(first_max, max_frame)
         self._buf = bytearray()
         self._need: int | None = None  # payload length of the frame being read
         self._failed: ProtocolError | None = None
@@ -498,8 +505,8 @@ class FrameDecoder:
                 (n,) = HEADER.unpack_from(buf, pos)
                 if n == 0:
                     raise ProtocolError("empty frame")
-                if n > self.max_frame:
-                    raise FrameTooLarge(f"frame of {n} bytes exceeds the cap of {self.max_frame}")
+                if n > self._cap:
+                    raise FrameTooLarge(f"frame of {n} bytes exceeds the cap of {self._cap}")
                 pos += HEADER.size
                 self._need = n
             n = self._need
@@ -508,5 +515,6 @@ class FrameDecoder:
             out.append(decode_payload(bytes(buf[pos : pos + n])))
             pos += n
             self._need = None
+            self._cap = self.max_frame
         del buf[:pos]
         return out

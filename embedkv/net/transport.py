@@ -25,9 +25,11 @@ from typing import Any
 from embedkv.errors import Error, Unavailable
 from embedkv.raft.types import Message, MessageType, Snapshot
 
+from .admission import Admission, Pending, ThrottledLog
 from .faults import FaultPlan
 from .frames import (
     DEFAULT_MAX_FRAME,
+    MAX_HELLO,
     PROTOCOL_VERSION,
     Call,
     Frame,
@@ -111,9 +113,11 @@ def _call(what: str, fn: Callable[..., None], *args: Any) -> None:
 class _Reader:
     """Frames from a stream, through one strict decoder; None at end of stream."""
 
-    def __init__(self, reader: asyncio.StreamReader, max_frame: int) -> None:
+    def __init__(
+        self, reader: asyncio.StreamReader, max_frame: int, first_max: int | None = None
+    ) -> None:
         self._reader = reader
-        self._decoder = FrameDecoder(max_frame)
+        self._decoder = FrameDecoder(max_frame, first_max)
         self._pending: deque[Frame] = deque()
 
     async def next(self) -> Frame | None:
@@ -393,6 +397,9 @@ class PeerTransport:
         backoff_cap: float = 2.0,
         connect_timeout: float = 5.0,
         hello_timeout: float = 5.0,
+        handshake_timeout: float = 5.0,
+        max_pending: int = 128,
+        max_pending_per_source: int = 16,
         snapshot_ack_timeout: float = 60.0,
         max_calls: int = 1024,
         rng: random.Random | None = None,
@@ -404,6 +411,8 @@ class PeerTransport:
             raise ValueError("snapshot_chunk must be positive and well below max_frame")
         if max_calls < 1:
             raise ValueError(f"max_calls must be positive, not {max_calls!r}")
+        if not (hello_timeout > 0 and handshake_timeout > 0):
+            raise ValueError("hello_timeout and handshake_timeout must be positive")
         self.member_id = member_id
         self.cluster = cluster
         self.listen = parse_address(listen)
@@ -425,6 +434,9 @@ class PeerTransport:
         self.backoff_cap = backoff_cap
         self.connect_timeout = connect_timeout
         self.hello_timeout = hello_timeout
+        self.handshake_timeout = handshake_timeout
+        self._admission = Admission(max_pending_per_source, max_pending)
+        self._strangers = ThrottledLog(log)  # what unauthenticated connections cause
         self.snapshot_ack_timeout = snapshot_ack_timeout
         self.max_calls = max_calls
         self.rng = rng if rng is not None else random.Random()
@@ -442,9 +454,8 @@ class PeerTransport:
     async def start(self) -> None:
         """Listen and dial every peer; returns once the listening socket is bound."""
         host, port = self.listen
-        self._server = await asyncio.start_server(
-            self._serve, host, port, ssl=self.server_ssl, reuse_address=True
-        )
+        # TLS starts in _serve (start_tls), after admission: a handshake is counted as pending
+        self._server = await asyncio.start_server(self._serve, host, port, reuse_address=True)
         for peer, address in self._peers.items():
             self._links[peer] = _Link(self, peer, address)
 
@@ -586,6 +597,7 @@ class PeerTransport:
                 port,
                 ssl=self.client_ssl,
                 server_hostname=host if self.client_ssl else None,
+                ssl_handshake_timeout=self.handshake_timeout if self.client_ssl else None,
             ),
             self.connect_timeout,
         )
@@ -686,21 +698,68 @@ class PeerTransport:
 
     # ------------------------------------------------------------------------- receiving
 
+    def _admit(self, writer: asyncio.StreamWriter) -> Pending | None:
+        """Count a new inbound connection against the limits on unauthenticated ones; None
+        (and the connection closed) when it is over them. An evicted one is cancelled."""
+        peername = writer.get_extra_info("peername")
+        source = str(peername[0]) if isinstance(peername, tuple) and peername else "unknown"
+        task = asyncio.current_task()
+
+        def evict(reason: str) -> None:
+            self._strangers.log(logging.WARNING, "dropped a connection from %s still without "
+                                "a hello: %s", peername, reason)
+            if task is not None:
+                task.cancel()
+
+        ticket = self._admission.admit(source, evict)
+        if isinstance(ticket, str):
+            self._strangers.log(logging.WARNING, "refused a connection from %s: %s",
+                                peername, ticket)
+            writer.close()
+            return None
+        return ticket
+
+    async def _greeting(self, frames: _Reader, writer: asyncio.StreamWriter) -> Frame | None:
+        """The TLS handshake if any, then the first frame: within hello_timeout of the accept
+        in all, so a stranger that stalls or trickles one byte at a time cannot hold on."""
+        try:
+            async with asyncio.timeout(self.hello_timeout):
+                if self.server_ssl is not None:
+                    await writer.start_tls(
+                        self.server_ssl, ssl_handshake_timeout=self.handshake_timeout
+                    )
+                return await frames.next()
+        except TimeoutError:
+            raise TimeoutError(f"no hello within {self.hello_timeout:g} s") from None
+
+    def _log(self, pending: Pending, level: int, msg: str, *args: object) -> None:
+        """Log about a connection: throttled while it has not authenticated."""
+        if pending.released:
+            log.log(level, msg, *args)
+        else:
+            self._strangers.log(level, msg, *args)
+
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        pending = self._admit(writer)
+        if pending is None:
+            return
         self._inbound.add(writer)
         peername = writer.get_extra_info("peername")
-        frames = _Reader(reader, self.max_frame)
+        frames = _Reader(reader, self.max_frame, MAX_HELLO)
         try:
-            hello = await asyncio.wait_for(frames.next(), self.hello_timeout)
+            hello = await self._greeting(frames, writer)
             if hello is None:
                 return
             refusal = self._refusal(hello)
             if refusal is not None:
-                log.warning("refused a connection from %s: %s", peername, refusal)
+                self._log(pending, logging.WARNING, "refused a connection from %s: %s",
+                          peername, refusal)
                 writer.write(encode(Refused(refusal)))
                 await writer.drain()
                 return
             assert isinstance(hello, Hello)
+            if hello.cluster:  # authenticated: no longer counted (a joiner's stays pending)
+                pending.release()
             if hello.purpose is Purpose.RAFT:
                 await self._receive_raft(hello.member, frames)
             elif hello.purpose is Purpose.CALL:
@@ -708,14 +767,20 @@ class PeerTransport:
             else:
                 await self._receive_snapshot(hello.member, frames, writer)
         except ProtocolError as exc:
-            log.warning("dropped the connection from %s: %s", peername, exc)
+            self._log(pending, logging.WARNING, "dropped the connection from %s: %s",
+                      peername, _describe(exc))
+        except _ssl.SSLError as exc:  # before the hello: the peer is no member of ours
+            self._log(pending, logging.WARNING, "TLS failed on the connection from %s: %s",
+                      peername, _describe(exc))
         except (OSError, TimeoutError) as exc:
-            log.info("connection from %s ended: %s", peername, exc)
+            self._log(pending, logging.INFO, "connection from %s ended: %s", peername,
+                      _describe(exc))
         except asyncio.CancelledError:
             pass
         except Exception:
             log.exception("connection from %s failed", peername)
         finally:
+            pending.release()
             self._inbound.discard(writer)
             writer.close()
 
