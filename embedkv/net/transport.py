@@ -769,7 +769,7 @@ class PeerTransport:
         except ProtocolError as exc:
             self._log(pending, logging.WARNING, "dropped the connection from %s: %s",
                       peername, _describe(exc))
-        except _ssl.SSLError as exc:  # before the hello: the peer is no member of ours
+        except _ssl.SSLError as exc:  # mostly a refused handshake: the reason is in exc
             self._log(pending, logging.WARNING, "TLS failed on the connection from %s: %s",
                       peername, _describe(exc))
         except (OSError, TimeoutError) as exc:

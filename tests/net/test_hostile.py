@@ -31,8 +31,7 @@ def maybe(secure: bool, certs: Path) -> Path | None:
     return certs if secure else None
 
 
-def both(fn: Callable[..., Any]) -> Callable[..., Any]:
-    return pytest.mark.parametrize("secure", [False, True], ids=["tcp", "tls"])(fn)
+both = pytest.mark.parametrize("secure", [False, True], ids=["tcp", "tls"])
 
 
 # --- admission, sans I/O ---------------------------------------------------------------------
@@ -43,7 +42,10 @@ def test_admission_caps_per_source_and_in_all_and_evicts_from_the_busiest() -> N
     evicted: list[str] = []
 
     def ticket(source: str) -> Pending | str:
-        return gate.admit(source, lambda why, s=source: evicted.append(f"{s}: {why}"))
+        def evict(why: str) -> None:
+            evicted.append(f"{source}: {why}")
+
+        return gate.admit(source, evict)
 
     a1, a2 = ticket("a"), ticket("a")
     assert isinstance(a1, Pending) and isinstance(a2, Pending)
