@@ -467,13 +467,10 @@ class FrameDecoder:
     caller must drop the connection.
     """
 
-    def __init__(self, max_frame: int = DEFAULT_MAX_FRAME, first_max: int | None = None) -> None:
-        """`first_max` caps the first frame alone (a listener passes MAX_HELLO); `max_frame`
-        every frame."""
-        if max_frame < 1 or (first_max is not None and first_max < 1):
-            raise ValueError(f"frame caps must be positive, not {max_frame!r}, {first_max!r}")
+    def __init__(self, max_frame: int = DEFAULT_MAX_FRAME) -> None:
+        if max_frame < 1:
+            raise ValueError(f"max_frame must be positive, not {max_frame!r}")
         self.max_frame = max_frame
-        self._cap = max_frame if first_max is None else min(first_max, max_frame)
         self._buf = bytearray()
         self._need: int | None = None  # payload length of the frame being read
         self._failed: ProtocolError | None = None
@@ -483,30 +480,45 @@ class FrameDecoder:
         """Bytes held awaiting the rest of a frame (never above the cap plus one header)."""
         return len(self._buf)
 
-    def feed(self, data: bytes) -> list[Frame]:
+    def limit(self, max_frame: int) -> None:
+        """Change the cap for the frames not begun yet: a listener reads the hello under a
+        small cap (``feed(data, 1)`` leaves what follows undecoded), then sets the cap for
+        the rest of the connection from what the hello proved."""
+        if max_frame < 1:
+            raise ValueError(f"max_frame must be positive, not {max_frame!r}")
+        self.max_frame = max_frame
+        if self._need is not None and self._need > max_frame:
+            self._fail(FrameTooLarge(f"frame of {self._need} bytes exceeds the cap of {max_frame}"))
+
+    def _fail(self, exc: ProtocolError) -> None:
+        self._failed = exc
+        self._buf.clear()
+
+    def feed(self, data: bytes, most: int | None = None) -> list[Frame]:
+        """The whole frames in what was fed so far: at most `most` of them (the rest stays
+        buffered for the next call, which may feed b"")."""
         if self._failed is not None:
             raise self._failed
         try:
-            return self._feed(data)
+            return self._feed(data, most)
         except ProtocolError as exc:
-            self._failed = exc
-            self._buf.clear()
+            self._fail(exc)
             raise
 
-    def _feed(self, data: bytes) -> list[Frame]:
+    def _feed(self, data: bytes, most: int | None) -> list[Frame]:
         buf = self._buf
         buf += data
         out: list[Frame] = []
         pos = 0
-        while True:
+        while most is None or len(out) < most:
             if self._need is None:
                 if len(buf) - pos < HEADER.size:
                     break
                 (n,) = HEADER.unpack_from(buf, pos)
                 if n == 0:
                     raise ProtocolError("empty frame")
-                if n > self._cap:
-                    raise FrameTooLarge(f"frame of {n} bytes exceeds the cap of {self._cap}")
+                if n > self.max_frame:
+                    raise FrameTooLarge(f"frame of {n} bytes exceeds the cap of {self.max_frame}")
                 pos += HEADER.size
                 self._need = n
             n = self._need
@@ -515,6 +527,5 @@ class FrameDecoder:
             out.append(decode_payload(bytes(buf[pos : pos + n])))
             pos += n
             self._need = None
-            self._cap = self.max_frame
         del buf[:pos]
         return out

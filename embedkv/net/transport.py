@@ -59,6 +59,10 @@ _READ_SIZE = 256 << 10
 JOIN = "join"
 """The one method a call connection without the cluster token may carry."""
 
+MAX_STRANGER_FRAME = 64 << 10
+"""Cap on the frames of a connection whose hello carries no cluster token (a joiner's: its
+join call is small), so that strangers cannot make the listener buffer max_frame each."""
+
 
 class RemoteError(Error):
     """The called member's handler raised (or there was none); the message is its str()."""
@@ -111,23 +115,34 @@ def _call(what: str, fn: Callable[..., None], *args: Any) -> None:
 
 
 class _Reader:
-    """Frames from a stream, through one strict decoder; None at end of stream."""
+    """Frames from a stream, through one strict decoder; None at end of stream.
+
+    `one_by_one` decodes a frame only when asked for it, so that `limit` can change the cap
+    for the frames after it (a listener reads the hello that way)."""
 
     def __init__(
-        self, reader: asyncio.StreamReader, max_frame: int, first_max: int | None = None
+        self, reader: asyncio.StreamReader, max_frame: int, *, one_by_one: bool = False
     ) -> None:
         self._reader = reader
-        self._decoder = FrameDecoder(max_frame, first_max)
+        self._decoder = FrameDecoder(max_frame)
+        self._most: int | None = 1 if one_by_one else None
         self._pending: deque[Frame] = deque()
 
+    def limit(self, max_frame: int) -> None:
+        """The cap for every later frame; frames are decoded in batches again from now on."""
+        self._most = None
+        self._decoder.limit(max_frame)
+
     async def next(self) -> Frame | None:
+        if not self._pending and self._decoder.buffered:
+            self._pending.extend(self._decoder.feed(b"", self._most))
         while not self._pending:
             data = await self._reader.read(_READ_SIZE)
             if not data:
                 if self._decoder.buffered:
                     raise ProtocolError("connection closed inside a frame")
                 return None
-            self._pending.extend(self._decoder.feed(data))
+            self._pending.extend(self._decoder.feed(data, self._most))
         return self._pending.popleft()
 
 
@@ -745,7 +760,7 @@ class PeerTransport:
             return
         self._inbound.add(writer)
         peername = writer.get_extra_info("peername")
-        frames = _Reader(reader, self.max_frame, MAX_HELLO)
+        frames = _Reader(reader, min(MAX_HELLO, self.max_frame), one_by_one=True)
         try:
             hello = await self._greeting(frames, writer)
             if hello is None:
@@ -760,6 +775,9 @@ class PeerTransport:
             assert isinstance(hello, Hello)
             if hello.cluster:  # authenticated: no longer counted (a joiner's stays pending)
                 pending.release()
+                frames.limit(self.max_frame)
+            else:
+                frames.limit(min(MAX_STRANGER_FRAME, self.max_frame))
             if hello.purpose is Purpose.RAFT:
                 await self._receive_raft(hello.member, frames)
             elif hello.purpose is Purpose.CALL:

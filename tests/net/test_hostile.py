@@ -14,9 +14,10 @@ from typing import Any
 
 import pytest
 
-from embedkv.net import FrameDecoder, FrameTooLarge, Hello, encode, tls
+from embedkv.net import Call, FrameDecoder, FrameTooLarge, Hello, Reply, encode, tls
 from embedkv.net.admission import Admission, Pending, ThrottledLog
 from embedkv.net.frames import HEADER, MAX_HELLO, Purpose
+from embedkv.net.transport import MAX_STRANGER_FRAME
 
 from .hostile import STRANGERS, TIMEOUT, closed, connect, make_certs, serving, start_set
 from .test_transport import CLUSTER, Node, close, msg, run, until
@@ -87,12 +88,20 @@ def test_a_throttled_log_says_how_much_it_suppressed(caplog: pytest.LogCaptureFi
     assert caplog.records[-1].getMessage() == "refused 10 (7 similar lines suppressed)"
 
 
-def test_a_listener_decoder_caps_the_first_frame_only() -> None:
+def test_a_decoder_fed_one_frame_at_a_time_takes_a_new_cap_for_the_rest() -> None:
     big = encode(msg(7, 2, b"x" * (2 * MAX_HELLO)))
-    frames = FrameDecoder(1 << 20, MAX_HELLO).feed(encode(Hello(7, CLUSTER)) + big)
-    assert len(frames) == 2  # a hello and a big message in one read: both fine
+    decoder = FrameDecoder(MAX_HELLO)
+    first = decoder.feed(encode(Hello(7, CLUSTER)) + big + big, 1)  # all in one read
+    assert [type(f) for f in first] == [Hello] and decoder.buffered == 2 * len(big)
+    decoder.limit(1 << 20)
+    assert len(decoder.feed(b"")) == 2
     with pytest.raises(FrameTooLarge, match=f"cap of {MAX_HELLO}"):
-        FrameDecoder(1 << 20, MAX_HELLO).feed(HEADER.pack(MAX_HELLO + 1))
+        FrameDecoder(MAX_HELLO).feed(HEADER.pack(MAX_HELLO + 1), 1)
+    decoder = FrameDecoder(1 << 20)
+    decoder.feed(big[:10])  # a frame begun under a cap the next one refuses
+    decoder.limit(MAX_HELLO)
+    with pytest.raises(FrameTooLarge):
+        decoder.feed(big[10:])
 
 
 # --- floods ----------------------------------------------------------------------------------
@@ -237,6 +246,33 @@ def test_an_oversized_first_frame_is_refused_from_its_header(
         await serving(nodes, None, "after")
 
     run_set(2, None, body, hello_timeout=60.0)
+
+
+def test_a_connection_without_the_token_may_send_only_small_frames(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.INFO, logger="embedkv.net")
+
+    async def body(nodes: list[Node]) -> None:
+        b = nodes[1]
+        big = encode(Call(1, "join", b"x" * (MAX_STRANGER_FRAME + 1)))
+        reader, writer = await connect(b.port, STRANGERS[0])
+        writer.write(encode(Hello(77, "", Purpose.CALL)) + big)  # a "joiner"
+        await asyncio.wait_for(closed(reader), TIMEOUT)
+        writer.close()
+        assert any(f"exceeds the cap of {MAX_STRANGER_FRAME}" in r.getMessage()
+                   for r in caplog.records)
+        # with the token, a big frame right behind the hello (in the same read) is fine
+        reader, writer = await connect(b.port, STRANGERS[0])
+        writer.write(encode(Hello(1, CLUSTER, Purpose.CALL)) + big)
+        frames = FrameDecoder()
+        while not (got := frames.feed(await asyncio.wait_for(reader.read(1 << 16), TIMEOUT))):
+            pass
+        assert isinstance(got[0], Reply) and got[0].body == b"x" * (MAX_STRANGER_FRAME + 1)
+        writer.close()
+        await serving(nodes, None, "after")
+
+    run_set(2, None, body)
 
 
 def test_members_talk_over_tls_and_a_stranger_cert_is_dropped_with_its_reason(
