@@ -28,11 +28,15 @@ def certs(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return make_certs(tmp_path_factory.mktemp("certs"), ["n1", "n2", "n3", "n4"])
 
 
-def maybe(secure: bool, certs: Path) -> Path | None:
-    return certs if secure else None
+@pytest.fixture(params=[False, True], ids=["tcp", "tls"])
+def c(request: pytest.FixtureRequest, certs: Path) -> Path | None:
+    """The certificates for a member set over TLS, or None for plain TCP."""
+    return certs if request.param else None
 
 
-both = pytest.mark.parametrize("secure", [False, True], ids=["tcp", "tls"])
+@pytest.fixture(autouse=True)
+def net_log(caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO, logger="embedkv.net")
 
 
 # --- admission, sans I/O ---------------------------------------------------------------------
@@ -122,12 +126,9 @@ def run_set(
     run(main)
 
 
-@both
 def test_a_flood_beyond_the_limits_is_closed_at_once_and_members_keep_talking(
-    secure: bool, certs: Path, caplog: pytest.LogCaptureFixture
+    c: Path | None, caplog: pytest.LogCaptureFixture
 ) -> None:
-    caplog.set_level(logging.INFO, logger="embedkv.net")
-    c = maybe(secure, certs)
 
     async def body(nodes: list[Node]) -> None:
         b = nodes[1]
@@ -155,8 +156,6 @@ def test_a_flood_beyond_the_limits_is_closed_at_once_and_members_keep_talking(
 
 
 def test_refusals_are_logged_at_a_bounded_rate(caplog: pytest.LogCaptureFixture) -> None:
-    caplog.set_level(logging.INFO, logger="embedkv.net")
-
     async def body(nodes: list[Node]) -> None:
         conns = [await connect(nodes[1].port, STRANGERS[0]) for _ in range(101)]
         ends = [asyncio.create_task(closed(r)) for r, _ in conns]
@@ -191,19 +190,16 @@ async def trickle(writer: asyncio.StreamWriter, data: bytes, end: asyncio.Task[N
         await asyncio.sleep(0.25)  # pacing, not synchronisation
 
 
-@both
 def test_slow_and_stalled_strangers_are_dropped_within_the_hello_timeout(
-    secure: bool, certs: Path, caplog: pytest.LogCaptureFixture
+    c: Path | None, certs: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    caplog.set_level(logging.INFO, logger="embedkv.net")
-    c = maybe(secure, certs)
     hello = encode(Hello(99, CLUSTER, Purpose.CALL))
 
     async def body(nodes: list[Node]) -> None:
         port = nodes[1].port
         member_ctx = tls.client_context(certs, "n3")
         kinds: list[tuple[ssl.SSLContext | None, bytes]] = [(None, b""), (None, hello)]
-        if secure:  # stalled and trickled handshakes, and slow after a valid handshake
+        if c is not None:  # stalled and trickled handshakes, and slow after a valid handshake
             kinds = [(None, b""), (None, client_hello(member_ctx)), (member_ctx, b""),
                      (member_ctx, hello)]
         ends: list[asyncio.Task[None]] = []
@@ -232,36 +228,23 @@ def test_slow_and_stalled_strangers_are_dropped_within_the_hello_timeout(
     run_set(2, c, body, hello_timeout=2.0)
 
 
-def test_an_oversized_first_frame_is_refused_from_its_header(
-    caplog: pytest.LogCaptureFixture,
-) -> None:
-    caplog.set_level(logging.INFO, logger="embedkv.net")
-
-    async def body(nodes: list[Node]) -> None:
-        reader, writer = await connect(nodes[1].port, STRANGERS[0])
-        writer.write(HEADER.pack(1 << 20))  # under max_frame, far over any hello; no body
+def test_frames_are_capped_by_what_the_hello_proved(caplog: pytest.LogCaptureFixture) -> None:
+    async def dropped(port: int, data: bytes, reason: str) -> None:
+        """A stranger sends `data`: the listener hangs up and logs `reason`."""
+        reader, writer = await connect(port, STRANGERS[0])
+        writer.write(data)
         await asyncio.wait_for(closed(reader), TIMEOUT)
         writer.close()
-        assert any(f"exceeds the cap of {MAX_HELLO}" in r.getMessage() for r in caplog.records)
-        await serving(nodes, None, "after")
-
-    run_set(2, None, body, hello_timeout=60.0)
-
-
-def test_a_connection_without_the_token_may_send_only_small_frames(
-    caplog: pytest.LogCaptureFixture,
-) -> None:
-    caplog.set_level(logging.INFO, logger="embedkv.net")
+        assert any(reason in r.getMessage() for r in caplog.records)
 
     async def body(nodes: list[Node]) -> None:
         b = nodes[1]
+        # the first frame: far under max_frame, far over any hello, and no body follows
+        await dropped(b.port, HEADER.pack(1 << 20), f"exceeds the cap of {MAX_HELLO}")
+        # after a hello without the token (a "joiner"), frames are small
         big = encode(Call(1, "join", b"x" * (MAX_STRANGER_FRAME + 1)))
-        reader, writer = await connect(b.port, STRANGERS[0])
-        writer.write(encode(Hello(77, "", Purpose.CALL)) + big)  # a "joiner"
-        await asyncio.wait_for(closed(reader), TIMEOUT)
-        writer.close()
-        assert any(f"exceeds the cap of {MAX_STRANGER_FRAME}" in r.getMessage()
-                   for r in caplog.records)
+        await dropped(b.port, encode(Hello(77, "", Purpose.CALL)) + big,
+                      f"exceeds the cap of {MAX_STRANGER_FRAME}")
         # with the token, a big frame right behind the hello (in the same read) is fine
         reader, writer = await connect(b.port, STRANGERS[0])
         writer.write(encode(Hello(1, CLUSTER, Purpose.CALL)) + big)
@@ -272,13 +255,12 @@ def test_a_connection_without_the_token_may_send_only_small_frames(
         writer.close()
         await serving(nodes, None, "after")
 
-    run_set(2, None, body)
+    run_set(2, None, body, hello_timeout=60.0)
 
 
 def test_members_talk_over_tls_and_a_stranger_cert_is_dropped_with_its_reason(
     certs: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    caplog.set_level(logging.INFO, logger="embedkv.net")
     other = make_certs(tmp_path / "other", ["n1"])
 
     async def body(nodes: list[Node]) -> None:
