@@ -34,6 +34,10 @@ PROTOCOL_VERSION = 1
 DEFAULT_MAX_FRAME = 16 << 20
 """Largest payload accepted or produced (16 MiB); snapshot data travels in smaller chunks."""
 
+MAX_HELLO = 4096
+"""Largest first frame a listener accepts: a hello is at most about 1 KiB (its token is at most
+256 characters), and a stranger must not make the listener buffer more before it says who it is."""
+
 MAX_TOKEN = 256
 """Longest cluster token (UTF-8 characters) a hello may carry."""
 
@@ -476,22 +480,37 @@ class FrameDecoder:
         """Bytes held awaiting the rest of a frame (never above the cap plus one header)."""
         return len(self._buf)
 
-    def feed(self, data: bytes) -> list[Frame]:
+    def limit(self, max_frame: int) -> None:
+        """Change the cap for the frames not begun yet: a listener reads the hello under a
+        small cap (``feed(data, 1)`` leaves what follows undecoded), then sets the cap for
+        the rest of the connection from what the hello proved."""
+        if max_frame < 1:
+            raise ValueError(f"max_frame must be positive, not {max_frame!r}")
+        self.max_frame = max_frame
+        if self._need is not None and self._need > max_frame:
+            self._fail(FrameTooLarge(f"frame of {self._need} bytes exceeds the cap of {max_frame}"))
+
+    def _fail(self, exc: ProtocolError) -> None:
+        self._failed = exc
+        self._buf.clear()
+
+    def feed(self, data: bytes, most: int | None = None) -> list[Frame]:
+        """The whole frames in what was fed so far: at most `most` of them (the rest stays
+        buffered for the next call, which may feed b"")."""
         if self._failed is not None:
             raise self._failed
         try:
-            return self._feed(data)
+            return self._feed(data, most)
         except ProtocolError as exc:
-            self._failed = exc
-            self._buf.clear()
+            self._fail(exc)
             raise
 
-    def _feed(self, data: bytes) -> list[Frame]:
+    def _feed(self, data: bytes, most: int | None) -> list[Frame]:
         buf = self._buf
         buf += data
         out: list[Frame] = []
         pos = 0
-        while True:
+        while most is None or len(out) < most:
             if self._need is None:
                 if len(buf) - pos < HEADER.size:
                     break

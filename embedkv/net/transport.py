@@ -27,9 +27,11 @@ from typing import Any
 from embedkv.errors import Error, Unavailable
 from embedkv.raft.types import Message, MessageType, Snapshot
 
+from .admission import Admission, Pending, ThrottledLog
 from .faults import FaultPlan
 from .frames import (
     DEFAULT_MAX_FRAME,
+    MAX_HELLO,
     PROTOCOL_VERSION,
     Call,
     Frame,
@@ -72,6 +74,11 @@ def caller_identity() -> PeerIdentity | None:
 
 class IdentityRefused(ConnectionError):
     """A peer's TLS identity does not match the member it speaks for (or it is revoked)."""
+
+
+MAX_STRANGER_FRAME = 64 << 10
+"""Cap on the frames of a connection whose hello carries no cluster token (a joiner's: its
+join call is small), so that strangers cannot make the listener buffer max_frame each."""
 
 
 class RemoteError(Error):
@@ -125,21 +132,34 @@ def _call(what: str, fn: Callable[..., None], *args: Any) -> None:
 
 
 class _Reader:
-    """Frames from a stream, through one strict decoder; None at end of stream."""
+    """Frames from a stream, through one strict decoder; None at end of stream.
 
-    def __init__(self, reader: asyncio.StreamReader, max_frame: int) -> None:
+    `one_by_one` decodes a frame only when asked for it, so that `limit` can change the cap
+    for the frames after it (a listener reads the hello that way)."""
+
+    def __init__(
+        self, reader: asyncio.StreamReader, max_frame: int, *, one_by_one: bool = False
+    ) -> None:
         self._reader = reader
         self._decoder = FrameDecoder(max_frame)
+        self._most: int | None = 1 if one_by_one else None
         self._pending: deque[Frame] = deque()
 
+    def limit(self, max_frame: int) -> None:
+        """The cap for every later frame; frames are decoded in batches again from now on."""
+        self._most = None
+        self._decoder.limit(max_frame)
+
     async def next(self) -> Frame | None:
+        if not self._pending and self._decoder.buffered:
+            self._pending.extend(self._decoder.feed(b"", self._most))
         while not self._pending:
             data = await self._reader.read(_READ_SIZE)
             if not data:
                 if self._decoder.buffered:
                     raise ProtocolError("connection closed inside a frame")
                 return None
-            self._pending.extend(self._decoder.feed(data))
+            self._pending.extend(self._decoder.feed(data, self._most))
         return self._pending.popleft()
 
 
@@ -430,6 +450,9 @@ class PeerTransport:
         backoff_cap: float = 2.0,
         connect_timeout: float = 5.0,
         hello_timeout: float = 5.0,
+        handshake_timeout: float = 5.0,
+        max_pending: int = 128,
+        max_pending_per_source: int = 16,
         snapshot_ack_timeout: float = 60.0,
         max_calls: int = 1024,
         rng: random.Random | None = None,
@@ -444,6 +467,8 @@ class PeerTransport:
             raise ValueError("snapshot_chunk must be positive and well below max_frame")
         if max_calls < 1:
             raise ValueError(f"max_calls must be positive, not {max_calls!r}")
+        if not (hello_timeout > 0 and handshake_timeout > 0):
+            raise ValueError("hello_timeout and handshake_timeout must be positive")
         self.member_id = member_id
         self.cluster = cluster
         self.listen = parse_address(listen)
@@ -474,6 +499,9 @@ class PeerTransport:
         self.backoff_cap = backoff_cap
         self.connect_timeout = connect_timeout
         self.hello_timeout = hello_timeout
+        self.handshake_timeout = handshake_timeout
+        self._admission = Admission(max_pending_per_source, max_pending)
+        self._strangers = ThrottledLog(log)  # what unauthenticated connections cause
         self.snapshot_ack_timeout = snapshot_ack_timeout
         self.max_calls = max_calls
         self.rng = rng if rng is not None else random.Random()
@@ -657,6 +685,7 @@ class PeerTransport:
                 port,
                 ssl=self.client_ssl,
                 server_hostname=host if self.client_ssl else None,
+                ssl_handshake_timeout=self.handshake_timeout if self.client_ssl else None,
             ),
             self.connect_timeout,
         )
@@ -810,23 +839,72 @@ class PeerTransport:
 
     # ------------------------------------------------------------------------- receiving
 
+    def _admit(self, writer: asyncio.StreamWriter) -> Pending | None:
+        """Count a new inbound connection against the limits on unauthenticated ones; None
+        (and the connection closed) when it is over them. An evicted one is cancelled."""
+        peername = writer.get_extra_info("peername")
+        source = str(peername[0]) if isinstance(peername, tuple) and peername else "unknown"
+        task = asyncio.current_task()
+
+        def evict(reason: str) -> None:
+            self._strangers.log(logging.WARNING, "dropped a connection from %s still without "
+                                "a hello: %s", peername, reason)
+            if task is not None:
+                task.cancel()
+
+        ticket = self._admission.admit(source, evict)
+        if isinstance(ticket, str):
+            self._strangers.log(logging.WARNING, "refused a connection from %s: %s",
+                                peername, ticket)
+            writer.close()
+            return None
+        return ticket
+
+    async def _greeting(self, frames: _Reader, writer: asyncio.StreamWriter, pending: Pending,
+                        peername: object) -> Frame | None:
+        """The TLS handshake if any, then the first frame: within hello_timeout of the accept
+        in all, so a stranger that stalls or trickles one byte at a time cannot hold on. None
+        when the handshake failed (logged) or the peer left."""
+        try:
+            async with asyncio.timeout(self.hello_timeout):
+                if self.server_ssl is not None and not await self._accept_tls(
+                        writer, pending, peername):
+                    return None
+                return await frames.next()
+        except TimeoutError:
+            raise TimeoutError(f"no hello within {self.hello_timeout:g} s") from None
+
+    def _log(self, pending: Pending, level: int, msg: str, *args: object) -> None:
+        """Log about a connection: throttled while it has not authenticated."""
+        if pending.released:
+            log.log(level, msg, *args)
+        else:
+            self._strangers.log(level, msg, *args)
+
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        pending = self._admit(writer)
+        if pending is None:
+            return
         self._inbound.add(writer)
         peername = writer.get_extra_info("peername")
-        frames = _Reader(reader, self.max_frame)
+        frames = _Reader(reader, min(MAX_HELLO, self.max_frame), one_by_one=True)
         try:
-            if self.server_ssl is not None and not await self._accept_tls(writer, peername):
-                return
-            hello = await asyncio.wait_for(frames.next(), self.hello_timeout)
+            hello = await self._greeting(frames, writer, pending, peername)
             if hello is None:
                 return
             refusal = self._refusal(hello) or self._identity_refusal(hello, writer)
             if refusal is not None:
-                log.warning("refused a connection from %s: %s", peername, refusal)
+                self._log(pending, logging.WARNING, "refused a connection from %s: %s",
+                          peername, refusal)
                 writer.write(encode(Refused(refusal)))
                 await writer.drain()
                 return
             assert isinstance(hello, Hello)
+            if hello.cluster:  # authenticated: no longer counted (a joiner's stays pending)
+                pending.release()
+                frames.limit(self.max_frame)
+            else:
+                frames.limit(min(MAX_STRANGER_FRAME, self.max_frame))
             if hello.purpose is Purpose.RAFT:
                 await self._receive_raft(hello.member, frames)
             elif hello.purpose is Purpose.CALL:
@@ -834,32 +912,39 @@ class PeerTransport:
             else:
                 await self._receive_snapshot(hello.member, frames, writer)
         except ProtocolError as exc:
-            log.warning("dropped the connection from %s: %s", peername, exc)
+            self._log(pending, logging.WARNING, "dropped the connection from %s: %s",
+                      peername, _describe(exc))
+        except _ssl.SSLError as exc:  # mostly a refused handshake: the reason is in exc
+            self._log(pending, logging.WARNING, "TLS failed on the connection from %s: %s",
+                      peername, _describe(exc))
         except (OSError, TimeoutError) as exc:
-            log.info("connection from %s ended: %s", peername, exc)
+            self._log(pending, logging.INFO, "connection from %s ended: %s", peername,
+                      _describe(exc))
         except asyncio.CancelledError:
             pass
         except Exception:
             log.exception("connection from %s failed", peername)
         finally:
+            pending.release()
             self._inbound.discard(writer)
             writer.close()
 
-    async def _accept_tls(self, writer: asyncio.StreamWriter, peername: object) -> bool:
+    async def _accept_tls(self, writer: asyncio.StreamWriter, pending: Pending,
+                          peername: object) -> bool:
         """The server side of the TLS handshake; False (logged with OpenSSL's reason: another
         CA, an expired certificate, TLS 1.2, plain TCP...) if it failed."""
         self.refresh_tls()
         assert self.server_ssl is not None
         plain = writer.transport
         try:
-            await asyncio.wait_for(writer.start_tls(self.server_ssl), self.hello_timeout)
+            await writer.start_tls(self.server_ssl, ssl_handshake_timeout=self.handshake_timeout)
         except (OSError, TimeoutError, AttributeError) as exc:
             # AttributeError: the peer left mid-handshake and asyncio (3.11) found no TLS
             # transport to swap in; the writer keeps the plain one, so close() works.
             if getattr(writer, "_transport", plain) is None:
                 writer._transport = plain  # type: ignore[attr-defined]
-            log.warning("refused a connection from %s: TLS handshake failed: %s", peername,
-                        _describe(exc))
+            self._log(pending, logging.WARNING, "refused a connection from %s: TLS handshake "
+                      "failed: %s", peername, _describe(exc))
             return False
         return True
 
