@@ -618,10 +618,11 @@ class Child:
             return "unknown", None, type(exc).__name__
 
     def op_fault_rule(self, peer: str, drop: float = 0.0, delay: float = 0.0,
-                      direction: str = "both") -> bool:
+                      direction: str = "both", duplicate: float = 0.0) -> bool:
         """Drop (probability `drop`) and/or delay (`delay` seconds) traffic with member `peer`
         (a name) in `direction` ("send", "receive" or "both") through the transport's fault
-        hook. False if `peer` is not a member (any more)."""
+        hook; deliver Raft messages received from it twice (probability `duplicate`). False
+        if `peer` is not a member (any more)."""
         from embedkv.net.faults import Direction, FaultPlan
 
         way = {"send": Direction.SEND, "receive": Direction.RECEIVE,
@@ -639,6 +640,8 @@ class Child:
                     transport.faults.drop(target, drop, way)
                 if delay:
                     transport.faults.delay(target, delay, way)
+                if duplicate:
+                    transport.faults.duplicate(target, duplicate)
 
         self._on_loop(transport, apply)
         return True
