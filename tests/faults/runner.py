@@ -202,6 +202,10 @@ def run(config: RunConfig) -> RunResult:
                     lease_watchers=watchers, lease_ttl_watched=LEASE_TTL)
 
     try:
+        if "disk" in config.kinds:  # a small disk per founder, for the disk nemesis to fill
+            why = cluster.small_disks([f"n{i}" for i in range(1, config.members + 1)])
+            if why is not None:
+                result.notes.append(f"no disk faults: {why}")
         cluster.start()  # inside: a cluster that cannot even start is a failed run too
         nemesis = Nemesis(cluster, start_clients, config.seed)
         t0 = time.monotonic()
@@ -232,6 +236,7 @@ def run(config: RunConfig) -> RunResult:
                                 f"{traceback.format_exc(limit=8)}")
     finally:
         cluster.kill_all()
+        cluster.unmount_disks()
         result.seconds = time.monotonic() - began
         if result.failed:
             result.saved = _save(config, result, sorted(cluster.logdir.glob("*.stderr.log")))
