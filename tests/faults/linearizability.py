@@ -18,11 +18,13 @@ order they were committed in, as etcd's robustness tests patch their histories f
 the register's state is a position in the key's stream, a write can only take effect as its
 own event, and an unknown write is settled by the stream (its value committed: it happened, at
 that place; never committed: it did not, or after everything else and unseen). An unknown
-delete may account for a delete event no acknowledged delete claims. This turns the search
-from exponential in the unknown and overlapping writes into one that only places the reads,
-which makes long runs conclusive. Any order found is still a legal linearization of the
-history (the stream only guides the search), so "ok" means linearizable; no order consistent
-with the stream means the clients and the committed history disagree, an anomaly either way.
+delete (or a lease's expiry) may account for a delete event no acknowledged delete claims;
+an acknowledged delete that says it deleted nothing (``extra["deleted"] == 0``) claims none.
+This turns the search from exponential in the unknown and overlapping writes into one that
+mostly places the reads, which makes long runs conclusive. Any order found is still a legal
+linearization of the history (the stream only guides the search), so "ok" means
+linearizable; no order consistent with the stream means the clients and the committed
+history disagree, an anomaly either way.
 
 Limits: the search is exponential in the worst case (in how many operations overlap, and in
 how many unknown ones are pending, as each may take effect at any later point or never).
@@ -258,19 +260,21 @@ def _explain(key: str, ops: list[Op], found: _Search) -> Anomaly:
 class _Stream:
     """One key's committed events, as the pinned model reads them: `values[p]` is the key's
     value after the first p events (None: absent), `leased[p]` whether a lease holds it,
-    `deletes[p]` the revision of event p if it is a delete (else None), `place` the position
-    each committed value's write leads to."""
+    `deletes[p]` the revision of event p if it is a delete (else None), `claimed[p]` whether
+    an acknowledged delete says it made that event (then nothing else may), `place` the
+    position each committed value's write leads to."""
 
     values: list[Any]
     leased: list[bool]
     deletes: list[int | None]
+    claimed: list[bool]
     place: dict[Any, int]
 
     def step(self, p: int, op: Op) -> list[int]:
         """The positions `op` may lead to from position `p` (a write: only to its own event)."""
         last = len(self.deletes)
         starts = [p]
-        if self.leased[p] and p < last and self.deletes[p] is not None:
+        if self.leased[p] and p < last and self.deletes[p] is not None and not self.claimed[p]:
             starts.append(p + 1)  # the lease expired (its keys' delete is the next event)
         out: list[int] = []
         for c in starts:
@@ -290,10 +294,13 @@ class _Stream:
                 elif match and self.place.get(freeze(op.value)) == c + 1:
                     nexts.append(c + 1)  # an ok swap, or an unknown one its value shows did
             elif op.kind == "delete":
+                # How many keys it deleted, if the client said (else: either may be).
+                count = op.extra.get("deleted") if op.outcome == "ok" else None
                 deleted = self.deletes[c] if c < last else None
-                if deleted is not None and (op.outcome != "ok" or op.result == deleted):
+                if deleted is not None and count != 0 and (
+                        op.result == deleted if op.outcome == "ok" else not self.claimed[c]):
                     nexts.append(c + 1)
-                if current is None and op.outcome == "ok":
+                if current is None and op.outcome == "ok" and not count:
                     nexts.append(c)  # deleting an absent key changes nothing (unknown: skip it)
             for n in nexts:
                 if n not in out:
@@ -314,6 +321,9 @@ def _pin(key: str, ops: list[Op], events: list[Event]) -> tuple[_Stream | None, 
     values: list[Any] = [None]
     leased = [False]
     deletes: list[int | None] = []
+    claims = {op.result for op in ops if op.kind == "delete" and op.outcome == "ok"
+              and op.extra.get("deleted") != 0}
+    claimed: list[bool] = []
     place: dict[Any, int] = {}
     anomalies: list[Anomaly] = []
     for rev, kind, _key, value in sorted(events, key=lambda e: e[0]):
@@ -321,6 +331,7 @@ def _pin(key: str, ops: list[Op], events: list[Event]) -> tuple[_Stream | None, 
             values.append(None)
             leased.append(False)
             deletes.append(rev)
+            claimed.append(rev in claims)
             continue
         frozen = freeze(value)
         writer = writers.get(frozen)
@@ -336,6 +347,7 @@ def _pin(key: str, ops: list[Op], events: list[Event]) -> tuple[_Stream | None, 
         values.append(frozen)
         leased.append(writer is not None and writer.kind == "lease_put")
         deletes.append(None)
+        claimed.append(False)
     kept: list[Op] = []
     must: list[bool] = []
     for op in ops:
@@ -353,7 +365,7 @@ def _pin(key: str, ops: list[Op], events: list[Event]) -> tuple[_Stream | None, 
             must.append(op.outcome == "ok")
     if anomalies:
         return None, kept, must, anomalies
-    return _Stream(values, leased, deletes, place), kept, must, []
+    return _Stream(values, leased, deletes, claimed, place), kept, must, []
 
 
 def check_linearizable(ops: list[Op], *, budget: int = 200_000,

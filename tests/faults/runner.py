@@ -81,6 +81,7 @@ class RunResult:
     seconds: float = 0.0
     saved: Path | None = None
     leases: int = 0  # leased keys the lease clients watched until gone
+    committed: list[checkers.Event] | None = None  # the stream linearizability was pinned to
 
     @property
     def failed(self) -> bool:
@@ -140,6 +141,8 @@ class Recorder:
                 op.result = msg["result"]
                 if msg.get("error"):
                     op.extra["error"] = msg["error"]
+                if msg.get("deleted") is not None:
+                    op.extra["deleted"] = msg["deleted"]  # how many keys a delete deleted
                 if op.outcome == "unknown":
                     op.extra["gave_up"] = float(msg["t"])
                 else:
@@ -238,7 +241,7 @@ def run(config: RunConfig) -> RunResult:
         cluster.kill_all()
         cluster.unmount_disks()
         result.seconds = time.monotonic() - began
-        if result.failed:
+        if result.failed or result.inconclusive:  # a give-up is worth a look too
             result.saved = _save(config, result, sorted(cluster.logdir.glob("*.stderr.log")))
         if own_root:
             shutil.rmtree(root, ignore_errors=True)
@@ -327,6 +330,7 @@ def _finish(cluster: Cluster, config: RunConfig, result: RunResult) -> None:
         committed = [e for e in streams[longest] if e[2].startswith(PREFIX)]
     elif converged is not None:
         committed = []  # revision 0: nothing was ever committed
+    result.committed = committed
     linear = linearizability.check_linearizable(result.ops, committed=committed)
     _verdict(result, "linearizable", linear)
     _verdict(result, "no lost writes", checkers.check_no_lost_writes(result.ops, final))
@@ -344,6 +348,8 @@ def _save(config: RunConfig, result: RunResult, logs: list[Path]) -> Path:
     where.mkdir(parents=True, exist_ok=True)
     history.save(result.ops, where / "history.jsonl")
     (where / "faults.json").write_text(json.dumps(record(result.faults), indent=1) + "\n")
+    if result.committed is not None:
+        (where / "committed.json").write_text(json.dumps(result.committed) + "\n")
     (where / "findings.txt").write_text(
         result.summary() + "\n" + "\n".join(result.anomalies + result.inconclusive
                                             + result.notes) + f"\nreplay: {config.command()}\n")

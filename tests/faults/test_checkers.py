@@ -235,10 +235,12 @@ def generate(seed: int, committed: list[Event] | None = None) -> list[Op]:
             result = swapped if outcome == "ok" else None
             ops.append(cas(expected, value, result, a, end, outcome=outcome, key=key, process=i))
             continue
+        deleted = 0
         if takes_effect:
             if kind == "delete":
                 if state.pop(key, None) is not None:
                     events.append((len(events) + 1, "delete", key, None))
+                    deleted = 1
             else:
                 state[key] = value
                 events.append((len(events) + 1, "put", key, value))
@@ -254,6 +256,8 @@ def generate(seed: int, committed: list[Event] | None = None) -> list[Op]:
                 process=i,
             )
         )
+        if kind == "delete" and outcome == "ok":
+            ops[-1].extra["deleted"] = deleted  # as the campaign's clients report it
     return ops
 
 
@@ -323,6 +327,17 @@ def test_delete_events_belong_to_a_delete_or_an_expiry() -> None:
     ok(check_linearizable([put(1, 0, 1), op("delete", 2, 3, result=2), get(None, 4, 5),
                            op("delete", 6, 7, result=2)], committed=stream))
     anomaly(check_linearizable([put(1, 0, 1), op("delete", 2, 3, result=9), get(None, 4, 5)],
+                               committed=stream))
+    # one that says it deleted nothing claims nothing, whatever revision it saw
+    noop = op("delete", 2, 3, result=2)
+    noop.extra["deleted"] = 0
+    anomaly(check_linearizable([put(1, 0, 1), noop, get(None, 4, 5)], committed=stream))
+    unknown = op("delete", 1.5, None, outcome="unknown")
+    ok(check_linearizable([put(1, 0, 1), unknown, noop, get(None, 4, 5)], committed=stream))
+    # an event an acknowledged delete made is not an unknown delete's to take earlier
+    mine = op("delete", 3, 4, result=2)
+    mine.extra["deleted"] = 1
+    anomaly(check_linearizable([put(1, 0, 1), unknown, get(None, 2, 2.5), mine],
                                committed=stream))
     # a delete of unknown outcome may account for it ...
     ok(check_linearizable([put(1, 0, 1), op("delete", 2, None, outcome="unknown"),
