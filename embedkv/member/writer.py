@@ -19,7 +19,9 @@ are released after the commit returns.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import enum
+import hashlib
 import logging
 import threading
 import time
@@ -76,6 +78,13 @@ NO_SPACE_RETRY = 1.0
 _MEMBERS_ONLY = frozenset({MessageType.PROP, MessageType.READ_INDEX,
                            MessageType.TRANSFER_LEADER})
 """Requests the core takes from anyone, that only members of the configuration may make."""
+
+PROPOSALS_REMEMBERED = 16384
+"""Forwarded proposals (digests of their entry data) a member remembers, to drop a copy of one
+it already took: a Raft message delivered twice must not append a write twice. Each entry's
+data is unique (it carries its proposer's id and a sequence number that starts at random),
+and both copies of a message reach the same member, so remembering the latest few thousand
+catches every copy that arrives within seconds of the original."""
 
 _RETRY_DROPS = frozenset(
     {DropReason.NO_LEADER, DropReason.TRANSFERRING, DropReason.UNCOMMITTED_SIZE}
@@ -245,6 +254,8 @@ class LogWriter:
         self._pending: dict[int, Proposal] = {}  # seq -> proposal in the core
         self._pending_in_order = True  # insertion order is deadline order
         self._stalled: list[Proposal] = []  # dropped for want of a leader; retried
+        self._proposed: set[bytes] = set()  # digests of forwarded proposals taken (_fresh)
+        self._proposed_order: deque[bytes] = deque()
         self._reads = ReadRounds(member_id, read_retry)
         # Outcomes of the last durable batch whose waiting callers are not woken yet: see
         # _wake_deferred (they are woken just before the next commit, or before we wait).
@@ -483,6 +494,10 @@ class LogWriter:
                     if isinstance(item, NodeCall):
                         item.fn(node)
                     elif item.type not in _MEMBERS_ONLY or item.from_ in known or not known:
+                        if item.type is MessageType.PROP:
+                            item = self._fresh(item)
+                            if not item.entries:
+                                continue
                         node.step(item)
                     else:
                         # Not a member (removed, or never added): the core would take its
@@ -495,6 +510,24 @@ class LogWriter:
                     # A message the core cannot take (it never should) costs that message,
                     # never the member: the sender will retry or time out.
                     log.exception("stepping %r failed", item)
+
+    def _fresh(self, prop: Message) -> Message:
+        """`prop` without the entries this member took before (a duplicated message)."""
+        seen = self._proposed
+        digests = [hashlib.blake2b(e.data, digest_size=16).digest() for e in prop.entries]
+        fresh = tuple(e for e, d in zip(prop.entries, digests, strict=True) if d not in seen)
+        if len(fresh) < len(prop.entries):
+            log.debug("dropped %d repeated proposals from %#x",
+                      len(prop.entries) - len(fresh), prop.from_)
+            prop = dataclasses.replace(prop, entries=fresh)
+        order = self._proposed_order
+        for d in digests:
+            if d not in seen:
+                seen.add(d)
+                order.append(d)
+        while len(order) > PROPOSALS_REMEMBERED:
+            seen.discard(order.popleft())
+        return prop
 
     def _leader_known(self) -> bool:
         return self._core.node.leader != NONE

@@ -1,7 +1,10 @@
-"""A fault hook for tests: drop, delay or partition traffic by peer and direction.
+"""A fault hook for tests: drop, delay, duplicate or partition traffic by peer and direction.
 
 The transport asks the plan about every message, call and reply it is about to send and every
 one it has just received; the plan answers with a delay in seconds (0 = now) or None (drop).
+For a Raft message received and not dropped it also asks `again`: whether to deliver a second
+copy, and when (Raft must take a message twice, as after a link redials and resends; calls and
+replies are never repeated: a call's id is unique on its connection, and TCP repeats nothing).
 Nothing here touches sockets, so a partition is a silent loss as on a cut network, not a closed
 connection. Peers are member ids, or "host:port" for calls dialed by address (a joiner's).
 """
@@ -19,6 +22,9 @@ from .frames import Call, Reply
 Peer = int | str
 Traffic = Message | Call | Reply
 
+DUPLICATE_LAG = 0.05
+"""Seconds, at most, between a duplicated message and its copy."""
+
 
 class Direction(enum.Flag):
     SEND = enum.auto()
@@ -30,6 +36,7 @@ class Direction(enum.Flag):
 class _Rule:
     drop: float = 0.0  # probability of dropping
     delay: float = 0.0  # seconds
+    duplicate: float = 0.0  # probability of delivering a received Raft message twice
 
 
 @dataclass
@@ -64,6 +71,13 @@ class FaultPlan:
         for rules in self._rules(direction):
             rules.setdefault(peer, _Rule()).delay = seconds
 
+    def duplicate(self, peer: Peer, probability: float) -> None:
+        """Deliver this share of the Raft messages received from `peer` twice, the copy up to
+        `DUPLICATE_LAG` seconds after the original (so possibly after later messages)."""
+        if not 0.0 <= probability <= 1.0:
+            raise ValueError(f"probability must be within [0, 1], not {probability!r}")
+        self._recv.setdefault(peer, _Rule()).duplicate = probability
+
     def heal(self, peer: Peer | None = None, direction: Direction = Direction.BOTH) -> None:
         """Remove the rules for `peer` (every peer when None)."""
         for rules in self._rules(direction):
@@ -87,3 +101,11 @@ class FaultPlan:
     def on_receive(self, peer: Peer, msg: Traffic) -> float | None:
         """Delay before delivering `msg` from `peer`, or None to drop it."""
         return self._verdict(self._recv, peer)
+
+    def again(self, peer: Peer, msg: Message) -> float | None:
+        """Seconds after the original's delivery to deliver a copy of `msg`, just received
+        from `peer`, or None for no copy."""
+        rule = self._recv.get(peer)
+        if rule is None or rule.duplicate <= 0.0 or self.rng.random() >= rule.duplicate:
+            return None
+        return self.rng.uniform(0.0, DUPLICATE_LAG)

@@ -1002,6 +1002,10 @@ class PeerTransport:
             if verdict is None:
                 return False
             delay = verdict
+            again = self.faults.again(sender, msg)
+            if again is not None:  # a copy, later (the core may keep the original's parts)
+                copy = dataclasses.replace(msg)
+                asyncio.get_running_loop().call_later(delay + again, self._deliver_now, copy)
         link = self._links.get(sender)
         if link is not None:
             link.heard_from()

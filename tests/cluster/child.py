@@ -525,8 +525,8 @@ class Child:
                                   "expected": expected if kind == "cas" else None}
             op["t"] = time.monotonic()
             self.send(op)
-            outcome, result, error = self._client_op(kind, key, value, expected, lease,
-                                                     stale_reads)
+            outcome, result, error, deleted = self._client_op(kind, key, value, expected,
+                                                              lease, stale_reads)
             done = time.monotonic()
             if kind in ("put", "lease_put", "cas") and outcome == "ok":
                 if kind != "cas" or result:
@@ -538,7 +538,8 @@ class Child:
             if error == "LeaseNotFound":
                 lease = None
             self.send({"stream": stream, "ev": "done", "p": process, "n": seq, "t": done,
-                       "outcome": outcome, "result": result, "error": error})
+                       "outcome": outcome, "result": result, "error": error,
+                       "deleted": deleted})
             if error in ("Removed", "Closed"):
                 break  # this member serves nothing any more
             if error is not None:
@@ -591,37 +592,40 @@ class Child:
         self.send({"stream": stream, "ev": "end", "p": process})
 
     def _client_op(self, kind: str, key: str, value: int, expected: Any, lease: int | None,
-                   stale_reads: bool) -> tuple[str, Any, str | None]:
-        """(outcome, result, error name). A read that failed took no effect: "fail". A write
-        that failed with Unavailable (a timeout, no quorum, removed, closed) may have been
-        applied: "unknown"; LeaseNotFound is a definite refusal: "fail"."""
+                   stale_reads: bool) -> tuple[str, Any, str | None, int | None]:
+        """(outcome, result, error name, keys deleted: a delete's count, else None). A read
+        that failed took no effect: "fail". A write that failed with Unavailable (a timeout,
+        no quorum, removed, closed) may have been applied: "unknown"; LeaseNotFound is a
+        definite refusal: "fail"."""
         try:
             if kind == "put":
-                return "ok", self.store.put(key, value).revision, None
+                return "ok", self.store.put(key, value).revision, None, None
             if kind == "lease_put":
-                return "ok", self.store.put(key, value, lease=lease).revision, None
+                return "ok", self.store.put(key, value, lease=lease).revision, None, None
             if kind == "get" or kind == "sget":
                 kv = self.store.get_kv(key, serializable=kind == "sget" or stale_reads)
-                return "ok", None if kv is None else kv.value, None
+                return "ok", None if kv is None else kv.value, None, None
             if kind == "delete":
-                return "ok", self.store.delete(key).revision, None
+                deleted = self.store.delete(key)
+                return "ok", deleted.revision, None, int(deleted)
             if expected is None:
-                return "ok", self.store.create(key, value), None
-            return "ok", self.store.compare_and_set(key, expected, value), None
+                return "ok", self.store.create(key, value), None, None
+            return "ok", self.store.compare_and_set(key, expected, value), None, None
         except embedkv.Error as exc:
             name = type(exc).__name__
             if kind in ("get", "sget") or isinstance(exc, embedkv.LeaseNotFound):
-                return "fail", None, name
-            return "unknown", None, name
+                return "fail", None, name, None
+            return "unknown", None, name, None
         except Exception as exc:  # a bug, not a fault: unknown, and its name in the history
             logging.getLogger("child").exception("client %s %s failed", kind, key)
-            return "unknown", None, type(exc).__name__
+            return "unknown", None, type(exc).__name__, None
 
     def op_fault_rule(self, peer: str, drop: float = 0.0, delay: float = 0.0,
-                      direction: str = "both") -> bool:
+                      direction: str = "both", duplicate: float = 0.0) -> bool:
         """Drop (probability `drop`) and/or delay (`delay` seconds) traffic with member `peer`
         (a name) in `direction` ("send", "receive" or "both") through the transport's fault
-        hook. False if `peer` is not a member (any more)."""
+        hook; deliver Raft messages received from it twice (probability `duplicate`). False
+        if `peer` is not a member (any more)."""
         from embedkv.net.faults import Direction, FaultPlan
 
         way = {"send": Direction.SEND, "receive": Direction.RECEIVE,
@@ -639,6 +643,8 @@ class Child:
                     transport.faults.drop(target, drop, way)
                 if delay:
                     transport.faults.delay(target, delay, way)
+                if duplicate:
+                    transport.faults.duplicate(target, duplicate)
 
         self._on_loop(transport, apply)
         return True

@@ -49,6 +49,69 @@ loaded 2-core CI machine call elections that drop forwarded writes), with ticks 
 STDERR_TAIL = 4000
 
 
+class SmallDisk:
+    """A tmpfs of its own for one member's data dir, which a ballast file fills on demand: a
+    disk that really fills (ENOSPC), on one member only. Mounting needs root (CI is root);
+    `mount` says why not elsewhere. The data dir is ``<mountpoint>/data``: the ballast beside
+    it, never in it."""
+
+    BALLAST = "ballast"
+
+    def __init__(self, mountpoint: Path, size_mb: int = 64) -> None:
+        self.mountpoint = mountpoint
+        self.size_mb = size_mb
+        self.data = mountpoint / "data"
+        self.mounted = False
+
+    def mount(self) -> str | None:
+        """Mount it (an empty data dir inside); None, or why it cannot be had here."""
+        self.mountpoint.mkdir(parents=True, exist_ok=True)
+        try:
+            done = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={self.size_mb}m",
+                                   "tmpfs", str(self.mountpoint)],
+                                  capture_output=True, text=True, check=False)
+        except FileNotFoundError:
+            return "no mount command"
+        if done.returncode != 0:
+            return f"mounting a tmpfs is not permitted here ({done.stderr.strip()})"
+        self.mounted = True
+        self.data.mkdir()
+        return None
+
+    def fill(self) -> int:
+        """Take every free byte with the ballast; returns how many it took."""
+        path = self.mountpoint / self.BALLAST
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT, 0o600)
+        try:
+            size = os.fstat(fd).st_size
+            for chunk in (1 << 20, 4096):  # the member writes meanwhile: until nothing fits
+                while True:
+                    try:
+                        os.posix_fallocate(fd, size, chunk)
+                    except OSError as exc:
+                        if exc.errno != errno.ENOSPC:
+                            raise
+                        break
+                    size += chunk
+            return size
+        finally:
+            os.close(fd)
+
+    def free(self) -> None:
+        """Space back: the ballast removed."""
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(self.mountpoint / self.BALLAST)
+
+    def full(self) -> bool:
+        return (self.mountpoint / self.BALLAST).exists()
+
+    def unmount(self) -> None:
+        if self.mounted:
+            subprocess.run(["umount", "-l", str(self.mountpoint)], check=False,
+                           capture_output=True)
+            self.mounted = False
+
+
 class ChildError(AssertionError):
     """The child died, did not answer in time, or failed a command with a non-embedkv error."""
 
@@ -389,6 +452,8 @@ class Cluster:
         # stderr file, which a failed test quotes.
         self.child_options = dict({"log_level": "INFO"}, **(child_options or {}))
         self.members: dict[str, Member] = {}
+        self.disks: dict[str, SmallDisk] = {}
+        """Members whose data dir is a small disk of its own (see `small_disks`)."""
         self.logdir = root / "logs"
         self.logdir.mkdir(parents=True, exist_ok=True)
 
@@ -404,8 +469,10 @@ class Cluster:
 
     def member(self, name: str, options: dict[str, Any],
                child_options: dict[str, Any] | None = None) -> Member:
-        """A Member object (not started) with a data dir of its own under root."""
-        path = self.root / name
+        """A Member object (not started) with a data dir of its own under root (on its small
+        disk if it has one)."""
+        disk = self.disks.get(name)
+        path = disk.data if disk is not None else self.root / name
         member = Member(name, path, self.logdir, options,
                         dict(self.child_options, **(child_options or {})))
         self.members[name] = member
@@ -424,7 +491,8 @@ class Cluster:
             for name in names:
                 with contextlib.suppress(KeyError):
                     self.members.pop(name).kill()
-                shutil.rmtree(self.root / name, ignore_errors=True)
+                disk = self.disks.get(name)
+                shutil.rmtree(disk.data if disk else self.root / name, ignore_errors=True)
                 self.member(name, self.founder_options(name, peers))
             for name in names:
                 self.members[name].spawn()
@@ -450,6 +518,23 @@ class Cluster:
         if not (self.certs / f"{name}.pem").exists():
             certs.issue(self.certs, name, ips=["127.0.0.1"])
         return {"tls": str(self.certs)}
+
+    def small_disks(self, names: Iterable[str], size_mb: int = 64) -> str | None:
+        """Before `start`: give these founders a small disk each; None, or why not (then
+        none has one)."""
+        for name in names:
+            disk = SmallDisk(self.root / "disks" / name, size_mb)
+            why = disk.mount()
+            if why is not None:
+                self.unmount_disks()
+                return why
+            self.disks[name] = disk
+        return None
+
+    def unmount_disks(self) -> None:
+        for disk in self.disks.values():
+            disk.unmount()
+        self.disks.clear()
 
     def founder_options(self, name: str, peers: dict[str, str]) -> dict[str, Any]:
         return dict(self.options, name=name, listen=peers[name], peers=peers,

@@ -7,8 +7,8 @@ a saved schedule says what really happened. Faults that end the same way (a heal
 rule of the fault hook) are never overlapped: a mixed slot pairs a process fault with a network
 fault on another member.
 
-Not here: message duplication (the transport's FaultPlan has drop and delay only) and a full
-disk (no small filesystem or size limit can be had on the CI machine without privileges).
+A full disk needs a small file system per member (a tmpfs: root only, as on CI); where none
+can be mounted the runner says so and a "disk" fault is noted as not injected.
 """
 
 from __future__ import annotations
@@ -25,17 +25,19 @@ import embedkv.errors
 from ..cluster.harness import FAST, ChildError, Cluster, Member, free_port
 from ..waiting import wait_for
 
-PROCESS = ("kill", "pause")
-NETWORK = ("partition", "bridge", "oneway", "drop", "delay")
+PROCESS = ("kill", "pause", "disk")
+NETWORK = ("partition", "bridge", "oneway", "drop", "delay", "duplicate")
 CONTROL = ("transfer", "replace", "learner")
 KINDS = PROCESS + NETWORK + CONTROL
 """kill: SIGKILL, then restart on the same data dir; pause: SIGSTOP, SIGCONT after more than
-an election timeout; partition: the target (and, of five, one more) cut off from the rest;
-bridge: the others split in two halves that only the target connects; oneway: the target's
-traffic to (or from) every other member dropped; drop: a share of the target's traffic
-dropped; delay: the target's traffic delayed; transfer: leadership moved to a follower;
-replace: the target removed and a fresh member joined; learner: a fresh member added as a
-learner, promoted, then the target removed."""
+an election timeout; disk: the target's disk filled (a ballast file), then freed; partition:
+the target (and, of five, one more) cut off from the rest; bridge: the others split in two
+halves that only the target connects; oneway: the target's traffic to (or from) every other
+member dropped; drop: a share of the target's traffic dropped; delay: the target's traffic
+delayed; duplicate: a share of the Raft messages to and from the target delivered twice, the
+copy up to 50 ms late; transfer: leadership moved to a follower; replace: the target removed
+and a fresh member joined; learner: a fresh member added as a learner, promoted, then the
+target removed."""
 
 RESTARTED = ("tick_interval", "election_tick", "heartbeat_tick", "request_timeout")
 """open()'s options a restart passes again (the rest is persisted): the run's Raft timing."""
@@ -106,7 +108,7 @@ def _draw(rng: random.Random, kind: str, at: float) -> Fault:
         duration = rng.uniform(0.3, 2.5)
     elif kind == "pause":
         duration = rng.uniform(1.5, 3.0) * ELECTION_TIMEOUT
-    elif kind in ("partition", "bridge"):
+    elif kind in ("disk", "partition", "bridge"):
         duration = rng.uniform(1.5, 4.0)
     elif kind == "oneway":
         duration = rng.uniform(1.5, 4.0)
@@ -117,6 +119,9 @@ def _draw(rng: random.Random, kind: str, at: float) -> Fault:
     elif kind == "delay":
         duration = rng.uniform(1.5, 4.0)
         params["seconds"] = round(rng.uniform(0.02, 0.3), 3)
+    elif kind == "duplicate":
+        duration = rng.uniform(1.5, 4.0)
+        params["probability"] = round(rng.uniform(0.3, 1.0), 2)
     else:  # transfer, replace, learner: one action that takes what it takes
         duration = 0.0
     return Fault(kind, round(at, 3), round(duration, 3), target, params)
@@ -203,6 +208,8 @@ class Nemesis:
         for m in self.cluster.running():
             with contextlib.suppress(ChildError, embedkv.errors.Error):
                 m.call("heal", timeout=CALL_TIMEOUT)
+        for disk in self.cluster.disks.values():
+            disk.free()
 
     def restart(self, member: Member) -> None:
         member.restart(**{k: self.cluster.options[k] for k in RESTARTED
@@ -225,6 +232,18 @@ class Nemesis:
     def _stop_pause(self, fault: Fault, member: Member) -> None:
         if member.alive and member.stopped:
             member.cont()
+
+    def _start_disk(self, fault: Fault, member: Member) -> None:
+        disk = self.cluster.disks.get(member.name)
+        if disk is None:
+            fault.note = f"no small disk on {member.name}: not injected"
+            return
+        fault.params["ballast"] = disk.fill()
+
+    def _stop_disk(self, fault: Fault, member: Member) -> None:
+        disk = self.cluster.disks.get(member.name)
+        if disk is not None:
+            disk.free()
 
     def _cut(self, fault: Fault, side: list[Member], other: list[Member]) -> None:
         """Drop everything between `side` and `other`, both ways, on both sides. A member that
@@ -266,10 +285,18 @@ class Nemesis:
     def _start_delay(self, fault: Fault, member: Member) -> None:
         self._rules(member, delay=fault.params["seconds"])
 
+    def _start_duplicate(self, fault: Fault, member: Member) -> None:
+        """Both ways: the target receives copies from every other, and every other from it."""
+        p = fault.params["probability"]
+        self._rules(member, duplicate=p)
+        for o in self._others(member):
+            o.call("fault_rule", peer=member.name, duplicate=p, timeout=CALL_TIMEOUT)
+
     def _stop_partition(self, fault: Fault, member: Member) -> None:
         self._heal()
 
     _stop_bridge = _stop_oneway = _stop_drop = _stop_delay = _stop_partition
+    _stop_duplicate = _stop_partition
 
     def _start_transfer(self, fault: Fault, member: Member) -> None:
         leader = self.leader()

@@ -81,6 +81,7 @@ class RunResult:
     seconds: float = 0.0
     saved: Path | None = None
     leases: int = 0  # leased keys the lease clients watched until gone
+    committed: list[checkers.Event] | None = None  # the stream linearizability was pinned to
 
     @property
     def failed(self) -> bool:
@@ -140,6 +141,8 @@ class Recorder:
                 op.result = msg["result"]
                 if msg.get("error"):
                     op.extra["error"] = msg["error"]
+                if msg.get("deleted") is not None:
+                    op.extra["deleted"] = msg["deleted"]  # how many keys a delete deleted
                 if op.outcome == "unknown":
                     op.extra["gave_up"] = float(msg["t"])
                 else:
@@ -202,6 +205,10 @@ def run(config: RunConfig) -> RunResult:
                     lease_watchers=watchers, lease_ttl_watched=LEASE_TTL)
 
     try:
+        if "disk" in config.kinds:  # a small disk per founder, for the disk nemesis to fill
+            why = cluster.small_disks([f"n{i}" for i in range(1, config.members + 1)])
+            if why is not None:
+                result.notes.append(f"no disk faults: {why}")
         cluster.start()  # inside: a cluster that cannot even start is a failed run too
         nemesis = Nemesis(cluster, start_clients, config.seed)
         t0 = time.monotonic()
@@ -232,8 +239,9 @@ def run(config: RunConfig) -> RunResult:
                                 f"{traceback.format_exc(limit=8)}")
     finally:
         cluster.kill_all()
+        cluster.unmount_disks()
         result.seconds = time.monotonic() - began
-        if result.failed:
+        if result.failed or result.inconclusive:  # a give-up is worth a look too
             result.saved = _save(config, result, sorted(cluster.logdir.glob("*.stderr.log")))
         if own_root:
             shutil.rmtree(root, ignore_errors=True)
@@ -299,11 +307,8 @@ def _finish(cluster: Cluster, config: RunConfig, result: RunResult) -> None:
         result.anomalies.append(f"key spaces differ 60 s after healing: {exc}\n"
                                 f"{cluster.state_report()}")
         converged = None
-    linear = linearizability.check_linearizable(result.ops)
-    _verdict(result, "linearizable", linear)
-    _verdict(result, "no lost writes", checkers.check_no_lost_writes(result.ops, final))
+    streams: dict[str, list[checkers.Event]] = {}
     if converged is not None and converged["revision"] > 0:
-        streams: dict[str, list[checkers.Event]] = {}
         for m in cluster.running():
             wid = m.call("watch_start", key="", prefix=True, start_revision=1)
             try:
@@ -317,6 +322,18 @@ def _finish(cluster: Cluster, config: RunConfig, result: RunResult) -> None:
                                if row[3] <= converged["revision"]]
         _verdict(result, "watch streams",
                  checkers.check_watch_streams(streams, ops=result.ops))
+    # Each key's writes pinned to the committed order (the longest stream: the watch checker
+    # above has compared the members'); without a stream, the plain search.
+    committed = None
+    if streams:
+        longest = max(sorted(streams), key=lambda m: len(streams[m]))
+        committed = [e for e in streams[longest] if e[2].startswith(PREFIX)]
+    elif converged is not None:
+        committed = []  # revision 0: nothing was ever committed
+    result.committed = committed
+    linear = linearizability.check_linearizable(result.ops, committed=committed)
+    _verdict(result, "linearizable", linear)
+    _verdict(result, "no lost writes", checkers.check_no_lost_writes(result.ops, final))
 
 
 def _verdict(result: RunResult, what: str, verdict: Verdict) -> None:
@@ -331,6 +348,8 @@ def _save(config: RunConfig, result: RunResult, logs: list[Path]) -> Path:
     where.mkdir(parents=True, exist_ok=True)
     history.save(result.ops, where / "history.jsonl")
     (where / "faults.json").write_text(json.dumps(record(result.faults), indent=1) + "\n")
+    if result.committed is not None:
+        (where / "committed.json").write_text(json.dumps(result.committed) + "\n")
     (where / "findings.txt").write_text(
         result.summary() + "\n" + "\n".join(result.anomalies + result.inconclusive
                                             + result.notes) + f"\nreplay: {config.command()}\n")

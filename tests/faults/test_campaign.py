@@ -1,5 +1,6 @@
-"""A short fault campaign in CI: three seeded runs on three members, one per family of faults
-(processes, network, membership and leadership), each with mixed faults off and on; no run
+"""A short fault campaign in CI: four seeded runs on three members, one per family of faults
+(processes, network, membership and leadership) and one of a full disk and duplicated
+messages (the full disk where a tmpfs can be mounted: root, as on CI); no run
 may find an anomaly. An inconclusive check passes, with a warning that says which. A run
 with a planted bug (stale "linearizable" reads) shows the campaign able to fail."""
 
@@ -17,6 +18,7 @@ RUNS = [
     pytest.param(11, (*PROCESS, "partition"), id="processes"),
     pytest.param(12, NETWORK, id="network"),
     pytest.param(13, (*CONTROL, "kill"), id="membership"),
+    pytest.param(14, ("disk", "duplicate"), id="disk-and-duplication"),
 ]
 
 
@@ -28,6 +30,7 @@ def test_short_campaign_finds_no_anomaly(seed: int, kinds: tuple[str, ...],
     print(report(result))
     assert result.ops, "the clients ran no operation"
     assert any(f.started is not None and f.member for f in result.faults), "no fault ran"
+    assert {f.kind for f in result.faults} == set(kinds) or seed != 14, "a new nemesis unused"
     assert not result.failed, report(result)
     if result.inconclusive:
         warnings.warn(f"fault campaign inconclusive: {report(result)}", stacklevel=1)

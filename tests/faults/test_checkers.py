@@ -12,6 +12,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from tests.faults.checkers import (
+    Event,
     LeaseObservation,
     Verdict,
     check_leases,
@@ -198,9 +199,12 @@ def test_budget_exhausted_is_inconclusive_never_ok() -> None:
 # --- linearizability: generated histories ----------------------------------------------------
 
 
-def generate(seed: int) -> list[Op]:
+def generate(seed: int, committed: list[Event] | None = None) -> list[Op]:
     """A history of a real sequential register: each op takes effect at one instant between
-    its invoke and completion; unknown writes took effect or not; failed ones did not."""
+    its invoke and completion; unknown writes took effect or not; failed ones did not. Each
+    change is appended to `committed` as its event (revisions from 1); ok puts and deletes
+    return their revision as the store's do."""
+    events: list[Event] = [] if committed is None else committed
     rng = random.Random(seed)
     keys = ["a", "b"]
     state: dict[str, Any] = {}
@@ -227,37 +231,127 @@ def generate(seed: int) -> list[Op]:
             swapped = expected == current
             if takes_effect and swapped:
                 state[key] = value
+                events.append((len(events) + 1, "put", key, value))
             result = swapped if outcome == "ok" else None
             ops.append(cas(expected, value, result, a, end, outcome=outcome, key=key, process=i))
             continue
+        deleted = 0
         if takes_effect:
             if kind == "delete":
-                state.pop(key, None)
+                if state.pop(key, None) is not None:
+                    events.append((len(events) + 1, "delete", key, None))
+                    deleted = 1
             else:
                 state[key] = value
+                events.append((len(events) + 1, "put", key, value))
         ops.append(
             op(
                 kind,
                 a,
                 end,
                 value=None if kind == "delete" else value,
+                result=len(events) if outcome == "ok" else None,
                 outcome=outcome,
                 key=key,
                 process=i,
             )
         )
+        if kind == "delete" and outcome == "ok":
+            ops[-1].extra["deleted"] = deleted  # as the campaign's clients report it
     return ops
 
 
 @settings(max_examples=300, deadline=None, derandomize=True, database=None)
 @given(st.integers(min_value=0, max_value=2**32))
 def test_register_histories_are_linearizable_and_a_corrupt_read_is_not(seed: int) -> None:
-    history = generate(seed)
+    committed: list[Event] = []
+    history = generate(seed, committed)
     ok(check_linearizable(history))
+    ok(check_linearizable(history, committed=committed))
     reads = [o for o in history if o.kind == "get" and o.outcome == "ok"]
     if reads:
         random.Random(seed).choice(reads).result = "never-written"
         assert check_linearizable(history).status != "ok"
+        assert check_linearizable(history, committed=committed).status == "anomaly"
+
+
+# --- linearizability pinned to the committed stream -----------------------------------------
+
+
+def puts_of(*values: Any, key: str = "k") -> list[Event]:
+    """A committed stream: one put event per value, revisions from 1."""
+    return [(rev, "put", key, v) for rev, v in enumerate(values, start=1)]
+
+
+def test_stream_settles_unknown_writes_and_makes_long_searches_conclusive() -> None:
+    # Without the stream the anomaly below is beyond the budget (see above); pinned to the
+    # order the writes were committed in, only the reads are left to place.
+    v = check_linearizable(concurrent_unknowns(14), committed=puts_of(0, 1, 2))
+    assert v.status == "anomaly" and v.steps < 1000, v.explain()
+    # 14 writes in doubt, the stream shows which happened and in what order: 0..13, and the
+    # reads follow it.
+    history = [put(i, i * 0.01, None, outcome="unknown", process=i) for i in range(14)]
+    history += [get(i, 100 + i, 100.5 + i, process=14) for i in range(14)]
+    v = check_linearizable(history, committed=puts_of(*range(14)))
+    assert v.status == "ok" and v.steps < 1000, v.explain()
+
+
+def test_unknown_write_absent_from_the_stream_never_happened() -> None:
+    history = [put(1, 0, 1), put(2, 2, None, outcome="unknown"), get(2, 3, 4)]
+    ok(check_linearizable(history))  # it may have happened...
+    v = check_linearizable(history, committed=puts_of(1))  # ... but it was never committed
+    assert "get by p0" in anomaly(v)
+
+
+def test_reads_must_follow_the_committed_order_of_concurrent_writes() -> None:
+    history = [put(1, 0, 10, process=1), put(2, 0, 10, process=2), get(2, 11, 12)]
+    ok(check_linearizable(history))
+    ok(check_linearizable(history, committed=puts_of(1, 2)))
+    anomaly(check_linearizable(history, committed=puts_of(2, 1)))
+
+
+def test_stream_against_the_history_anomalies() -> None:
+    twice = check_linearizable([put(1, 0, 1)], committed=puts_of(1, 1))
+    assert "committed twice" in anomaly(twice)
+    nobody = check_linearizable([put(1, 0, 1)], committed=puts_of(1, 7))
+    assert "no operation wrote it" in anomaly(nobody)
+    swapped = check_linearizable([cas(None, 1, True, 0, 1)], committed=[])
+    assert "acknowledged cas of 1 is not in the committed stream" in anomaly(swapped)
+    lost = check_linearizable([put(1, 0, 1), get(None, 2, 3)], committed=[])
+    assert "acknowledged put" in anomaly(lost)
+
+
+def test_delete_events_belong_to_a_delete_or_an_expiry() -> None:
+    stream: list[Event] = [(1, "put", "k", 1), (2, "delete", "k", None)]
+    # an acknowledged delete claims the event of its revision; one of an absent key, none
+    ok(check_linearizable([put(1, 0, 1), op("delete", 2, 3, result=2), get(None, 4, 5),
+                           op("delete", 6, 7, result=2)], committed=stream))
+    anomaly(check_linearizable([put(1, 0, 1), op("delete", 2, 3, result=9), get(None, 4, 5)],
+                               committed=stream))
+    # one that says it deleted nothing claims nothing, whatever revision it saw
+    noop = op("delete", 2, 3, result=2)
+    noop.extra["deleted"] = 0
+    anomaly(check_linearizable([put(1, 0, 1), noop, get(None, 4, 5)], committed=stream))
+    unknown = op("delete", 1.5, None, outcome="unknown")
+    ok(check_linearizable([put(1, 0, 1), unknown, noop, get(None, 4, 5)], committed=stream))
+    # an event an acknowledged delete made is not an unknown delete's to take earlier
+    mine = op("delete", 3, 4, result=2)
+    mine.extra["deleted"] = 1
+    anomaly(check_linearizable([put(1, 0, 1), unknown, get(None, 2, 2.5), mine],
+                               committed=stream))
+    # a delete of unknown outcome may account for it ...
+    ok(check_linearizable([put(1, 0, 1), op("delete", 2, None, outcome="unknown"),
+                           get(None, 4, 5)], committed=stream))
+    # ... and nothing else may
+    v = check_linearizable([put(1, 0, 1), get(None, 4, 5)], committed=stream)
+    assert "get by p0" in anomaly(v)
+    # a leased key's delete: its lease expired
+    ok(check_linearizable([op("lease_put", 0, 1, value=1), get(None, 4, 5)], committed=stream))
+    # an unknown cas happened if its value was committed, so its compare held
+    ok(check_linearizable([put(1, 0, 1), cas(1, 2, None, 2, None, outcome="unknown"),
+                           get(2, 4, 5)], committed=puts_of(1, 2)))
+    anomaly(check_linearizable([put(1, 0, 1), cas(9, 2, None, 2, None, outcome="unknown"),
+                                get(2, 4, 5)], committed=puts_of(1, 2)))
 
 
 # --- lost writes -----------------------------------------------------------------------------

@@ -305,6 +305,31 @@ def test_a_partition_by_direction_and_its_healing() -> None:
     run(main)
 
 
+def test_duplication_delivers_raft_messages_twice_until_healed() -> None:
+    async def main() -> None:
+        plan = FaultPlan(rng=random.Random(2))
+        a, b = await cluster(2)
+        b.transport.faults = plan
+        try:
+            with pytest.raises(ValueError, match="probability"):
+                plan.duplicate(1, 1.5)
+            plan.duplicate(1, 1.0)
+            a.transport.send([msg(1, 2, b"m%d" % i) for i in range(20)])
+            await until(lambda: len(b.got) == 40, "every message twice")
+            assert sorted(b.bodies()) == sorted([b"m%d" % i for i in range(20)] * 2)
+            assert len({id(m) for m in b.got}) == 40, "a copy is its own object"
+            # b's own sends and calls it answers are never repeated; healed, none is
+            plan.heal()
+            a.transport.send([msg(1, 2, b"once")])
+            b.transport.send([msg(2, 1, b"back")])
+            await until(lambda: b.bodies()[-1:] == [b"once"] and a.bodies() == [b"back"], "healed")
+            assert all(plan.again(1, msg(1, 2, b"x")) is None for _ in range(100))
+        finally:
+            await close([a, b])
+
+    run(main)
+
+
 def snap_message(frm: int, to: int, data: bytes) -> Message:
     meta = SnapshotMeta(index=120, term=4, conf_state=ConfState(frozenset({1, 2}), frozenset({3})))
     return Message(MessageType.SNAP, to=to, from_=frm, term=4, snapshot=Snapshot(meta, data))
