@@ -351,3 +351,57 @@ def test_stale_leader_is_told_the_newer_term_even_without_prevote_or_check_quoru
     c.tick_all(30)
     c.propose(c.leader_id(), b"y")
     assert c.node(1).term > 5 and c.payloads(2) == [b"x", b"y"]
+
+
+def _terms(c: Cluster) -> dict[int, int]:
+    return {i: c.node(i).term for i in c.members}
+
+
+def test_a_follower_deaf_to_the_leader_campaigns_in_vain_with_prevote_and_check_quorum() -> None:
+    """Thesis §9.6 (etcd's defaults): a follower that stops hearing the leader, but still
+    reaches the others (a pause, a one-way cut, a restart before the leader redials),
+    campaigns again and again; the other follower and the leader heard from the leader
+    within the election timeout and ignore its pre-votes, so no term moves anywhere."""
+    c = Cluster([1, 2, 3])
+    c.elect(1)
+    c.cut_links.add((1, 3))  # 3 hears nobody from 1; it hears 2, and both hear it
+    c.tick_all(100)  # 3 pre-campaigns several times (election timeout 10-19 ticks)
+    assert c.node(3).role is Role.PRE_CANDIDATE
+    assert any(m.type is MessageType.PRE_VOTE and m.from_ == 3 for m in c.delivered)
+    assert c.leaders() == [1] and _terms(c) == {1: 1, 2: 1, 3: 1}
+    c.heal()
+    c.tick_all(2)  # the next heartbeat
+    assert c.node(3).role is Role.FOLLOWER and c.node(3).leader == 1
+    assert c.leaders() == [1] and _terms(c) == {1: 1, 2: 1, 3: 1}
+
+
+def test_a_restarted_follower_campaigning_at_once_does_not_depose_the_leader() -> None:
+    """A follower restarted after a crash (no leader known) that campaigns before hearing
+    the leader, as the runtime's forget-and-campaign does: its pre-vote is refused without
+    moving any term, and it follows the leader's next heartbeat."""
+    c = Cluster([1, 2, 3])
+    c.elect(1)
+    c.propose(1, b"x")
+    c.stabilize()
+    c.restart(3)
+    assert c.node(3).leader == NONE
+    c.node(3).campaign()
+    c.stabilize()
+    assert c.leaders() == [1] and _terms(c) == {1: 1, 2: 1, 3: 1}
+    c.tick_all(2)
+    assert c.node(3).role is Role.FOLLOWER and c.node(3).leader == 1
+    assert c.leaders() == [1] and _terms(c) == {1: 1, 2: 1, 3: 1}
+
+
+def test_forgetting_a_live_leader_on_a_majority_lets_a_campaign_depose_it() -> None:
+    """The contrast that bounds forget_leader: it turns the lease check off on its member, so
+    a campaign wins once a majority forgot a leader that is in fact alive. The runtime calls
+    it only when the leader's own kernel closed the follower's link (its process is gone),
+    never for another member's link, a pause or a restart of the follower itself."""
+    c = Cluster([1, 2, 3])
+    c.elect(1)
+    c.node(2).forget_leader()
+    c.node(3).forget_leader()
+    c.node(3).campaign()
+    c.stabilize()
+    assert c.leaders() == [3] and c.node(1).term == 2
