@@ -75,6 +75,9 @@ CALL_TIMEOUT = 2.0
 UNREACHABLE_FOR = 10.0
 """Seconds a formed announcement nobody answers at is left aside."""
 
+PEER_PORT = 7400
+"""The peer port a member found by discovery listens on when `listen` is not given."""
+
 
 @dataclass(frozen=True, slots=True)
 class Discovery:
@@ -580,8 +583,6 @@ def check_discovery(opts: ClusterOptions, expect: object, discovery: object) -> 
         raise ValueError(f"discovery links members by mutual TLS: {SECURITY_HINT}")
     if opts.name is None and opts.tls is None:
         raise ValueError("discovery needs name= (or tls=, whose certificate names the member)")
-    if opts.listen is None:
-        raise ValueError("discovery needs listen='host:port' (this member's peer address)")
     if disc.interfaces is not None:
         check_interfaces(disc.interfaces)
     t = disc.timeout
@@ -614,6 +615,9 @@ def open_with_discovery(path: str, opts: ClusterOptions, expect: int | None, dis
             local = dd.local
             # The name may come from the certificate (tls=embedkv.TLS(...)).
             opts, security = resolve_security(opts, local if dd.identity else None)
+            if opts.listen is None:  # where it listened, or the first interface's address
+                opts = replace(opts, listen=local.listen if local is not None and dd.identity
+                               else f"{mdns.interfaces[0]}:{PEER_PORT}")
             cluster, name, listen = opts.token, opts.name, opts.listen
             assert cluster is not None and name is not None and listen is not None  # checked
             if dd.identity is None:

@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
+import shutil
 import threading
 from collections.abc import Coroutine
 from pathlib import Path
@@ -17,7 +18,7 @@ import pytest
 import embedkv
 from embedkv import Unavailable
 from embedkv.member.cluster import Security
-from embedkv.member.discovery import FoundingTransport, founding_token
+from embedkv.member.discovery import PEER_PORT, FoundingTransport, founding_token
 from embedkv.member.founding import Proposal, Seat
 from embedkv.net import tls
 from embedkv.net.discovery import Announcement, Mdns
@@ -194,3 +195,20 @@ def test_an_announcement_the_certificate_there_does_not_back_changes_nothing(
         assert impostor.calls == []
     finally:
         impostor.close()
+
+
+def test_name_from_the_only_pair_and_listen_from_the_interface(lan: TlsLan) -> None:
+    # A machine holding ca.pem and its own pair needs neither name= nor listen=.
+    own = lan.tmp / "own"
+    own.mkdir()
+    for f in ("ca.pem", "c.pem", "c.key"):
+        shutil.copy2(lan.certs / f, own / f)
+    ip = loopback_ip()
+    store = embedkv.open(lan.tmp / "c", cluster=lan.name(), tls=own, expect=1,
+                         discovery=lan.disc(ip), **FAST)
+    lan.stores.append(store)
+    assert addresses(store) == {"c": f"{ip}:{PEER_PORT}"}
+    # Several members' files: which one this is must be said.
+    with pytest.raises(ValueError, match="give name="):
+        embedkv.open(lan.tmp / "d", cluster=lan.name(), tls=lan.certs, expect=1,
+                     discovery=lan.disc(loopback_ip()), **FAST)
