@@ -9,7 +9,7 @@ import functools
 import logging
 import shutil
 import threading
-from collections.abc import Coroutine
+from collections.abc import Callable, Coroutine
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -67,6 +67,26 @@ def addresses(store: embedkv.Store) -> dict[str, str]:
     return {m.name: m.address for m in store.members()}
 
 
+class Opening:
+    """`open` running in a thread of its own (it blocks until founded or joined)."""
+
+    def __init__(self, open_: Callable[[], embedkv.Store]) -> None:
+        self._open = open_
+        self._out: embedkv.Store | BaseException | None = None
+        self._thread = threading.Thread(target=self._run)
+        self._thread.start()
+
+    def _run(self) -> None:
+        try:
+            self._out = self._open()
+        except BaseException as exc:
+            self._out = exc
+
+    def result(self) -> embedkv.Store | BaseException | None:
+        self._thread.join(60)
+        return self._out
+
+
 def test_three_members_with_tls_find_each_other_and_form_one_tls_cluster(lan: TlsLan) -> None:
     cluster = lan.name()
     names = ["a", "b", "c"]
@@ -89,20 +109,11 @@ def test_a_member_of_another_ca_is_refused(lan: TlsLan) -> None:
     # others form their cluster without it.
     cluster = lan.name()
     stranger = make_ca(lan.tmp / "stranger", "x")
-    out: dict[str, embedkv.Store | BaseException] = {}
-
-    def stranger_opens() -> None:
-        try:
-            out["x"] = lan.open_tls("x", cluster, certs=stranger, expect=3, timeout=8.0)
-        except BaseException as exc:
-            out["x"] = exc
-
-    t = threading.Thread(target=stranger_opens)
-    t.start()
+    x = Opening(functools.partial(lan.open_tls, "x", cluster, certs=stranger, expect=3,
+                                  timeout=8.0))
     stores = lan.together([functools.partial(lan.open_tls, n, cluster, expect=3)
                            for n in ["a", "b", "c"]])
-    t.join(60)
-    assert isinstance(out["x"], Unavailable), out["x"]
+    assert isinstance(x.result(), Unavailable), x.result()
     assert len({s.status().cluster_id for s in stores}) == 1
     wait_for(functools.partial(has_voters, stores[0], {"a", "b", "c"}), 20, "a, b, c voters")
     assert set(addresses(stores[0])) == {"a", "b", "c"}
@@ -151,17 +162,8 @@ def test_an_announcement_the_certificate_there_does_not_back_changes_nothing(
     cluster = lan.name()
     impostor = Impostor(lan, cluster)
     try:
-        out: dict[str, embedkv.Store | BaseException] = {}
-        a_ip = loopback_ip()
-
-        def a_opens() -> None:
-            try:
-                out["a"] = lan.open_tls("a", cluster, ip=a_ip, expect=2, timeout=40.0)
-            except BaseException as exc:
-                out["a"] = exc
-
-        t = threading.Thread(target=a_opens)
-        t.start()
+        opening = Opening(functools.partial(lan.open_tls, "a", cluster, ip=loopback_ip(),
+                                            expect=2, timeout=40.0))
         # a proposes {a, b} to the "b" announced at the impostor's address, whose certificate
         # names x: a refuses that listener before any call reaches it.
         wait_for(lambda: any(f"refused the listener at {impostor.address}" in r.getMessage()
@@ -187,8 +189,7 @@ def test_an_announcement_the_certificate_there_does_not_back_changes_nothing(
         assert answer[0]["granted"] is False and "certificate names x" in answer[0]["why"]
         # The real b comes: a and b form the cluster, with b at its own address.
         b = lan.open_tls("b", cluster, expect=2, timeout=40.0)
-        t.join(60)
-        a = out["a"]
+        a = opening.result()
         assert isinstance(a, embedkv.Store), a
         assert a.status().cluster_id == b.status().cluster_id
         assert addresses(a) == {"a": lan.listen["a"], "b": lan.listen["b"]}
