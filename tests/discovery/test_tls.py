@@ -213,3 +213,11 @@ def test_name_from_the_only_pair_and_listen_from_the_interface(lan: TlsLan) -> N
     with pytest.raises(ValueError, match="give name="):
         embedkv.open(lan.tmp / "d", cluster=lan.name(), tls=lan.certs, expect=1,
                      discovery=lan.disc(loopback_ip()), **FAST)
+
+
+def test_discovery_without_tls_or_insecure_is_refused_before_anything(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="mutual TLS"):
+        embedkv.open(tmp_path / "d", cluster="plant", expect=3)
+    with pytest.raises(ValueError, match="needs name="):
+        embedkv.open(tmp_path / "d", cluster="plant", insecure=True, expect=3)
+    assert not (tmp_path / "d").exists()
