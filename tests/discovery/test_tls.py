@@ -105,11 +105,12 @@ def test_three_members_with_tls_find_each_other_and_form_one_tls_cluster(lan: Tl
 
 
 def test_a_member_of_another_ca_is_refused(lan: TlsLan) -> None:
-    # "x" holds a certificate of a CA of its own: it neither votes nor joins; the three
-    # others form their cluster without it.
+    # "a0" holds a certificate of a CA of its own: it neither votes nor joins; the three
+    # others form their cluster without it. (Its name sorts second: the first proposal, a's,
+    # holds it, and only TLS keeps it out.)
     cluster = lan.name()
-    stranger = make_ca(lan.tmp / "stranger", "x")
-    x = Opening(functools.partial(lan.open_tls, "x", cluster, certs=stranger, expect=3,
+    stranger = make_ca(lan.tmp / "stranger", "a0")
+    x = Opening(functools.partial(lan.open_tls, "a0", cluster, certs=stranger, expect=3,
                                   timeout=8.0))
     stores = lan.together([functools.partial(lan.open_tls, n, cluster, expect=3)
                            for n in ["a", "b", "c"]])
