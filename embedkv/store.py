@@ -238,8 +238,10 @@ def open(
     is the one in its certificate. The data dir remembers the files (absolute paths; give
     ``tls=`` again if they moved). ``insecure=True`` instead runs them over plain TCP.
 
-    Discovery (README "Discovery"): ``cluster="name", expect=3`` on fresh members (each with
-    ``name`` and ``listen``) finds the others of that name with mDNS and founds one cluster
+    Discovery (README "Discovery"): ``cluster="name", tls="certs/", expect=3`` on fresh
+    members (the name from the certificate, or ``name``; ``listen`` defaults to the first
+    interface's address, port 7400; founding and joining run over mutual TLS, or plain TCP with
+    ``insecure=True``) finds the others of that name with mDNS and founds one cluster
     once `expect` of them agree, or joins the cluster of that name it finds; a running member
     announces itself and follows peers whose address changed. ``discovery=Discovery(
     interfaces=[...], timeout=...)`` tunes it; ``discovery=False`` turns it off.

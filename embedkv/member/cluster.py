@@ -32,7 +32,7 @@ import cbor2
 
 from embedkv.errors import CorruptData, Unavailable
 from embedkv.net import PeerTransport
-from embedkv.net.tls import TLS, CertificateError, Credentials
+from embedkv.net.tls import CA_CERT, TLS, CertificateError, Credentials
 from embedkv.net.transport import parse_address
 from embedkv.raft import (
     NONE,
@@ -338,7 +338,8 @@ class Security:
 def resolve_security(opts: ClusterOptions, local: LocalInfo | None) -> tuple[ClusterOptions,
                                                                              Security]:
     """The TLS a member opens with: `tls=` if given (a directory needs the member's name:
-    name=, or the one the data dir holds), else what the data dir persisted. Its certificate
+    name=, the one the data dir holds, or the only member whose files it holds), else what
+    the data dir persisted. Its certificate
     must name this member; a member that ran over TLS is never reopened without it. Returns
     the options (name= filled from the certificate if it was not given) and the security."""
     if opts.tls is None:
@@ -361,10 +362,8 @@ def resolve_security(opts: ClusterOptions, local: LocalInfo | None) -> tuple[Clu
     if isinstance(opts.tls, TLS):
         tls = opts.tls
     else:
-        if name is None:
-            raise ValueError(f"tls={os.fspath(opts.tls)!r} needs name=: the member's files "
-                             "there are NAME.pem and NAME.key")
-        tls = TLS.from_dir(opts.tls, check_name(name))
+        tls = TLS.from_dir(opts.tls, check_name(name if name is not None
+                                                else only_member(opts.tls)))
     files = TLSFiles(*(os.path.abspath(p) for p in (tls.ca, tls.cert, tls.key)))
     creds = Credentials(TLS(files.ca, files.cert, files.key))
     if name is None:
@@ -372,6 +371,22 @@ def resolve_security(opts: ClusterOptions, local: LocalInfo | None) -> tuple[Clu
     else:
         _check_cert_name(creds, name)
     return opts, Security(files, creds)
+
+
+def only_member(directory: str | os.PathLike[str]) -> str:
+    """The one member whose pair (NAME.pem and NAME.key) a certificate directory holds, as on
+    a machine given only its own; ValueError if it holds none or several (name= picks)."""
+    d = os.fspath(directory)
+    try:
+        files = set(os.listdir(d))
+    except OSError as exc:
+        raise CertificateError(f"cannot read the certificate directory {d}: {exc}") from None
+    names = sorted(f[:-4] for f in files
+                   if f.endswith(".pem") and f != CA_CERT and f[:-4] + ".key" in files)
+    if len(names) != 1:
+        held = f"the files of {', '.join(names)}" if names else "no member's NAME.pem and NAME.key"
+        raise ValueError(f"tls={d!r} holds {held}: give name= to say which member this is")
+    return names[0]
 
 
 def _check_cert_name(creds: Credentials, name: str) -> None:

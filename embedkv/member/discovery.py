@@ -4,7 +4,10 @@ they find; a running member announces itself and follows peers whose address cha
 mDNS only proposes addresses. Founding is decided by founding votes (`founding.Founding`)
 exchanged by calls on a temporary peer transport whose token is derived from the cluster name;
 whether a proposer founded is proven by its member accepting the new cluster's token (which
-only the proposal's members know). See docs/internals/discovery.md.
+only the proposal's members know). With TLS every founding call is mutual TLS and both ends
+check names: the caller that the listener's certificate names the member announced at that
+address, the callee that the member a call speaks for is the one its certificate names. See
+docs/internals/discovery.md.
 """
 
 from __future__ import annotations
@@ -32,15 +35,20 @@ from embedkv.net.discovery import (
     check_interfaces,
     lan_interfaces,
 )
-from embedkv.net.transport import parse_address
+from embedkv.net.tls import CertificateError, peer_identity
+from embedkv.net.transport import IdentityRefused, caller_identity, parse_address
 from embedkv.storage import DataDir
 
 from .cluster import (
+    SECURITY_HINT,
     ClusterOptions,
+    Security,
     bootstrap_founder,
     bootstrap_joiner,
     check_name,
+    founder_id,
     random_id,
+    resolve_security,
 )
 from .founding import (
     Ask,
@@ -66,6 +74,9 @@ CALL_TIMEOUT = 2.0
 
 UNREACHABLE_FOR = 10.0
 """Seconds a formed announcement nobody answers at is left aside."""
+
+PEER_PORT = 7400
+"""The peer port a member found by discovery listens on when `listen` is not given."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -146,8 +157,9 @@ class Founder:
 
     def __init__(self, dd: DataDir, mdns: Mdns, *, cluster: str, name: str, listen: str,
                  address: str, expect: int | None, timing: Timing,
-                 join_timeout: float) -> None:
+                 join_timeout: float, security: Security) -> None:
         self.dd = dd
+        self.security = security
         self.mdns = mdns
         self.cluster = cluster
         self.name = name
@@ -172,7 +184,7 @@ class Founder:
             loop.call_soon_threadsafe(self._changed.set)
 
         self.mdns.on_change = changed
-        self.transport = calls_only(founding_token(self.cluster), self.listen)
+        self.transport = calls_only(founding_token(self.cluster), self.listen, self.security)
         self.transport.on_call = self._on_call
         await self.transport.start()
         commits: list[Proposal] = []
@@ -190,8 +202,8 @@ class Founder:
             if decided is not None and decided.proposer == self.name:
                 commits.append(decided)
             for p in commits:  # the others learn it now (or ask, or probe, later)
-                calls = [self.transport.call(s.address, "found.commit", {"nonce": p.nonce},
-                                             timeout=CALL_TIMEOUT)
+                calls = [self.transport.call_member(s.name, s.address, "found.commit",
+                                                    {"nonce": p.nonce})
                          for s in p.members if s != self.me]
                 await asyncio.gather(*calls, return_exceptions=True)
             return self.outcome
@@ -233,18 +245,24 @@ class Founder:
                         self.cluster, ", ".join(f"{i:#x}" for i in ids if i is not None))
             self._next_join = time.monotonic() + 2.0
             return
-        addresses = sorted({a.address for a in formed})
-        live = [a for a in addresses if await reachable(a)]
-        for a in set(addresses) - set(live):
-            # Announced as formed, yet nobody listens there (gone, or forged): it does not
-            # hold founding back (docs/internals/discovery.md says what that costs).
-            self._unreachable[a] = time.monotonic() + UNREACHABLE_FOR
+        seats = sorted({(a.address, a.member) for a in formed})
+        live: list[str] = []
+        for address, member in seats:
+            if await self.transport.reachable(member, address):
+                live.append(address)
+            else:
+                # Announced as formed, yet nobody (or, with TLS, not the member announced)
+                # answers there (gone, or forged): it does not hold founding back
+                # (docs/internals/discovery.md says what that costs).
+                self._unreachable[address] = time.monotonic() + UNREACHABLE_FOR
         if not live:
             return
+        live = list(dict.fromkeys(live))
         opts = ClusterOptions(name=self.name, listen=self.listen, join=live)
         self._joining = True  # no vote is granted meanwhile: a joiner must not found too
         try:
-            await asyncio.to_thread(bootstrap_joiner, self.dd, opts, self.join_timeout)
+            await asyncio.to_thread(bootstrap_joiner, self.dd, opts, self.join_timeout,
+                                    self.security)
         except Exception as exc:
             log.info("could not join cluster %r through %s yet: %s", self.cluster, live, exc)
             self._next_join = time.monotonic() + 1.0
@@ -264,7 +282,7 @@ class Founder:
                 p = e.proposal
                 opts = ClusterOptions(name=self.name, listen=self.listen, peers=p.peers(),
                                       token=p.token(self.cluster))
-                bootstrap_founder(self.dd, opts)
+                bootstrap_founder(self.dd, opts, self.security)
                 write_vote(str(self.dd.path), None)
                 self.outcome = "founded"
                 self._changed.set()  # leave the founding transport at once: the others dial
@@ -273,8 +291,7 @@ class Founder:
             elif isinstance(e, Ask):
                 self._spawn(self._ask(e))
             elif isinstance(e, Release):
-                self._spawn(self._quiet_call(e.to.address, "found.release",
-                                             {"nonce": e.nonce}))
+                self._spawn(self._quiet_call(e.to, "found.release", {"nonce": e.nonce}))
             elif isinstance(e, Poll):
                 self._spawn(self._poll(e.proposal))
 
@@ -286,8 +303,8 @@ class Founder:
     async def _ask(self, e: Ask) -> None:
         granted: bool | None
         try:
-            body = await self.transport.call(e.to.address, "found.ask", e.proposal.encode(),
-                                             timeout=CALL_TIMEOUT)
+            body = await self.transport.call_member(e.to.name, e.to.address, "found.ask",
+                                                    e.proposal.encode())
             granted = isinstance(body, dict) and body.get("granted") is True
             if not isinstance(body, dict) or body.get("name") != e.to.name:
                 # Another member answers at that address: the seat was announced falsely.
@@ -305,9 +322,9 @@ class Founder:
             self._run(self.core.on_answer(e.proposal.nonce, e.to.name, granted,
                                           time.monotonic()))
 
-    async def _quiet_call(self, address: str, method: str, body: object) -> None:
+    async def _quiet_call(self, to: Seat, method: str, body: object) -> None:
         with contextlib.suppress(Unavailable, RemoteError):
-            await self.transport.call(address, method, body, timeout=CALL_TIMEOUT)
+            await self.transport.call_member(to.name, to.address, method, body)
 
     async def _poll(self, p: Proposal) -> None:
         """Ask the proposer of our vote; if it no longer answers founding calls, probe it with
@@ -317,10 +334,11 @@ class Founder:
         addresses = list(dict.fromkeys([*announced, *([seat.address] if seat else [])]))
         for address in addresses:
             try:
-                body = await self.transport.call(address, "found.status", {"nonce": p.nonce},
-                                                 timeout=CALL_TIMEOUT)
+                body = await self.transport.call_member(p.proposer, address, "found.status",
+                                                        {"nonce": p.nonce})
             except (Unavailable, RemoteError):
-                if await probe(address, p.token(self.cluster)):
+                if await probe(address, p.proposer, p.token(self.cluster), self.name,
+                               self.security):
                     self._answer_poll(p, "decided")
                     return
                 continue
@@ -340,11 +358,20 @@ class Founder:
     async def _on_call(self, caller: int, method: str, body: Any) -> Any:
         if self.outcome is not None:
             raise ValueError("this member has left the founding")
+        who = caller_identity()  # with TLS: the member the caller's certificate names
+        if self.security.credentials is not None and who is None:
+            raise ValueError("a founding call over TLS carries no certificate identity")
         if method == "found.ask":
             try:
                 proposal = Proposal.decode(body)
             except ValueError as exc:
                 return {"granted": False, "why": str(exc), "name": self.name}
+            if who is not None and proposal.proposer != who.name:
+                log.warning("refused a founding proposal of %s from a certificate of %s",
+                            proposal.proposer, who.name)
+                return {"granted": False, "name": self.name,
+                        "why": f"the proposal is {proposal.proposer}'s but the caller's "
+                               f"certificate names {who.name}"}
             if self._joining:
                 return {"granted": False, "why": "this member is joining a formed cluster",
                         "name": self.name}
@@ -354,6 +381,12 @@ class Founder:
         nonce = body.get("nonce") if isinstance(body, dict) else None
         if not isinstance(nonce, str):
             raise ValueError(f"a founding call {method!r} names a nonce")
+        vote = self.core.vote
+        if (who is not None and method in ("found.release", "found.commit")
+                and vote is not None and vote.nonce == nonce and vote.proposer != who.name):
+            log.warning("refused %s of %s's proposal from a certificate of %s", method,
+                        vote.proposer, who.name)
+            raise ValueError(f"only {vote.proposer} speaks for its proposal, not {who.name}")
         if method == "found.release":
             self._run(self.core.on_release(nonce))
         elif method == "found.commit":
@@ -365,34 +398,90 @@ class Founder:
         return None
 
 
-def calls_only(token: str, listen: str) -> PeerTransport:
-    """A transport for calls only (no Raft peers), under a random id and `token`."""
-    return PeerTransport(
-        member_id=random_id(), cluster=token, listen=listen, peers={},
-        on_message=lambda m: None, report_unreachable=lambda p: None,
-        on_peer_lost=lambda p: None, report_snapshot=lambda p, ok: None,
-    )
+class FoundingTransport(PeerTransport):
+    """A transport for calls only (no Raft peers) between members that are in no directory
+    yet. With TLS it accepts calls from any certificate of the CA (the handler checks the name
+    with `caller_identity`), and a call to a member at an address (`call_member`) goes only to
+    a listener whose certificate names that member: an announcement cannot make this member
+    talk to another than the one it names."""
+
+    def __init__(self, token: str, listen: str, security: Security,
+                 member_id: int | None = None) -> None:
+        super().__init__(
+            member_id=member_id if member_id is not None else random_id(), cluster=token,
+            listen=listen, peers={}, on_message=lambda m: None,
+            report_unreachable=lambda p: None, on_peer_lost=lambda p: None,
+            report_snapshot=lambda p, ok: None, tls=security.credentials, any_member=True,
+        )
+        self.named: dict[str, str] = {}
+        """Address -> the member the latest call to that address is for."""
+
+    def check_listener(self, writer: asyncio.StreamWriter, target: int | str, address: str,
+                       *, revoked_ok: bool = False) -> None:
+        super().check_listener(writer, target, address, revoked_ok=revoked_ok)
+        if self.tls is None or not isinstance(target, str):
+            return
+        want, peer = self.named.get(target), self.identities.get(target)
+        if want is None or peer is None or peer.name != want:
+            log.warning("refused the listener at %s: its certificate names %s, not %s",
+                        address, peer.name if peer else "nobody", want)
+            writer.close()
+            raise IdentityRefused(f"the certificate at {address} names "
+                                  f"{peer.name if peer else 'nobody'}, not {want}")
+
+    async def call_member(self, name: str, address: str, method: str, body: object) -> object:
+        """Call member `name` at `address`; with TLS, Unavailable unless the listener that
+        answered presented `name`'s certificate (checked when it was dialed, and again here:
+        a pooled connection may have been dialed for another name announced there)."""
+        self.named[address] = name
+        answer = await self.call(address, method, body, timeout=CALL_TIMEOUT)
+        if self.tls is not None:
+            peer = self.identities.get(address)
+            if peer is None or peer.name != name:
+                raise Unavailable(f"{name} does not answer at {address} (the certificate "
+                                  f"there names {peer.name if peer else 'nobody'})")
+        return answer
+
+    async def reachable(self, name: str, address: str) -> bool:
+        """Whether member `name` listens at `address`: anything accepting a TCP connection
+        there, or with TLS a listener presenting `name`'s certificate."""
+        host, port = parse_address(address)
+        try:
+            if self.tls is not None:
+                _, writer = await self.dial(address)
+            else:
+                _, writer = await asyncio.wait_for(asyncio.open_connection(host, port),
+                                                   CALL_TIMEOUT)
+        except (OSError, TimeoutError):
+            return False
+        try:
+            if self.tls is None:
+                return True
+            try:
+                return peer_identity(writer.get_extra_info("ssl_object")).name == name
+            except CertificateError:
+                return False
+        finally:
+            writer.close()
+            with contextlib.suppress(OSError):
+                await writer.wait_closed()
 
 
-async def reachable(address: str) -> bool:
-    """Whether anything accepts a TCP connection at `address`."""
-    host, port = parse_address(address)
+def calls_only(token: str, listen: str, security: Security,
+               member_id: int | None = None) -> FoundingTransport:
+    """A transport for calls only (no Raft peers) under `token`."""
+    return FoundingTransport(token, listen, security, member_id)
+
+
+async def probe(address: str, proposer: str, token: str, me: str, security: Security) -> bool:
+    """Whether `proposer`, at `address`, founded the cluster of `token` (it accepted a call
+    connection with that token: its handler answered, even with an error). The probe speaks
+    as this member's id in that cluster (`me` is in its directory, which a member over TLS
+    requires of a certificate speaking for an id)."""
+    transport = calls_only(token, "127.0.0.1:0", security,  # never started: it only dials
+                           founder_id(token, me))
     try:
-        _, writer = await asyncio.wait_for(asyncio.open_connection(host, port), CALL_TIMEOUT)
-    except (OSError, TimeoutError):
-        return False
-    writer.close()
-    with contextlib.suppress(OSError):
-        await writer.wait_closed()
-    return True
-
-
-async def probe(address: str, token: str) -> bool:
-    """Whether the member at `address` belongs to the cluster of `token` (it accepted a call
-    connection with that token: its handler answered, even with an error)."""
-    transport = calls_only(token, "127.0.0.1:0")  # never started: it only dials
-    try:
-        await transport.call(address, "progress", None, timeout=CALL_TIMEOUT)
+        await transport.call_member(proposer, address, "progress", None)
         return True
     except RemoteError:
         return True
@@ -403,13 +492,15 @@ async def probe(address: str, token: str) -> bool:
 
 
 def bootstrap_by_discovery(dd: DataDir, mdns: Mdns, *, cluster: str, name: str, listen: str,
-                           expect: int | None, disc: Discovery, request_timeout: float) -> str:
+                           expect: int | None, disc: Discovery, request_timeout: float,
+                           security: Security) -> str:
     """Found (with `expect` fresh members) or join a cluster named `cluster`, bootstrapping
     the fresh `dd`; "founded" or "joined". Unavailable after `disc.timeout` seconds."""
     address = advertised(listen, mdns.interfaces)
     mdns.announce(Announcement(cluster, name, address, "fresh"))
     founder = Founder(dd, mdns, cluster=cluster, name=name, listen=listen, address=address,
-                      expect=expect, timing=disc.timing, join_timeout=request_timeout)
+                      expect=expect, timing=disc.timing, join_timeout=request_timeout,
+                      security=security)
     return asyncio.run(founder.run(time.monotonic() + disc.timeout))
 
 
@@ -488,9 +579,10 @@ def check_discovery(opts: ClusterOptions, expect: object, discovery: object) -> 
     if opts.token is None:
         raise ValueError("discovery needs cluster='name': members find the others of that name")
     check_name_like(opts.token, "cluster name")
-    if opts.name is None or opts.listen is None:
-        raise ValueError("discovery needs name= and listen='host:port' (this member's peer "
-                         "address)")
+    if opts.tls is None and not opts.insecure:
+        raise ValueError(f"discovery links members by mutual TLS: {SECURITY_HINT}")
+    if opts.name is None and opts.tls is None:
+        raise ValueError("discovery needs name= (or tls=, whose certificate names the member)")
     if disc.interfaces is not None:
         check_interfaces(disc.interfaces)
     t = disc.timeout
@@ -516,19 +608,26 @@ def open_with_discovery(path: str, opts: ClusterOptions, expect: int | None, dis
                         request_timeout: float) -> Member:
     """Bootstrap a fresh dir by discovery (unless static peers or join are given), open the
     member, then announce it and follow its peers until it closes."""
-    cluster, name, listen = opts.token, opts.name, opts.listen
-    assert cluster is not None and name is not None and listen is not None  # checked
     mdns = make_mdns(disc)
     try:
         dd = DataDir.open(path)
         try:
             local = dd.local
+            # The name may come from the certificate (tls=embedkv.TLS(...)).
+            opts, security = resolve_security(opts, local if dd.identity else None)
+            if opts.listen is None:  # where it listened, or the first interface's address
+                opts = replace(opts, listen=local.listen if local is not None and dd.identity
+                               else f"{mdns.interfaces[0]}:{PEER_PORT}")
+            cluster, name, listen = opts.token, opts.name, opts.listen
+            assert cluster is not None and name is not None and listen is not None  # checked
             if dd.identity is None:
                 if opts.peers is None and opts.join is None:
                     bootstrap_by_discovery(dd, mdns, cluster=cluster, name=name,
                                            listen=listen, expect=expect, disc=disc,
-                                           request_timeout=request_timeout)
-                    opts = ClusterOptions(name=name, listen=listen)
+                                           request_timeout=request_timeout,
+                                           security=security)
+                    opts = ClusterOptions(name=name, listen=listen, tls=opts.tls,
+                                          insecure=opts.insecure)
                 elif opts.join is not None:
                     opts = replace(opts, token=None)  # a discovered cluster's token is longer
             elif local is not None and cluster_name_of(local.token) != cluster:

@@ -171,7 +171,7 @@ class Founding:
         self._view: tuple[Seat, ...] = ()
         self._view_since = 0.0
         self._not_before = 0.0
-        self._suspects: dict[str, float] = {}
+        self._suspects: dict[Seat, float] = {}  # by seat: a name forged elsewhere loses
         self._next_poll = 0.0
         self._aborted: dict[str, Proposal] = {}  # recent ones: a late grant is given back
 
@@ -198,18 +198,20 @@ class Founding:
                 out.append(Poll(self.vote))
             return out
         candidates = [s for s in self._view
-                      if s == self.me or self._suspects.get(s.name, -1.0) <= now]
+                      if s == self.me or self._suspects.get(s, -1.0) <= now]
         if len(candidates) < self.expect or now < self._not_before:
             return out
         rank = candidates.index(self.me)
         if now < self._view_since + self.timing.settle + rank * self.timing.stagger:
             return out
         others: list[Seat] = []
-        taken = {self.me.address}
-        for s in candidates:  # one seat per address: a forged name on a real address loses
-            if s != self.me and s.address not in taken and len(others) < self.expect - 1:
+        taken, named = {self.me.address}, {self.me.name}
+        for s in candidates:  # one seat per address and per name: a forged one loses
+            if (s != self.me and s.address not in taken and s.name not in named
+                    and len(others) < self.expect - 1):
                 others.append(s)
                 taken.add(s.address)
+                named.add(s.name)
         if len(others) < self.expect - 1:
             return out
         proposal = Proposal(secrets.token_hex(16), self.me.name,
@@ -261,8 +263,9 @@ class Founding:
             if own.granted >= {s.name for s in own.proposal.members}:
                 return self._decide(own.proposal)
             return []
-        if granted is None:
-            self._suspects[name] = now + self.timing.suspect
+        seat = own.proposal.seat(name)
+        if granted is None and seat is not None:
+            self._suspects[seat] = now + self.timing.suspect
         return self._abort(now, retry_soon=True)
 
     def on_release(self, nonce: str) -> list[Effect]:

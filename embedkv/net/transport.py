@@ -460,6 +460,7 @@ class PeerTransport:
         tls: Credentials | None = None,
         member_name: Callable[[int], str | None] | None = None,
         revoked: Callable[[str], bool] | None = None,
+        any_member: bool = False,
     ) -> None:
         if member_id <= 0:
             raise ValueError(f"member_id must be positive, not {member_id!r}")
@@ -485,6 +486,10 @@ class PeerTransport:
         self.client_ssl = client_ssl
         self.member_name = member_name if member_name is not None else (lambda _: None)
         self.revoked = revoked if revoked is not None else (lambda _: False)
+        self.any_member = any_member
+        """With TLS: accept a hello from any certificate of the CA, whatever member id it
+        claims (members that are in no directory yet: founding by discovery, whose handler
+        checks the caller's name with `caller_identity`)."""
         self.identities: dict[Target, PeerIdentity] = {}
         """The TLS identity last seen for each peer id (both ways) and call target address."""
         self._inbound_ids: weakref.WeakKeyDictionary[asyncio.StreamWriter, PeerIdentity] = (
@@ -959,7 +964,7 @@ class PeerTransport:
             peer = self._identity(writer)
         except IdentityRefused as exc:
             return str(exc)
-        if hello.cluster:
+        if hello.cluster and not self.any_member:
             expected = self.member_name(hello.member)
             if expected is None:
                 return (f"the certificate names {peer.name} but the hello claims member "

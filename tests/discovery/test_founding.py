@@ -264,3 +264,23 @@ def test_the_vote_file_round_trips(tmp_path: Path) -> None:
     (tmp_path / VOTE_FILE).write_bytes(b"\xff\x00")  # not CBOR at all
     with pytest.raises(ValueError, match="founding vote"):
         read_vote(str(tmp_path))
+
+
+def test_a_name_forged_at_another_address_does_not_keep_the_real_member_out() -> None:
+    # "b" is announced twice: by an impostor (whose address sorts first) and by the real b.
+    # The impostor cannot answer as b (TLS refuses it): only that seat is suspected, and the
+    # next proposal holds the real b; no proposal ever holds two seats of one name.
+    timing = Timing(settle=0.1, stagger=0.1, backoff=0.1, suspect=60.0, poll=0.5)
+    a = Founding(me=Seat("a", "10.0.0.1:1"), expect=2, rng=random.Random(1), timing=timing)
+    fake, real = Seat("b", "10.0.0.0:1"), Seat("b", "10.0.0.2:1")
+    a.see([fake, real], 0.0)
+    now, asked = 1.0, []
+    while now < 30.0 and a.decided is None:
+        for e in a.tick(now):
+            if isinstance(e, Ask):
+                assert [s.name for s in e.proposal.members] == ["a", "b"]
+                asked.append(e.to)
+                a.on_answer(e.proposal.nonce, "b", None if e.to == fake else True, now)
+        now += 0.5
+    assert asked[0] == fake  # the address that sorts first was tried first
+    assert a.decided is not None and a.decided.seat("b") == real
