@@ -29,9 +29,12 @@ def peers_of(*names: str) -> dict[str, str]:
     return {n: f"127.0.0.1:{free_port()}" for n in names}
 
 
-def found(tmp_path: Path, peers: dict[str, str], token: str = "t") -> dict[str, embedkv.Store]:
+def found(tmp_path: Path, peers: dict[str, str], token: str = "t",
+          **options: Any) -> dict[str, embedkv.Store]:
+    """Founders in this process, with FAST timing unless `options` say otherwise."""
+    timing = dict(FAST, **options)
     return {n: embedkv.open(tmp_path / n, name=n, listen=a, peers=peers, cluster=token,
-                            insecure=True, **FAST) for n, a in peers.items()}
+                            insecure=True, **timing) for n, a in peers.items()}
 
 
 @pytest.mark.parametrize("option", [{"listen": "127.0.0.1:7400"},

@@ -19,8 +19,11 @@ from tests.waiting import wait_for
 @pytest.fixture(scope="module")
 def members(tmp_path_factory: pytest.TempPathFactory) -> Iterator[list[embedkv.Store]]:
     """Three founders with 20 ms ticks, shared by this module's tests (each test uses
-    recipe names of its own)."""
-    stores = found(tmp_path_factory.mktemp("cluster"), peers_of("n1", "n2", "n3"))
+    recipe names of its own). Elections after 0.4 s and a 10 s request timeout: three members
+    and dozens of users share one process, which a loaded machine may stall for longer than
+    FAST's 0.2 s election timeout (an election there failed a write of the semaphore test)."""
+    stores = found(tmp_path_factory.mktemp("cluster"), peers_of("n1", "n2", "n3"),
+                   election_tick=20, request_timeout=10.0)
     try:
         wait_for(lambda: all(s.leader for s in stores.values()), what="a leader")
         yield [stores[n] for n in sorted(stores)]
