@@ -42,6 +42,9 @@ def args(doc: str | None, *, ttl: bool = True) -> argparse.Namespace:
     p.add_argument("--cluster", default="plant-7", help="--device: the cluster name")
     p.add_argument("--listen", metavar="HOST:PORT",
                    help="--device: the peer address (default: the first LAN address, :7400)")
+    p.add_argument("--interface", metavar="ADDRESS", action="append",
+                   help="--device: an IPv4 address to run mDNS on, repeatable (default: the "
+                        "device's LAN interfaces)")
     a = p.parse_args()
     a.ttl = 1 if a.short else 3
     # While founders switch from the founding transport to the cluster's, each refuses the
@@ -142,12 +145,17 @@ def loopback(a: argparse.Namespace) -> Iterator[tuple[Lan, list[embedkv.Store]]]
 @contextmanager
 def device(a: argparse.Namespace) -> Iterator[embedkv.Store]:
     """This device's member: founds the cluster `--cluster` with two other devices, or joins
-    it if it runs already; a restart reopens its data dir."""
+    it if it runs already; a restart reopens its data dir. Ctrl-C closes it (a clean
+    close: its announcement is withdrawn)."""
     data = Path(a.data_dir or "data")
     with embedkv.open(data / a.device, name=a.device, listen=a.listen, cluster=a.cluster,
                       expect=3, tls=a.certs,
-                      discovery=embedkv.Discovery(timeout=600.0)) as store:
+                      discovery=embedkv.Discovery(interfaces=a.interface,
+                                                  timeout=600.0)) as store:
         say(f"{a.device} is in cluster {a.cluster} ({store.status().cluster_id:x}) with "
             f"{sorted(m.name for m in store.members())}; Ctrl-C to stop")
-        yield store
+        try:
+            yield store
+        except KeyboardInterrupt:
+            say(f"{a.device} stops")
 

@@ -97,7 +97,7 @@ class Agent:
 def on_device(store: embedkv.Store) -> None:
     """A real device: campaign, run the job while leading, resign on Ctrl-C."""
     agent = Agent(store, 10, 5.0, [])
-    say(f"{store.name} campaigns; the leader now: {agent.election.leader() or 'nobody'}")
+    say(f"{store.name} campaigns")
     try:
         threading.Event().wait()
     finally:

@@ -7,8 +7,8 @@ mutual TLS (a CA and their certificates are made in a temporary dir). Each regis
 "sensor-api" at its address, port 8080, with ``store.services("sensor-api").register(...,
 ttl=...)``; a client on n1 watches the registry and routes requests round-robin with
 ``pick()``. n3 then goes dark (its keep-alives stop, as when its power is cut, and its member
-closes): its registration ends with its lease, after the TTL, and the client routes around it. n3 comes
-back (its member reopens its data dir and catches up) and registers again.
+closes): its registration ends with its lease, after the TTL, and the client routes around
+it. n3 comes back (its member reopens its data dir and catches up) and registers again.
 
     python examples/lan_services.py [DATA_DIR] [--short]
 
@@ -48,8 +48,13 @@ def endpoint_of(store: embedkv.Store) -> str:
 def on_device(store: embedkv.Store, ttl: int) -> None:
     """A real device: register, report the registry's changes, route now and then."""
     api = store.services(SERVICE)
-    with api.register(endpoint_of(store), {"device": store.name}, ttl=ttl), \
-            api.watch(lambda kind, ep: say(f"{kind}: {ep.address} {ep.metadata}")):
+    addresses: dict[str, str] = {}  # a leave names only the registration id
+
+    def on_change(kind: str, ep: Endpoint) -> None:
+        say(f"registry: {kind} {addresses.setdefault(ep.id, ep.address)}")
+
+    with api.watch(on_change), \
+            api.register(endpoint_of(store), {"device": store.name}, ttl=ttl):
         while not threading.Event().wait(5):
             say(f"{store.name} routes a request to {api.pick().address}")
 
