@@ -127,6 +127,17 @@ def main() -> None:
         def runs_by(name: str, n: int) -> None:
             until(f"{n} runs by {name}", lambda: sum(who == name for who, _ in done) >= n)
 
+        def hand_over(leader: str, leave: Callable[[Agent], None], successor: str,
+                      how: str) -> None:
+            """The leader's device leaves (`leave` its agent, close its member): the
+            successor leads and runs the job."""
+            start = time.monotonic()
+            leave(agents.pop(leader))
+            lan.close(leader)
+            until(f"{successor} to lead", lambda: agents[successor].election.is_leader)
+            say(f"{successor} took over {time.monotonic() - start:.1f} s after {leader} {how}")
+            runs_by(successor, runs)
+
         try:
             agents["n1"] = Agent(n1, a.ttl, period, done)
             until("n1 to lead", lambda: agents["n1"].election.is_leader)
@@ -138,23 +149,13 @@ def main() -> None:
             runs_by("n1", runs)
             say(f"n1 goes dark: its keep-alives stop, as when its power is cut (TTL {a.ttl} s), "
                 "and its member closes")
-            dark = time.monotonic()
-            agents.pop("n1").power_cut()
-            lan.close("n1")
-            until("n2 to lead", lambda: agents["n2"].election.is_leader)
-            say(f"n2 took over {time.monotonic() - dark:.1f} s after n1 went dark")
-            runs_by("n2", runs)
+            hand_over("n1", Agent.power_cut, "n2", "went dark")
             say("n1 is powered on again: its member reopens its data dir and campaigns")
             n1 = lan.open("n1", LOOPBACK["n1"])
             agents["n1"] = Agent(n1, a.ttl, period, done)
             until("n1 in line", lambda: n1.count(in_line) == 3)
             say("n2 shuts down cleanly: it resigns, then its member closes")
-            stop = time.monotonic()
-            agents.pop("n2").shut_down()
-            lan.close("n2")
-            until("n3 to lead", lambda: agents["n3"].election.is_leader)
-            say(f"n3 took over {time.monotonic() - stop:.1f} s after n2 resigned")
-            runs_by("n3", runs)
+            hand_over("n2", Agent.shut_down, "n3", "resigned")
             say("n3 resigns: n1, back in line, takes over")
             agents.pop("n3").shut_down()
             runs_by("n1", 2 * runs)
