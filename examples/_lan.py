@@ -3,7 +3,7 @@
 On one machine (the default), three members n1, n2, n3 run in the example's process on
 127.0.0.2, .3 and .4, each with mDNS pinned to its own address (nothing leaves the machine),
 under a cluster name and service type of the run's own (parallel runs never see each other),
-with a CA and member certificates made in a temporary dir. With ``--device NAME``, one member
+with a CA and member certificates made for the run. With ``--device NAME``, one member
 runs on this device of a real LAN, with the certificates of ``--certs`` (made with
 ``embedkv certs``, see the examples' headers) and mDNS on the device's LAN interfaces.
 """

@@ -3,7 +3,7 @@ setting written on one reaches a watch on another.
 
 On one machine (the default) the members run in this process, each on its own 127.0.0.x with
 mDNS pinned to that address (nothing leaves the machine), over mutual TLS (a CA and their
-certificates are made in a temporary dir):
+certificates are made for the run):
 
     python examples/discovery_lan.py [DATA_DIR] [--short]
 

@@ -3,7 +3,7 @@ callback on every other.
 
 On one machine (the default): three members n1, n2, n3 on 127.0.0.2, .3, .4 find each other
 with mDNS (pinned to those addresses: nothing leaves the machine) and form one cluster over
-mutual TLS (a CA and their certificates are made in a temporary dir). n2 and n3 follow the
+mutual TLS (a CA and their certificates are made for the run). n2 and n3 follow the
 prefix config/plant/ with ``store.config(...)`` and a callback; n1 writes a configuration,
 then n3 changes it: every device's callback sees each whole new view.
 

@@ -3,7 +3,7 @@ the job, and another device takes over when the leader goes away.
 
 On one machine (the default): three members n1, n2, n3 on 127.0.0.2, .3, .4 find each other
 with mDNS (pinned to those addresses: nothing leaves the machine) and form one cluster over
-mutual TLS (a CA and their certificates are made in a temporary dir). Each device's agent
+mutual TLS (a CA and their certificates are made for the run). Each device's agent
 campaigns with ``store.election("report-job", ttl=...)``; the leader runs the job every
 period, each run a write guarded by ``election.held()`` (the store refuses it once the
 leadership is lost). n1 leads first; it then goes dark (its keep-alives stop, as when its

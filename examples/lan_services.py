@@ -3,7 +3,7 @@ clients pick among the live ones round-robin, and a device that goes dark drops 
 
 On one machine (the default): three members n1, n2, n3 on 127.0.0.2, .3, .4 find each other
 with mDNS (pinned to those addresses: nothing leaves the machine) and form one cluster over
-mutual TLS (a CA and their certificates are made in a temporary dir). Each registers its
+mutual TLS (a CA and their certificates are made for the run). Each registers its
 "sensor-api" at its address, port 8080, with ``store.services("sensor-api").register(...,
 ttl=...)``; a client on n1 watches the registry and routes requests round-robin with
 ``pick()``. n3 then goes dark (its keep-alives stop, as when its power is cut, and its member
