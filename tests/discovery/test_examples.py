@@ -83,7 +83,7 @@ def test_the_leader_job_example_runs_the_job_on_the_leader_only(tmp_path: Path) 
              if "is elected" in line or "goes dark" in line or "shuts down" in line
              or "resigns:" in line]
     assert story == ["n1 is elected and starts the job",
-                     "n1 goes dark: its keep-alives stop, as when its power is cut (TTL 1 s), "
+                     "n1 goes dark: its keep-alives stop, as when its power is cut (TTL 2 s), "
                      "and its member closes",
                      "n2 is elected and starts the job",
                      "n2 shuts down cleanly: it resigns, then its member closes",
