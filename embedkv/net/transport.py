@@ -179,6 +179,13 @@ class _Accepting(asyncio.StreamReaderProtocol):
             transport.pause_reading()  # start_tls resumes it
         super().connection_made(transport)
 
+    def eof_received(self) -> bool:
+        # The base keeps a plain stream half-open on EOF (True) and a TLS one not; it took
+        # this for plain TCP, since TLS started after connection_made. asyncio warns when a
+        # TLS stream's protocol asks to stay open.
+        keep_open = bool(super().eof_received())
+        return keep_open and not self._tls
+
 
 class LinkState(enum.Enum):
     CONNECTING = "connecting"  # messages queue up

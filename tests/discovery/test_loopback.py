@@ -9,8 +9,6 @@ import json
 import random
 import secrets
 import socket
-import subprocess
-import sys
 import threading
 from collections.abc import Callable
 from pathlib import Path
@@ -327,13 +325,3 @@ def test_bad_discovery_options_are_refused_before_anything(
         embedkv.open_async(tmp_path / "d", **kw)
     assert not (tmp_path / "d").exists()
 
-
-def test_the_discovery_example_runs(tmp_path: Path) -> None:
-    example = Path(__file__).resolve().parents[2] / "examples" / "discovery_lan.py"
-    proc = subprocess.run([sys.executable, str(example), str(tmp_path / "data")],
-                          capture_output=True, text=True, timeout=180)
-    assert proc.returncode == 0, proc.stderr
-    assert proc.stderr == ""
-    assert "n1, n2, n3 started together and formed 1 cluster" in proc.stdout
-    assert "n3 sees config/mode = eco" in proc.stdout
-    assert "joined the same cluster: True; it reads config/mode = eco" in proc.stdout

@@ -4,6 +4,7 @@ bundle are picked up on the next connection. Real handshakes on 127.0.0.1."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import shutil
 from pathlib import Path
@@ -224,3 +225,29 @@ def test_certs_issue_renew_replaces_the_pair(certs: Path) -> None:
     assert (certs / "n1.key").stat().st_mode & 0o777 == 0o600
     assert sorted(p.name for p in certs.iterdir()) == sorted(
         ["ca.pem", "ca.key"] + [f"{n}.{e}" for n in NAMES.values() for e in ("pem", "key")])
+
+
+
+def test_a_tls_connection_closed_by_its_peer_ends_without_an_asyncio_warning(
+    certs: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # An accepted connection turns TLS only after accept (start_tls): its protocol must not
+    # ask to keep a TLS stream the peer closed half-open, which asyncio logs as a warning
+    # (on stderr, in a program without logging set up).
+    caplog.set_level(logging.WARNING, logger="asyncio")
+
+    async def go() -> None:
+        b = await Node(2).start({}, tls=creds(certs, "n2"), member_name=NAMES.get)
+        try:
+            _, writer = await asyncio.open_connection(
+                "127.0.0.1", b.port, ssl=tls.client_context(certs, "n1"),
+                server_hostname="127.0.0.1")
+            await until(lambda: b.transport._inbound, "node 2 to accept the connection")
+            writer.close()  # close_notify, then EOF
+            await writer.wait_closed()
+            await until(lambda: not b.transport._inbound, "node 2 to see it end")
+        finally:
+            await close([b])
+
+    run(go)
+    assert not logged(caplog, "eof_received")
