@@ -790,6 +790,17 @@ class Member:
             return False
         log.info("this member is now reached at %s (was %s)", address, self._advertised)
         self._advertised = address
+        links = self._links
+
+        async def redial() -> None:
+            # The links up now may be bound to the address this host no longer has: they
+            # would hang until TCP gives up. Dial every peer afresh, from the new one.
+            transport = links.transport
+            for mid, peer in transport.peers.items():
+                transport.remove_peer(mid)
+                transport.set_peer(mid, peer)
+
+        asyncio.run_coroutine_threadsafe(redial(), self._engine.loop).result(self._timeout)
         self._moved_to(address)
         return True
 
