@@ -20,10 +20,12 @@ import asyncio
 import contextlib
 import dataclasses
 import hashlib
+import ipaddress
 import logging
 import os
 import random
 import secrets
+import socket
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -87,6 +89,44 @@ def check_address(address: object, what: str = "address") -> str:
     if parse_address(address)[1] == 0:
         raise ValueError(f"{what} {address!r} needs a fixed port: the others must reach it")
     return address
+
+
+def takes_every_address(address: str) -> bool:
+    """Whether a listen address is the unspecified one ("0.0.0.0:PORT", "[::]:PORT")."""
+    try:
+        return ipaddress.ip_address(parse_address(address)[0]).is_unspecified
+    except ValueError:  # a host name
+        return False
+
+
+def advertise_address(listen: str, recorded: str | None) -> str:
+    """Where the others reach a member listening on `listen` (as etcd's advertise URL to its
+    listen URL): `listen` itself, or, when it listens on every address ("0.0.0.0:PORT"),
+    the host the directory records for it (`recorded`: its entry in `peers`, or what it
+    joined or last moved with) with the listen port; `listen` when nothing better is known."""
+    if not takes_every_address(listen) or recorded is None or takes_every_address(recorded):
+        return listen
+    return f"{parse_address(recorded)[0]}:{parse_address(listen)[1]}"
+
+
+def route_source(address: str, listen: str) -> str:
+    """The address to join with when listening on every address: the local address this host
+    sends from towards `address` (a UDP connect only picks the route: nothing is sent),
+    with the listen port; `listen` itself when it names a host."""
+    if not takes_every_address(listen):
+        return listen
+    try:
+        infos = socket.getaddrinfo(*parse_address(address), type=socket.SOCK_DGRAM)
+        family, _, _, _, target = infos[0]
+        with socket.socket(family, socket.SOCK_DGRAM) as s:
+            s.connect(target)
+            host = s.getsockname()[0]
+    except OSError as exc:
+        raise ValueError(f"listen={listen!r} takes every address, and no route to the "
+                         f"join address {address} shows which one the others reach: "
+                         f"{exc}") from None
+    port = parse_address(listen)[1]
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
 def _hash_id(*parts: str) -> int:
@@ -204,11 +244,13 @@ def _parse_join_reply(body: object) -> JoinReply:
 
 def join_cluster(
     addresses: list[str], *, name: str, listen: str, member_id: int, timeout: float,
-    token: str | None = None, tls: Credentials | None = None,
+    token: str | None = None, tls: Credentials | None = None, advertise: str | None = None,
 ) -> JoinReply:
-    """Ask the members at `addresses`, in turn, to add this one as a learner; returns the
-    cluster's identity and directory. Unavailable if none of them could. With TLS the member
-    answering must present a certificate naming a member of the directory it answers."""
+    """Ask the members at `addresses`, in turn, to add this one as a learner, reached at
+    `advertise` (default: `listen`, or when that takes every address the local address of
+    the route to the member asked); returns the cluster's identity and directory.
+    Unavailable if none of them could. With TLS the member answering must present a
+    certificate naming a member of the directory it answers."""
 
     async def ask() -> JoinReply:
         transport = PeerTransport(
@@ -220,9 +262,10 @@ def join_cluster(
         try:
             for address in addresses:
                 try:
+                    mine = advertise or route_source(address, listen)
                     body = await transport.call(
                         address, "join",
-                        {"name": name, "address": listen, "id": member_id, "token": token},
+                        {"name": name, "address": mine, "id": member_id, "token": token},
                         timeout=timeout,
                     )
                     reply = _parse_join_reply(body)
@@ -415,14 +458,15 @@ def bootstrap_founder(dd: DataDir, opts: ClusterOptions, security: Security) -> 
 
 
 def bootstrap_joiner(dd: DataDir, opts: ClusterOptions, timeout: float,
-                     security: Security) -> None:
-    """A fresh member asks a running one to add it (as a learner, promoted once caught up)."""
+                     security: Security, advertise: str | None = None) -> None:
+    """A fresh member asks a running one to add it (as a learner, promoted once caught up),
+    reached at `advertise` (see `join_cluster`)."""
     if opts.name is None or opts.listen is None:
         raise ValueError("joining a cluster needs name= and listen=")
     member_id = random_id()
     reply = join_cluster(list(opts.join or ()), name=opts.name, listen=opts.listen,
                          member_id=member_id, timeout=timeout, token=opts.token,
-                         tls=security.credentials)
+                         tls=security.credentials, advertise=advertise)
     # An empty configuration: the leader's log (or snapshot) brings the real one. The id is
     # ours, or the one add_member gave this name and address beforehand.
     dd.bootstrap(Identity(reply.cluster_id, reply.member_id), ConfState(), members=reply.members,

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import ipaddress
 import logging
 import os
 import random
@@ -49,6 +48,7 @@ from .cluster import (
     founder_id,
     random_id,
     resolve_security,
+    takes_every_address,
 )
 from .founding import (
     Ask,
@@ -83,12 +83,13 @@ PEER_PORT = 7400
 class Discovery:
     """How a member finds the others with mDNS (`embedkv.open(discovery=...)`).
 
-    `interfaces`: IPv4 addresses of the interfaces to announce and browse on (None: the
-    host's LAN interfaces); `timeout`: seconds `open` waits to found or join a cluster;
-    `service_type`: the DNS-SD type (tests use one of their own); `timing`: the founding
-    vote's delays."""
+    `interfaces`: IPv4 addresses of the interfaces to announce and browse on, or a function
+    returning those of now (None: the host's LAN interfaces, looked at again every second
+    by a running member, which follows when they change); `timeout`: seconds `open` waits
+    to found or join a cluster; `service_type`: the DNS-SD type (tests use one of their
+    own); `timing`: the founding vote's delays."""
 
-    interfaces: Sequence[str] | None = None
+    interfaces: Sequence[str] | Callable[[], Sequence[str]] | None = None
     timeout: float = 120.0
     service_type: str = SERVICE_TYPE
     timing: Timing = field(default_factory=Timing)
@@ -108,9 +109,8 @@ def founding_token(cluster: str) -> str:
 def advertised(listen: str, interfaces: Sequence[str]) -> str:
     """The address to announce: `listen`, or the first interface's with its port when it
     listens on every address."""
-    host, port = parse_address(listen)
-    if ipaddress.ip_address(host).is_unspecified:
-        return f"{interfaces[0]}:{port}"
+    if takes_every_address(listen):
+        return f"{interfaces[0]}:{parse_address(listen)[1]}"
     return listen
 
 
@@ -260,9 +260,9 @@ class Founder:
         live = list(dict.fromkeys(live))
         opts = ClusterOptions(name=self.name, listen=self.listen, join=live)
         self._joining = True  # no vote is granted meanwhile: a joiner must not found too
-        try:
+        try:  # it joins with the address it announces (listen may take every address)
             await asyncio.to_thread(bootstrap_joiner, self.dd, opts, self.join_timeout,
-                                    self.security)
+                                    self.security, self.me.address)
         except Exception as exc:
             log.info("could not join cluster %r through %s yet: %s", self.cluster, live, exc)
             self._next_join = time.monotonic() + 1.0
@@ -510,39 +510,102 @@ def bootstrap_by_discovery(dd: DataDir, mdns: Mdns, *, cluster: str, name: str, 
 class Agent:
     """A running member's discovery: announces it as formed, and points the link to a peer
     that cannot be reached at its known address to where mDNS last saw that peer (an
-    announcement never replaces an address that works)."""
+    announcement never replaces an address that works). When the interfaces are looked up
+    (`interfaces`), it follows theirs changing: mDNS moves to the new ones, and a member
+    listening on every address is announced, and tells its peers, at the new address."""
 
-    def __init__(self, mdns: Mdns, *, cluster: str, name: str, address: str,
-                 cluster_id: int, move: Callable[[str, str], bool]) -> None:
+    def __init__(self, mdns: Mdns, member: Member, *, cluster: str, listen: str,
+                 interfaces: Callable[[], Sequence[str]] | None = None) -> None:
         self.mdns = mdns
         self.cluster = cluster
-        self.cluster_id = cluster_id
-        self._move = move
+        self.cluster_id = member.cluster_id
+        self._member = member
+        self._name = member.name
+        self._listen = listen
+        self._interfaces = interfaces
+        self._lock = threading.Lock()  # the mdns instance, against close
         self._stop = threading.Event()
-        mdns.announce(Announcement(cluster, name, address, "formed", cluster_id))
+        self.address = self._where(mdns.interfaces)
+        self._tell(self.address)
+        mdns.announce(self._announcement())
         self._thread = threading.Thread(target=self._follow, daemon=True,
                                         name="embedkv-discovery")
         self._thread.start()
 
+    def _announcement(self) -> Announcement:
+        return Announcement(self.cluster, self._name, self.address, "formed", self.cluster_id)
+
+    def _where(self, interfaces: Sequence[str]) -> str:
+        """Where this member is reached: `listen`, or when that takes every address, the
+        address it is known at while that is still one of `interfaces`, else the first
+        interface's."""
+        known = self._member.advertised
+        if (takes_every_address(self._listen) and known
+                and parse_address(known)[0] in interfaces):
+            return known
+        return advertised(self._listen, interfaces)
+
+    def _tell(self, address: str) -> None:
+        """A member listening on every address is reached where discovery says it is: the
+        others learn it (a no-op when that is where they reach it already)."""
+        if takes_every_address(self._listen) and self._member.advertise(address):
+            log.info("member %s is now reached at %s", self._name, address)
+
+    def _rebind(self) -> None:
+        """The host's interfaces changed: announce (and browse) on those of now."""
+        if self._interfaces is None:
+            return
+        try:
+            now = check_interfaces(self._interfaces())
+        except (TypeError, ValueError) as exc:
+            log.debug("no interface to announce on now: %s", exc)
+            return
+        if now == self.mdns.interfaces:
+            return
+        address = self._where(now)
+        log.info("the interfaces changed (%s to %s): announcing %s at %s",
+                 ", ".join(self.mdns.interfaces), ", ".join(now), self._name, address)
+        with self._lock:
+            if self._stop.is_set():
+                return
+            self.mdns = self.mdns.moved(now)
+            self.address = address
+            self._tell(address)
+            self.mdns.announce(self._announcement())
+
     def _follow(self) -> None:
         while not self._stop.wait(1.0):
+            try:
+                self._rebind()
+            except Exception as exc:
+                log.warning("following the interfaces' change failed: %s", exc)
             for a in self.mdns.seen(self.cluster):
                 if a.state == "formed" and a.cluster_id == self.cluster_id:
                     try:
-                        if self._move(a.member, a.address):
+                        if self._member.follow_peer(a.member, a.address):
                             log.info("following member %s to %s (announced)", a.member,
                                      a.address)
                     except Exception as exc:
                         log.debug("following %s failed: %s", a.member, exc)
 
     def close(self) -> None:
-        self._stop.set()
+        with self._lock:
+            self._stop.set()
         self._thread.join(5.0)
         self.mdns.close()
 
 
+def interfaces_source(disc: Discovery) -> Callable[[], Sequence[str]] | None:
+    """Where a running member looks the interfaces up again (None: they are fixed)."""
+    if disc.interfaces is None:
+        return lan_interfaces
+    return disc.interfaces if callable(disc.interfaces) else None
+
+
 def make_mdns(disc: Discovery) -> Mdns:
-    interfaces = list(disc.interfaces) if disc.interfaces is not None else lan_interfaces()
+    source = interfaces_source(disc)
+    fixed = disc.interfaces if not callable(disc.interfaces) else None
+    interfaces = list(source() if source is not None else fixed or ())
     if not interfaces:
         raise ValueError("discovery found no LAN interface: pass "
                          "discovery=Discovery(interfaces=[...])")
@@ -583,7 +646,7 @@ def check_discovery(opts: ClusterOptions, expect: object, discovery: object) -> 
         raise ValueError(f"discovery links members by mutual TLS: {SECURITY_HINT}")
     if opts.name is None and opts.tls is None:
         raise ValueError("discovery needs name= (or tls=, whose certificate names the member)")
-    if disc.interfaces is not None:
+    if disc.interfaces is not None and not callable(disc.interfaces):
         check_interfaces(disc.interfaces)
     t = disc.timeout
     if isinstance(t, bool) or not isinstance(t, int | float) or not 0 < t < 1e6:
@@ -642,9 +705,8 @@ def open_with_discovery(path: str, opts: ClusterOptions, expect: int | None, dis
         mdns.close()
         raise
     try:
-        agent = Agent(mdns, cluster=cluster, name=member.name,
-                      address=advertised(listen, mdns.interfaces),
-                      cluster_id=member.cluster_id, move=member.follow_peer)
+        agent = Agent(mdns, member, cluster=cluster, listen=listen,
+                      interfaces=interfaces_source(disc))
     except BaseException:
         mdns.close()
         member.close()

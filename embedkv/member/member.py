@@ -25,7 +25,7 @@ from typing import Any, TypeVar, cast
 
 from embedkv.errors import Closed, LeaseNotFound, NoSpace, Removed, Unavailable
 from embedkv.net import LinkState, RemoteError
-from embedkv.net.transport import caller_identity
+from embedkv.net.transport import caller_identity, parse_address
 from embedkv.raft import (
     NONE,
     ConfChange,
@@ -55,6 +55,7 @@ from .cluster import (
     Links,
     MemberInfo,
     Security,
+    advertise_address,
     bootstrap_founder,
     bootstrap_joiner,
     check_address,
@@ -70,6 +71,7 @@ from .cluster import (
     new_identity,
     random_id,
     resolve_security,
+    takes_every_address,
 )
 from .engine import Engine
 from .futures import MemberFuture
@@ -159,6 +161,12 @@ class Member:
         self._promoting = False
         self._recording = False
         self._closers: list[Callable[[], None]] = []
+        self._publishing = threading.Lock()
+        recorded = dd.members().get(identity.member_id)
+        self._advertised = "" if self._local is None else advertise_address(
+            self._local.listen, recorded.address if recorded is not None else None)
+        """Where the others reach this member (its listen address, unless that takes every
+        address: see `advertise_address`)."""
         if self._local is not None:
             self._links = Links(
                 dd=dd,
@@ -292,13 +300,8 @@ class Member:
                 raise Unavailable(f"no leader within the request timeout ({self._timeout}s)")
         elif self._local is not None:
             info = self._dd.members().get(me)
-            if info is not None and info.address != self._local.listen:
-                # The others still dial the old address: tell them where we are (they follow
-                # at once), then record it in the replicated directory.
-                asyncio.run_coroutine_threadsafe(self._announce(self._local.listen),
-                                                 self._engine.loop)
-                threading.Thread(target=self._publish_self, daemon=True,
-                                 name="embedkv-address-update").start()
+            if info is not None and info.address != self._advertised:
+                self._moved_to(self._advertised)
 
     # --- identity and state ---------------------------------------------------------------
 
@@ -545,7 +548,7 @@ class Member:
         for mid in sorted(conf.voters | conf.learners):
             info = directory.get(mid)
             address = info.address if info is not None else (
-                self._local.listen if self._local is not None and mid == self.member_id else "")
+                self._advertised if mid == self.member_id else "")
             behind = None
             if progress is not None and mid in progress[1]:
                 behind = max(0, progress[0] - progress[1][mid])
@@ -725,33 +728,81 @@ class Member:
         local = self._local
         if local is None:
             return
-        info = self._dd.members().get(self.member_id)
-        if info is not None and info.name == local.name and info.address == local.listen:
-            return
-        conf = self._dd.conf_state
-        kind = (ConfChangeType.ADD_VOTER if self.member_id in conf.voters
-                else ConfChangeType.ADD_LEARNER)
-        change = ConfChange(kind, self.member_id)
-        peer = PeerInfo(local.name, local.listen, promote=info is not None and info.promote)
         while not self._closed:
+            address = self._advertised  # the latest, if it moved again meanwhile
+            info = self._dd.members().get(self.member_id)
+            if info is not None and info.name == local.name and info.address == address:
+                return
+            conf = self._dd.conf_state
+            kind = (ConfChangeType.ADD_VOTER if self.member_id in conf.voters
+                    else ConfChangeType.ADD_LEARNER)
+            change = ConfChange(kind, self.member_id)
+            peer = PeerInfo(local.name, address, promote=info is not None and info.promote)
             try:
                 self.change_membership(change, peer)
                 recorded = self._dd.members().get(self.member_id)
-                if recorded is not None and recorded.address == local.listen:
+                if recorded is not None and recorded.address == self._advertised:
                     return
                 # change_membership took an unreachable leader's silence for success (this
                 # voter "shows" already): nothing was recorded, so try again.
-                log.info("this member's address %s is not recorded yet", local.listen)
+                log.info("this member's address %s is not recorded yet", address)
             except (Closed, Removed):
                 return
             except Exception as exc:  # no quorum yet: the others must learn it eventually
                 log.warning("could not record this member's address %s yet: %s",
-                            local.listen, exc)
+                            address, exc)
                 if conf.voters == {self.member_id}:
                     return  # alone, the next open tries again
             self._close_done.wait(self._election_tick * self._tick_interval)
 
+    def _moved_to(self, address: str) -> None:
+        """The others still dial an old address: tell them where we are (they follow at
+        once), then record it in the replicated directory (one recorder at a time)."""
+        asyncio.run_coroutine_threadsafe(self._announce(address), self._engine.loop)
+
+        def record() -> None:
+            with self._publishing:
+                self._publish_self()
+
+        threading.Thread(target=record, daemon=True, name="embedkv-address-update").start()
+
     # --- discovery's hooks (embedkv.member.discovery) ------------------------------------------
+
+    @property
+    def advertised(self) -> str:
+        """Where the others reach this member ("" without peer links)."""
+        return self._advertised
+
+    def advertise(self, address: str) -> bool:
+        """This member, listening on every address, is now reached at `address` (its host's
+        address changed): tell the others and record it, as a restart with a new `listen`
+        does. True if that is news. ValueError unless the listener takes every address on
+        the port of `address`."""
+        local = self._local
+        if local is None or self._links is None or self._closed:
+            return False
+        check_address(address)
+        if not takes_every_address(local.listen) or (
+                parse_address(address)[1] != parse_address(local.listen)[1]):
+            raise ValueError(f"this member listens on {local.listen}: it cannot be reached "
+                             f"at {address}")
+        if address == self._advertised:
+            return False
+        log.info("this member is now reached at %s (was %s)", address, self._advertised)
+        self._advertised = address
+        links = self._links
+
+        async def redial() -> None:
+            # The links up now may be bound to the address this host no longer has: they
+            # would hang until TCP gives up. Dial every peer afresh, from the new one.
+            transport = links.transport
+            for mid, peer in transport.peers.items():
+                transport.remove_peer(mid)
+                transport.set_peer(mid, peer)
+
+        asyncio.run_coroutine_threadsafe(redial(), self._engine.loop).result(self._timeout)
+        self._moved_to(address)
+        return True
 
     def on_close(self, closer: Callable[[], None]) -> None:
         """Run `closer` first when this member closes (discovery withdraws its announcement)."""

@@ -136,6 +136,7 @@ class Mdns:
         self._wake = threading.Condition(self._lock)
         self._closed = False
         self._mine: ServiceInfo | None = None
+        self._names: tuple[str, str] | None = None  # (instance, server) announced under
         self._resolver = threading.Thread(target=self._resolve_loop, daemon=True,
                                           name="embedkv-mdns-resolve")
         self._resolver.start()
@@ -147,19 +148,31 @@ class Mdns:
         """Announce (or update the announcement of) this member; blocks while zeroconf
         probes a new name (about 1.5 s)."""
         host, port = a.address.rsplit(":", 1)
+        instance, server = self._names or (self._instance(a), self._server(a))
         info = ServiceInfo(
             self.service_type,
-            self._instance(a) if self._mine is None else self._mine.name,
+            instance,
             addresses=[socket.inet_aton(host)],
             port=int(port),
             properties=a.properties(),
-            server=self._server(a) if self._mine is None else self._mine.server,
+            server=server,
         )
         if self._mine is None:
             self._zc.register_service(info, allow_name_change=True)
         else:
             self._zc.update_service(info)
         self._mine = info
+        self._names = (info.name, info.server or server)
+
+    def moved(self, interfaces: Sequence[str]) -> Mdns:
+        """This host's addresses changed: a new instance on `interfaces` that announces under
+        the same names (so the others see the announcement change, not a second member);
+        this one is closed. Announce on the new one (the address changed too)."""
+        names = self._names
+        self.close()
+        new = Mdns(interfaces, service_type=self.service_type, on_change=self.on_change)
+        new._names = names
+        return new
 
     def withdraw(self) -> None:
         """Say goodbye: the others drop this member at once."""

@@ -199,6 +199,66 @@ def test_members_that_all_moved_find_each_other_again(lan: Lan) -> None:
     wait_for(addresses_follow, 30, "the directory to hold the new addresses")
 
 
+def every_address(lan: Lan, member: str, cluster: str, interfaces: Any,
+                  port: int, **kw: Any) -> embedkv.Store:
+    """A member listening on every address ("0.0.0.0:PORT"), zeroconf pinned to
+    `interfaces` (a list, or a function of the ones of now)."""
+    disc = Discovery(interfaces=interfaces, timeout=60.0, service_type=lan.service,
+                     timing=TIMING)
+    store = embedkv.open(lan.tmp / member, name=member, listen=f"0.0.0.0:{port}",
+                         cluster=cluster, insecure=True, discovery=disc, **FAST, **kw)
+    lan.stores.append(store)
+    return store
+
+
+def free_port_everywhere() -> int:
+    return free_port("0.0.0.0")
+
+
+def address_of(store: embedkv.Store, member: str) -> str | None:
+    return next((m.address for m in store.members() if m.name == member), None)
+
+
+def test_a_member_on_every_address_follows_its_interface_address_changing(lan: Lan) -> None:
+    # c listens on 0.0.0.0 and announces the address of its interface; the interface's
+    # address changes while it runs: it is announced, and recorded, at the new one.
+    cluster = lan.name()
+    old, new = loopback_ip(), loopback_ip()
+    now = [old]
+    port = free_port_everywhere()
+    stores = lan.together([opener(lan, "a", cluster, expect=3),
+                           opener(lan, "b", cluster, expect=3),
+                           functools.partial(every_address, lan, "c", cluster,
+                                             lambda: list(now), port, expect=3)])
+    a, b, c = stores
+    assert len({s.status().cluster_id for s in stores}) == 1
+    wait_for(lambda: address_of(a, "c") == f"{old}:{port}", 20, "c recorded at its interface")
+    seen = Mdns([loopback_ip()], service_type=lan.service)
+    try:
+        now[:] = [new]
+        for s in (a, b, c):
+            wait_for(lambda s=s: address_of(s, "c") == f"{new}:{port}", 30,
+                     "c recorded at its new address")
+        wait_for(lambda: [x.address for x in seen.seen(cluster) if x.member == "c"]
+                 == [f"{new}:{port}"], 30, "c announced at its new address only")
+    finally:
+        seen.close()
+    c["after"] = "moved"
+    wait_for(functools.partial(holds, a, "after", "moved"), 20, "a write through c")
+
+
+def test_a_joiner_on_every_address_is_recorded_at_its_interface(lan: Lan) -> None:
+    cluster = lan.name()
+    stores = form(lan, cluster, ["a", "b"])
+    ip, port = loopback_ip(), free_port_everywhere()
+    d = every_address(lan, "d", cluster, [ip], port, expect=2)
+    assert d.status().cluster_id == stores[0].status().cluster_id
+    for s in (*stores, d):
+        wait_for(lambda s=s: address_of(s, "d") == f"{ip}:{port}", 20,
+                 "d recorded at its interface's address, not 0.0.0.0")
+    wait_for(functools.partial(has_voters, stores[0], {"a", "b", "d"}), 30, "d promoted")
+
+
 def test_two_cluster_names_stay_apart(lan: Lan) -> None:
     one, two = lan.name("one"), lan.name("two")
     stores = lan.together([opener(lan, f"{c[:3]}{i}", c, expect=3)

@@ -12,14 +12,17 @@ import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import pytest
+
+from embedkv.net import tls
 
 from ..waiting import wait_for
 
 LAB = Path(__file__).parent.parent / "tools" / "netns-lab.sh"
 CHILD = Path(__file__).parent / "ns_child.py"
+PORT = 7400
 
 
 class NetnsLab:
@@ -59,46 +62,109 @@ def report(path: Path) -> dict[str, Any] | None:
         return None
 
 
-def test_three_hosts_form_one_cluster_and_a_fourth_joins(netns: NetnsLab,
-                                                         tmp_path: Path) -> None:
-    cluster = f"plant-{secrets.token_hex(4)}"
-    stop = tmp_path / "stop"
-    procs = []
+class Hosts:
+    """Members on the lab's hosts, started as children (ns_child.py) over mutual TLS."""
 
-    def start(i: int) -> Path:
-        out = tmp_path / f"h{i}.json"
-        addr = netns.run("addr", str(i))
-        procs.append(subprocess.Popen(
+    def __init__(self, lab: NetnsLab, tmp: Path, cluster: str, certs: Path) -> None:
+        self.lab, self.tmp, self.cluster, self.certs = lab, tmp, cluster, certs
+        self.stop = tmp / "stop"
+        self.procs: list[subprocess.Popen[bytes]] = []
+        self.logs: list[IO[bytes]] = []
+
+    def start(self, i: int, listen: str) -> None:
+        log = open(self.tmp / f"h{i}.log", "wb")  # noqa: SIM115 (the child's, closed below)
+        self.logs.append(log)
+        self.procs.append(subprocess.Popen(
             ["bash", str(LAB), "exec", str(i), sys.executable, str(CHILD),
-             str(tmp_path / f"h{i}"), f"h{i}", f"{addr}:7400", cluster, "3", str(out),
-             str(stop)], env=netns.env))
-        return out
+             str(self.tmp / f"h{i}"), f"h{i}", listen, self.cluster, "3",
+             str(self.report_path(i)), str(self.stop), "--tls", str(self.certs)],
+            env=self.lab.env, stderr=log))
 
-    try:
-        outs = [start(i) for i in (1, 2, 3)]
+    def report_path(self, i: int) -> Path:
+        return self.tmp / f"h{i}.json"
 
-        def formed() -> bool:
-            reports = [report(o) for o in outs]
-            return all(r is not None and r["voters"] == ["h1", "h2", "h3"] for r in reports)
+    def report(self, i: int) -> dict[str, Any]:
+        return report(self.report_path(i)) or {}
 
-        wait_for(formed, 60, "three hosts to form one cluster")
-        ids = {r["cluster_id"] for r in map(report, outs) if r is not None}
-        assert len(ids) == 1
-        fourth = start(4)
+    def alive(self, i: int, of: int) -> int:
+        """The counter of host `of` as host i holds it (0: none yet)."""
+        return int(self.report(i).get("alive", {}).get(f"h{of}", 0))
 
-        def joined() -> bool:
-            r = report(fourth)
-            return r is not None and r["voters"] == ["h1", "h2", "h3", "h4"]
-
-        wait_for(joined, 60, "the fourth host to join and be promoted")
-        r4 = report(fourth)
-        assert r4 is not None and r4["cluster_id"] in ids
-    finally:
-        stop.touch()
-        for p in procs:
+    def finish(self) -> list[int | None]:
+        self.stop.touch()
+        for p in self.procs:
             try:
                 p.wait(30)
             except subprocess.TimeoutExpired:
                 p.kill()
                 p.wait()
-    assert [p.returncode for p in procs] == [0, 0, 0, 0]
+        for log in self.logs:
+            log.close()
+        return [p.returncode for p in self.procs]
+
+
+def discover(lab: NetnsLab, i: int, cluster: str) -> list[dict[str, Any]]:
+    """What `embedkv discover` run on host i sees announced for `cluster`."""
+    out = lab.run("exec", str(i), sys.executable, "-m", "embedkv", "discover", "--cluster",
+                  cluster, "--timeout", "2", "-w", "json")
+    return [json.loads(line) for line in out.splitlines() if line.strip()]
+
+
+def test_tls_hosts_form_join_survive_a_partition_and_follow_an_address_change(
+        netns: NetnsLab, tmp_path: Path) -> None:
+    """Three hosts form one cluster over mutual TLS with real multicast and a fourth joins;
+    a host cut off and healed catches up and is still found; a host listening on every
+    address whose address changes is announced, recorded and reached at the new one."""
+    certs = tmp_path / "certs"
+    tls.init_ca(certs)
+    for i in range(1, 5):
+        tls.issue(certs, f"h{i}")
+    cluster = f"plant-{secrets.token_hex(4)}"
+    hosts = Hosts(netns, tmp_path, cluster, certs)
+    addr = {i: netns.run("addr", str(i)) for i in range(1, 5)}
+    everyone = ["h1", "h2", "h3", "h4"]
+    codes: list[int | None] = []
+    try:
+        for i in (1, 2, 3):  # h2 listens on every address: its address changes below
+            hosts.start(i, f"0.0.0.0:{PORT}" if i == 2 else f"{addr[i]}:{PORT}")
+
+        def formed() -> bool:
+            return all(hosts.report(i).get("voters") == ["h1", "h2", "h3"] for i in (1, 2, 3))
+
+        wait_for(formed, 30, "three hosts to form one TLS cluster")
+        assert len({hosts.report(i)["cluster_id"] for i in (1, 2, 3)}) == 1
+        hosts.start(4, f"{addr[4]}:{PORT}")
+        wait_for(lambda: all(hosts.report(i).get("voters") == everyone for i in range(1, 5)),
+                 30, "the fourth host to join and be promoted")
+        assert hosts.report(4)["cluster_id"] == hosts.report(1)["cluster_id"]
+        assert hosts.report(1)["addresses"]["h2"] == f"{addr[2]}:{PORT}"  # never 0.0.0.0
+
+        # A partition: h3 is cut off while the others (3 of 4 voters) go on writing.
+        netns.run("cut", "3")
+        mark = hosts.alive(1, of=1)
+        wait_for(lambda: hosts.alive(1, of=1) > mark + 5, 15, "writes without h3")
+        assert hosts.alive(3, of=1) <= mark + 5  # h3 heard nothing meanwhile
+        netns.run("heal", "3")
+        healed, h3_before = hosts.alive(1, of=1), hosts.alive(1, of=3)
+        wait_for(lambda: hosts.alive(3, of=1) >= healed, 20, "h3 to catch up")
+        wait_for(lambda: hosts.alive(1, of=3) > h3_before, 20, "h3 to write again")
+        found = {(a["member"], a["address"], a["state"]) for a in discover(netns, 1, cluster)}
+        assert ("h3", f"{addr[3]}:{PORT}", "formed") in found
+
+        # h2's address changes under it (DHCP gave it another): it is found there again.
+        new = "10.77.0.32"
+        # (the old one goes first: a second address of the subnet would be a secondary one,
+        # which the kernel deletes along with the primary)
+        netns.run("exec", "2", "ip", "addr", "del", f"{addr[2]}/24", "dev", "eth0")
+        netns.run("exec", "2", "ip", "addr", "add", f"{new}/24", "dev", "eth0")
+        wait_for(lambda: all(hosts.report(i).get("addresses", {}).get("h2")
+                             == f"{new}:{PORT}" for i in (1, 3, 4)),
+                 20, "h2 recorded at its new address")
+        moved = hosts.alive(1, of=2)
+        wait_for(lambda: hosts.alive(1, of=2) > moved + 3, 20, "h2 to write from there")
+        found = {(a["member"], a["address"]) for a in discover(netns, 1, cluster)}
+        assert ("h2", f"{new}:{PORT}") in found
+        assert ("h2", f"{addr[2]}:{PORT}") not in found
+    finally:
+        codes = hosts.finish()
+    assert codes == [0, 0, 0, 0]
