@@ -28,6 +28,7 @@ from .errors import (
 from .leases import AsyncLease, Lease
 from .member import MemberInfo
 from .member.discovery import Discovery
+from .member.founding import Timing as FoundingTiming
 from .net.tls import TLS, CertificateError
 from .operations import Deleted
 from .storage.backup import DefragResult
@@ -90,6 +91,7 @@ __all__ = [
     "Error",
     "Event",
     "EventType",
+    "FoundingTiming",
     "FutureRevision",
     "Get",
     "Key",

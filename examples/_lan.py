@@ -21,7 +21,6 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import embedkv
-from embedkv.member.founding import Timing
 from embedkv.net import tls
 
 LOOPBACK = {"n1": "127.0.0.2", "n2": "127.0.0.3", "n3": "127.0.0.4"}
@@ -78,8 +77,9 @@ class Lan:
         tls.init_ca(self.certs)
         self.short = a.short
         # Quicker founding votes when short: members on one machine see each other at once.
-        self.timing = (Timing(settle=0.5, stagger=0.3, backoff=1.0, suspect=3.0, poll=0.5)
-                       if a.short else Timing())
+        self.timing = (embedkv.FoundingTiming(settle=0.5, stagger=0.3, backoff=1.0, suspect=3.0,
+                                              poll=0.5)
+                       if a.short else embedkv.FoundingTiming())
         self.listen: dict[str, str] = {}
         self.stores: dict[str, embedkv.Store] = {}
 
