@@ -79,11 +79,13 @@ from .lease import LeaseKeeper
 from .reads import ReadWaiter
 from .watch import WatchCallback, WatchHandle, WatchHub
 from .writer import (
+    NOT_LEADER,
     ConfApplied,
     Core,
     LogWriter,
     MemberStats,
     NodeCall,
+    NotLeader,
     Proposal,
     Removal,
     Signal,
@@ -92,9 +94,6 @@ from .writer import (
 log = logging.getLogger("embedkv.member")
 
 _T = TypeVar("_T")
-
-NOT_LEADER = "not the leader"
-"""What a member answers to a call only the leader serves."""
 
 _ids = random.SystemRandom()  # the per-run base of proposal numbers
 
@@ -579,7 +578,13 @@ class Member:
         while True:
             leader = self._leader_elsewhere()
             if leader is None:
-                return self._change_here(cc, info).conf_state
+                try:
+                    return self._change_here(cc, info).conf_state
+                except NotLeader:  # leadership moved on meanwhile: ask whoever leads now
+                    if time.monotonic() >= deadline:
+                        raise Unavailable("no leader made the change in time") from None
+                    self._wait_leader_other_than(NONE, deadline)  # any leader known
+                    continue
             try:
                 index = self._call(leader, "change", body,
                                    max(0.1, deadline - time.monotonic()))

@@ -86,6 +86,19 @@ data is unique (it carries its proposer's id and a sequence number that starts a
 and both copies of a message reach the same member, so remembering the latest few thousand
 catches every copy that arrives within seconds of the original."""
 
+NOT_LEADER = "not the leader"
+"""What a member answers to a call only the leader serves."""
+
+
+class NotLeader(Unavailable):
+    """A membership change reached a member that does not lead (any more): it must be asked
+    of the leader. Forwarded inside Raft it could be dropped silently by a leader whose first
+    entry is not applied yet, and its proposer would wait out its deadline."""
+
+    def __init__(self) -> None:
+        super().__init__(NOT_LEADER)
+
+
 _RETRY_DROPS = frozenset(
     {DropReason.NO_LEADER, DropReason.TRANSFERRING, DropReason.UNCOMMITTED_SIZE}
 )
@@ -566,14 +579,20 @@ class LogWriter:
         """One membership change (the core takes one at a time; a busy core retries it)."""
         assert p.conf is not None
         core = self._core
+        dropped: ProposalDropped | None = None
         with core.lock:
-            try:
-                core.node.propose_conf_change(p.conf)
-            except ProposalDropped as exc:
-                dropped: ProposalDropped | None = exc
-            else:
-                dropped = None
-        if dropped is None:
+            node = core.node
+            leader = node.leader
+            if leader == node.id:
+                try:
+                    node.propose_conf_change(p.conf)
+                except ProposalDropped as exc:
+                    dropped = exc
+        if leader == NONE:
+            self._stalled.append(p)  # retried once a leader is known
+        elif leader != self._me:
+            fail(p.future, NotLeader())
+        elif dropped is None:
             self._pending[p.seq] = p
             self._pending_in_order = False
             self.stats.proposals += 1
