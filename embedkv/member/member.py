@@ -1040,7 +1040,7 @@ class Member:
     def _require_leader(self) -> None:
         """Calls only the leader serves; a removed leader (still handing over) serves none."""
         if self._core.node.role is not Role.LEADER or self._writer.removed is not None:
-            raise ValueError(NOT_LEADER)
+            raise NotLeader
 
     def _forward_keepalives(self, lease_ids: list[int]) -> None:
         """On a follower, on the engine loop: automatic keep-alives go to the leader."""
