@@ -197,7 +197,8 @@ class Founder:
                     break
                 self._changed.clear()
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._changed.wait(), 0.1)
+                    async with asyncio.timeout(0.1):
+                        await self._changed.wait()
             decided = self.core.decided
             if decided is not None and decided.proposer == self.name:
                 commits.append(decided)
@@ -450,8 +451,8 @@ class FoundingTransport(PeerTransport):
             if self.tls is not None:
                 _, writer = await self.dial(address)
             else:
-                _, writer = await asyncio.wait_for(asyncio.open_connection(host, port),
-                                                   CALL_TIMEOUT)
+                async with asyncio.timeout(CALL_TIMEOUT):
+                    _, writer = await asyncio.open_connection(host, port)
         except (OSError, TimeoutError):
             return False
         try:

@@ -248,7 +248,8 @@ class _Link:
             self.attempt += 1
             self.redial.clear()
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self.redial.wait(), delay)
+                async with asyncio.timeout(delay):  # never wait_for: see pyproject.toml, TID251
+                    await self.redial.wait()
 
     def heard_from(self) -> None:
         """The peer just sent us something: if this link waits out a backoff (the peer was
@@ -691,16 +692,14 @@ class PeerTransport:
         then checks who answered with `check_listener`)."""
         host, port = parse_address(address)
         self.refresh_tls()
-        return await asyncio.wait_for(
-            asyncio.open_connection(
+        async with asyncio.timeout(self.connect_timeout):
+            return await asyncio.open_connection(
                 host,
                 port,
                 ssl=self.client_ssl,
                 server_hostname=host if self.client_ssl else None,
                 ssl_handshake_timeout=self.handshake_timeout if self.client_ssl else None,
-            ),
-            self.connect_timeout,
-        )
+            )
 
     def check_listener(self, writer: asyncio.StreamWriter, target: Target, address: str, *,
                        revoked_ok: bool = False) -> None:
@@ -831,9 +830,8 @@ class PeerTransport:
                     await w.drain()  # flow control: wait while the peer is behind
             w.write(encode(SnapshotEnd(total)))
             await w.drain()
-            answer = await asyncio.wait_for(
-                _Reader(reader, self.max_frame).next(), self.snapshot_ack_timeout
-            )
+            async with asyncio.timeout(self.snapshot_ack_timeout):
+                answer = await _Reader(reader, self.max_frame).next()
             if isinstance(answer, Refused):
                 raise ConnectionError(f"refused: {answer.reason}")
             ok = isinstance(answer, SnapshotAck) and answer.ok
@@ -1047,7 +1045,8 @@ class PeerTransport:
         parts: list[bytes] = []
         total = 0
         while True:  # a stalled sender must not hold the connection and its buffer forever
-            frame = await asyncio.wait_for(frames.next(), self.snapshot_ack_timeout)
+            async with asyncio.timeout(self.snapshot_ack_timeout):
+                frame = await frames.next()
             if isinstance(frame, SnapshotChunk):
                 total += len(frame.data)
                 if total > self.max_snapshot:
