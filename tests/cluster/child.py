@@ -237,10 +237,19 @@ class Child:
     def op_hash(self, revision: int | None = None, serializable: bool = True) -> dict[str, Any]:
         """A hash of every key's record (key, value, revisions, version, lease) at `revision`
         (None: the local current revision, after a read barrier unless serializable)."""
-        if revision is None:
-            if not serializable:
-                self.store.get("\x00", serializable=False)  # a read barrier
-            revision = self.store.revision
+        if revision is not None:
+            return self._hash_at(revision)
+        if not serializable:
+            self.store.get("\x00", serializable=False)  # a read barrier
+        while True:
+            try:
+                return self._hash_at(self.store.revision)
+            except embedkv.Compacted:
+                # A snapshot installed meanwhile compacted the revision just read: the
+                # current one has moved past it.
+                continue
+
+    def _hash_at(self, revision: int) -> dict[str, Any]:
         digest = hashlib.sha256()
         count = 0
         start: str | bytes = "\x00"
