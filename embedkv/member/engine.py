@@ -20,6 +20,9 @@ from embedkv.raft import Message
 from .lease import LeaseKeeper
 from .writer import Core, LogWriter, Signal
 
+STOP_GRACE = 5.0
+"""Seconds the stopped loop gives its remaining tasks to unwind once cancelled."""
+
 log = logging.getLogger("embedkv.member")
 
 Transport = Callable[[list[Message]], None]
@@ -64,7 +67,22 @@ class Engine:
         try:
             loop.run_forever()
         finally:
-            loop.close()
+            try:
+                self._end_tasks()
+            finally:
+                loop.close()
+
+    def _end_tasks(self) -> None:
+        """Cancel what still runs on the stopped loop and let it unwind (bounded), as
+        asyncio.run does: a task left suspended is torn down later by the garbage collector,
+        outside any loop, where its cleanup fails."""
+        loop = self._loop
+        pending = asyncio.all_tasks(loop)
+        for task in pending:
+            task.cancel()
+        if pending:
+            loop.run_until_complete(asyncio.wait(pending, timeout=STOP_GRACE))
+        loop.run_until_complete(loop.shutdown_asyncgens())
 
     def _tick(self) -> None:
         """One tick of Raft time; re-arms itself on a fixed schedule (no drift)."""

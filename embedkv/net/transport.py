@@ -539,6 +539,9 @@ class PeerTransport:
         async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
             # A task close() cancels: a TLS connection closed by close() ends only after its
             # close_notify exchange, which may outlive the loop.
+            if self._closed:  # accepted as close() ran: close() did not see this task
+                writer.close()
+                return
             task = asyncio.current_task()
             if task is not None:
                 self._serving.add(task)

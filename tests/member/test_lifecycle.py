@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import os
 import subprocess
@@ -57,6 +58,32 @@ def test_close_stops_every_thread_and_is_idempotent(path: Path) -> None:
             op()
     with DataDir.open(path) as dd:  # the data dir was released, and holds the write
         assert dd.kv.get("k") is not None
+
+
+def test_close_unwinds_every_task_left_on_the_engine_loop(path: Path) -> None:
+    """A task still suspended on the engine loop at close (an inbound connection accepted as
+    the transport closed) is cancelled and unwinds before the loop closes, not torn down
+    later by the garbage collector, where its cleanup needs the closed loop."""
+    m = Member.open(path, durable=False, tick_interval=TICK)
+    unwound = threading.Event()
+    started = threading.Event()
+
+    async def connection() -> None:
+        started.set()
+        try:
+            await asyncio.Event().wait()
+        finally:
+            asyncio.get_running_loop().call_soon(lambda: None)  # needs the loop open
+            unwound.set()
+
+    loop = m._engine.loop
+    tasks: list[asyncio.Task[None]] = []  # held, so only the loop can end it
+    loop.call_soon_threadsafe(lambda: tasks.append(loop.create_task(connection())))
+    assert started.wait(5)
+    m.close()
+    assert loop.is_closed()
+    ended = unwound.is_set() and tasks[0].cancelled()
+    assert ended, "the task was left suspended on the closed loop"
 
 
 def test_close_fails_waiting_futures_with_closed(path: Path) -> None:
