@@ -39,6 +39,7 @@ from embedkv.net.transport import parse_address
 from embedkv.raft import (
     NONE,
     ConfChange,
+    ConfChangeType,
     ConfState,
     Message,
     MessageType,
@@ -148,8 +149,13 @@ def cluster_id_for(token: str, peers: Mapping[str, str]) -> int:
 
 
 def encode_context(info: PeerInfo | None, origin: tuple[int, int] | None,
-                   deny: tuple[str, ...] = ()) -> bytes:
+                   deny: tuple[str, ...] = (), *, update: bool = False) -> bytes:
+    """`update`: the change only updates the member's directory entry (its certificate
+    serials); it is void once the member is no longer in the configuration in that role, so
+    that it can never add back a member removed while it was in flight."""
     body: dict[str, Any] = {}
+    if update:
+        body["update"] = True
     if info is not None:
         body["name"] = info.name
         body["address"] = info.address
@@ -189,6 +195,17 @@ def context_member(cc: ConfChange) -> PeerInfo | None:
         return None
     return PeerInfo(name, address, promote=body.get("promote") is True,
                     serials=_serials(body.get("serials")))
+
+
+def context_refusal(cc: ConfChange, conf: ConfState) -> str | None:
+    """Why a committed change is void: an update of a member no longer in the configuration
+    in the role it names."""
+    if _context(cc).get("update") is not True:
+        return None
+    role = conf.voters if cc.type is ConfChangeType.ADD_VOTER else conf.learners
+    if cc.type is ConfChangeType.REMOVE or cc.node_id not in role:
+        return f"member {cc.node_id:#x} changed role or left before its update applied"
+    return None
 
 
 def context_deny(cc: ConfChange) -> tuple[str, ...]:

@@ -65,6 +65,7 @@ from .cluster import (
     context_deny,
     context_member,
     context_origin,
+    context_refusal,
     encode_context,
     local_info,
     log_outcome,
@@ -154,6 +155,7 @@ class Member:
         self._writer.conf_origin = context_origin
         self._writer.conf_member = context_member
         self._writer.conf_deny = context_deny
+        self._writer.conf_refusal = context_refusal
         self._writer.on_conf_applied = self._on_conf_applied
         self._writer.on_installed = self._on_installed
         self._links: Links | None = None
@@ -629,13 +631,17 @@ class Member:
             return cc.node_id in conf.voters
         return cc.node_id in conf.learners
 
-    def _change_here(self, cc: ConfChange, info: PeerInfo | None) -> ConfApplied:
+    def _change_here(self, cc: ConfChange, info: PeerInfo | None, *,
+                     update: bool = False) -> ConfApplied:
+        """Propose `cc` as the leader and wait until it applies. `update`: it only updates
+        the member's directory entry, and is void if the member has left meanwhile."""
         seq = next(self._seq)
         deny: tuple[str, ...] = ()
         if cc.type is ConfChangeType.REMOVE and self._links is not None:
             # Its certificates are refused from the removal on, on every member.
             deny = self._links.serials_seen(cc.node_id)
-        cc = ConfChange(cc.type, cc.node_id, encode_context(info, (self.member_id, seq), deny))
+        cc = ConfChange(cc.type, cc.node_id,
+                        encode_context(info, (self.member_id, seq), deny, update=update))
         future: Future[ConfApplied] = MemberFuture()
         self._writer.submit(Proposal(seq, b"", future, time.monotonic() + self._timeout, cc))
         if self._writer.stopping:
@@ -904,7 +910,11 @@ class Member:
                 return
             kind = (ConfChangeType.ADD_VOTER if member_id in conf.voters
                     else ConfChangeType.ADD_LEARNER)
-            self.change_membership(ConfChange(kind, member_id), info.with_serials((serial,)))
+            # On the leader itself (not change_membership): the change must say it is an
+            # update, void if a removal of that member applies first.
+            self._check_writable()
+            self._change_here(ConfChange(kind, member_id), info.with_serials((serial,)),
+                              update=True)
             log.info("recorded certificate serial %s of member %s", serial, info.name)
         except Exception as exc:
             log.info("recording the certificate serial of member %#x failed (will retry): %s",

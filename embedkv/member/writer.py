@@ -230,6 +230,10 @@ class LogWriter:
         """The directory entry a membership change carries in its context, if any."""
         self.conf_deny: Callable[[ConfChange], tuple[str, ...]] = lambda cc: ()
         """The certificate serials a removal's context puts on the deny list."""
+        self.conf_refusal: Callable[[ConfChange, ConfState], str | None] = lambda cc, cs: None
+        """Why the runtime voids a committed change the Raft core would take, given the
+        configuration it would change (etcd validates again at apply as well): every member
+        decides alike from the entry and the configuration."""
         self.on_conf_applied: Callable[[ConfApplied], None] | None = None
         """Called (on this thread, after the batch is durable) for each applied change."""
         self.on_installed: Callable[[], None] | None = None
@@ -770,7 +774,12 @@ class LogWriter:
                     cc = ConfChange.decode(e.data)
                     with lock if lock is not None else contextlib.nullcontext():
                         refusal = node.conf_change_refusal(cc)
-                        cs = node.apply_conf_change(cc)
+                        if refusal is None:
+                            refusal = self.conf_refusal(cc, node.status().conf_state)
+                        # A void change leaves the configuration as it is, as the core
+                        # leaves one it refuses.
+                        cs = (node.apply_conf_change(cc) if refusal is None
+                              else node.status().conf_state)
                     if cs.voters != self._solo:
                         # Another voter from now on: it may soon commit without us. Reads
                         # take the barrier before any message can reach it (see local_reads).
