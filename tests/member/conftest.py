@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+import embedkv
 from embedkv.member import Member
 from embedkv.storage.requests import Event
 
@@ -52,6 +53,16 @@ class Collector:
             if not self._cond.wait_for(lambda: len(self.events) >= n, timeout):
                 raise AssertionError(f"got {len(self.events)} events, expected {n}")
             return list(self.events)
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> Iterator[embedkv.Store]:
+    """A one-member store through the public open(), ticking fast."""
+    s = embedkv.open(tmp_path / "d", durable=False, tick_interval=TICK, request_timeout=2.0)
+    try:
+        yield s
+    finally:
+        s.close()
 
 
 @pytest.fixture

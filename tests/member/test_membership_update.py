@@ -4,11 +4,6 @@ while it was in flight (a CI failure: the removed member came back as a voter)."
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from pathlib import Path
-
-import pytest
-
 import embedkv
 from embedkv.member.cluster import encode_context
 from embedkv.member.writer import Signal
@@ -16,20 +11,9 @@ from embedkv.raft import ConfChange, ConfChangeType
 from embedkv.storage.datadir import PeerInfo
 from tests.waiting import wait_for
 
-from .conftest import TICK
-
 PEER = 2
 INFO = PeerInfo("n2", "127.0.0.1:1")
 SERIAL = "ab" * 20
-
-
-@pytest.fixture
-def store(tmp_path: Path) -> Iterator[embedkv.Store]:
-    s = embedkv.open(tmp_path / "d", durable=False, tick_interval=TICK, request_timeout=2.0)
-    try:
-        yield s
-    finally:
-        s.close()
 
 
 def change(store: embedkv.Store, kind: ConfChangeType, context: bytes) -> None:

@@ -10,8 +10,6 @@ commits and ReadIndex rounds need it once it votes) and keeps no state machine.
 from __future__ import annotations
 
 import random
-from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 
@@ -28,8 +26,6 @@ from embedkv.raft import (
     RaftNode,
 )
 from tests.waiting import wait_for
-
-from .conftest import TICK
 
 PEER = 2
 
@@ -91,15 +87,6 @@ def _change(store: embedkv.Store, kind: ConfChangeType) -> None:
         m._core.node.propose_conf_change(ConfChange(kind, PEER))
     m._writer.submit(Signal.WAKE)
     wait_for(lambda: m.data_dir.conf_state != before, what=f"{kind.name} applied")
-
-
-@pytest.fixture
-def store(tmp_path: Path) -> Iterator[embedkv.Store]:
-    s = embedkv.open(tmp_path / "d", durable=False, tick_interval=TICK, request_timeout=2.0)
-    try:
-        yield s
-    finally:
-        s.close()
 
 
 def _rounds(store: embedkv.Store) -> int:
