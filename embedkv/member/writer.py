@@ -773,13 +773,12 @@ class LogWriter:
                 if e.type is EntryType.CONF_CHANGE:
                     cc = ConfChange.decode(e.data)
                     with lock if lock is not None else contextlib.nullcontext():
-                        refusal = node.conf_change_refusal(cc)
-                        if refusal is None:
-                            refusal = self.conf_refusal(cc, node.status().conf_state)
+                        current = node.conf_state
+                        refusal = (node.conf_change_refusal(cc)
+                                   or self.conf_refusal(cc, current))
                         # A void change leaves the configuration as it is, as the core
                         # leaves one it refuses.
-                        cs = (node.apply_conf_change(cc) if refusal is None
-                              else node.status().conf_state)
+                        cs = current if refusal is not None else node.apply_conf_change(cc)
                     if cs.voters != self._solo:
                         # Another voter from now on: it may soon commit without us. Reads
                         # take the barrier before any message can reach it (see local_reads).

@@ -240,6 +240,11 @@ class RaftNode:
     def leader(self) -> int:
         return self._lead
 
+    @property
+    def conf_state(self) -> ConfState:
+        """The configuration in force (as applied), without the cost of `status()`."""
+        return self._trk.conf_state()
+
     def status(self) -> Status:
         progress: dict[int, ProgressStatus] = {}
         if self._role is Role.LEADER:
