@@ -37,7 +37,7 @@ import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -89,10 +89,14 @@ def puts_then_deletes(per: int, put: Callable[[int, int], None],
     return 4 * per / (time.perf_counter() - start)
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+def _free_ports(n: int) -> list[int]:
+    """`n` distinct free ports on 127.0.0.1: bound all at once, as one at a time the kernel
+    may hand the same port out twice."""
+    with ExitStack() as stack:
+        socks = [stack.enter_context(socket.socket()) for _ in range(n)]
+        for s in socks:
+            s.bind(("127.0.0.1", 0))
+        return [int(s.getsockname()[1]) for s in socks]
 
 
 # --- embedkv ------------------------------------------------------------------------------------
@@ -106,7 +110,8 @@ def embedkv_stores(members: int, durable: bool) -> Iterator[list[embedkv.Store]]
             with embedkv.open(f"{tmp}/data", durable=durable) as s:
                 yield [s]
             return
-        peers = {f"n{i}": f"127.0.0.1:{_free_port()}" for i in range(1, members + 1)}
+        peers = {f"n{i}": f"127.0.0.1:{port}"
+                 for i, port in enumerate(_free_ports(members), 1)}
         stores: list[embedkv.Store] = []
         try:
             for name in peers:
@@ -201,8 +206,9 @@ def etcd_members(binary: str, members: int, durable: bool) -> Iterator[list[int]
     base = None if durable or not Path("/dev/shm").is_dir() else "/dev/shm"
     with tempfile.TemporaryDirectory(dir=base) as tmp:
         names = [f"e{i}" for i in range(1, members + 1)]
-        peer = {n: _free_port() for n in names}
-        client = {n: _free_port() for n in names}
+        ports = _free_ports(2 * members)
+        peer = dict(zip(names, ports[:members], strict=True))
+        client = dict(zip(names, ports[members:], strict=True))
         initial = ",".join(f"{n}=http://127.0.0.1:{peer[n]}" for n in names)
         procs = []
         try:

@@ -6,6 +6,7 @@ member, with ``--role``) — and the run's mode (``--short``: the test suite's q
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import queue
@@ -38,10 +39,14 @@ def args(doc: str | None) -> argparse.Namespace:
     return a
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+def _founders() -> dict[str, str]:
+    """Three founders' addresses on 127.0.0.1, on distinct free ports: bound all at once, as
+    one at a time the kernel may hand the same port out twice."""
+    with contextlib.ExitStack() as stack:
+        socks = [stack.enter_context(socket.socket()) for _ in range(3)]
+        for s in socks:
+            s.bind(("127.0.0.1", 0))
+        return {f"n{i}": f"127.0.0.1:{s.getsockname()[1]}" for i, s in enumerate(socks, 1)}
 
 
 def _member(a: argparse.Namespace, root: Path, name: str, peers: dict[str, str]) -> embedkv.Store:
@@ -79,7 +84,7 @@ def _started(a: argparse.Namespace, leader: str | None, how: str = "") -> None:
 def cluster(a: argparse.Namespace) -> Iterator[list[embedkv.Store]]:
     """Three founders n1, n2, n3 in this process; the example puts its actors on different
     members."""
-    peers = {n: f"127.0.0.1:{_free_port()}" for n in ("n1", "n2", "n3")}
+    peers = _founders()
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(a.data_dir or tmp)
         stores: list[embedkv.Store] = []
@@ -179,7 +184,7 @@ def processes(a: argparse.Namespace, script: str, here: str,
     """Three founders n1, n2, n3, one per process: this one is member `here`; for each
     ``member: role`` of `roles`, a process runs `script` again as that member, acting
     `role` (see ``serve``). Yields our store and the children by member name."""
-    peers = {n: f"127.0.0.1:{_free_port()}" for n in ("n1", "n2", "n3")}
+    peers = _founders()
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(a.data_dir or tmp)
         children: dict[str, Child] = {}

@@ -17,6 +17,7 @@ Here the cluster CA and the three member certificates are made in the data root 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import socket
 import tempfile
 import threading
@@ -27,10 +28,14 @@ import embedkv
 from embedkv.net import tls
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+def free_ports(n: int) -> list[int]:
+    """`n` distinct free ports on 127.0.0.1: all bound at once, as one at a time the kernel
+    may hand the same port out twice."""
+    with contextlib.ExitStack() as stack:
+        socks = [stack.enter_context(socket.socket()) for _ in range(n)]
+        for s in socks:
+            s.bind(("127.0.0.1", 0))
+        return [int(s.getsockname()[1]) for s in socks]
 
 
 def wait_until(what: str, cond: object, timeout: float = 15.0) -> None:
@@ -49,7 +54,8 @@ def main() -> None:
     root = args.dir or Path(tempfile.mkdtemp(prefix="embedkv-three-"))
     tick = 0.05 if args.short else 0.1  # seconds per Raft tick (0.1: the default)
 
-    peers = {name: f"127.0.0.1:{free_port()}" for name in ("n1", "n2", "n3")}
+    names = ("n1", "n2", "n3")
+    peers = {name: f"127.0.0.1:{port}" for name, port in zip(names, free_ports(3), strict=True)}
     certs = root / "certs"
     if not (certs / "ca.pem").exists():  # a second run in the same --dir reuses them
         tls.init_ca(certs)  # ca.pem, ca.key (0600): keep ca.key off the members

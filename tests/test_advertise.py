@@ -5,21 +5,15 @@ dialed, at an address the others can reach (etcd's advertise URL): a founder at 
 
 from __future__ import annotations
 
-import socket
 from pathlib import Path
 
 import embedkv
 from embedkv.member.cluster import advertise_address, route_source
 
+from .ports import free_ports
 from .waiting import wait_for
 
 FAST = {"tick_interval": 0.02, "request_timeout": 3.0}
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("0.0.0.0", 0))  # free on every address: the members listen on all of them
-        return int(s.getsockname()[1])
 
 
 def addresses(store: embedkv.Store) -> dict[str, str]:
@@ -38,7 +32,8 @@ def test_advertised_address_of_a_listener_on_every_address() -> None:
 
 def test_founders_listening_on_every_address_keep_their_peers_addresses(
         tmp_path: Path) -> None:
-    ports = {n: free_port() for n in ("a", "b", "c")}
+    # Free on every address: the members listen on all of them.
+    ports = dict(zip(("a", "b", "c"), free_ports(3, "0.0.0.0"), strict=True))
     peers = {n: f"127.0.0.1:{p}" for n, p in ports.items()}
     stores = [embedkv.open(tmp_path / n, name=n, listen=f"0.0.0.0:{p}", peers=peers,
                            cluster="t", insecure=True, **FAST) for n, p in ports.items()]
@@ -62,11 +57,10 @@ def test_founders_listening_on_every_address_keep_their_peers_addresses(
 
 def test_a_joiner_listening_on_every_address_is_recorded_where_it_is_reached(
         tmp_path: Path) -> None:
-    port = free_port()
+    port, d_port = free_ports(2, "0.0.0.0")
     a = embedkv.open(tmp_path / "a", name="a", listen=f"127.0.0.1:{port}",
                      peers={"a": f"127.0.0.1:{port}"}, cluster="t", insecure=True, **FAST)
     try:
-        d_port = free_port()
         d = embedkv.open(tmp_path / "d", name="d", listen=f"0.0.0.0:{d_port}",
                          join=[f"127.0.0.1:{port}"], insecure=True, **FAST)
         try:

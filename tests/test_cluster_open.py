@@ -3,7 +3,6 @@ on restart; in-process members on 127.0.0.1 for what needs a running cluster."""
 
 from __future__ import annotations
 
-import socket
 from pathlib import Path
 from typing import Any
 
@@ -14,19 +13,14 @@ from embedkv.member.cluster import cluster_id_for, founder_id
 from embedkv.raft import ConfState
 from embedkv.storage import DataDir, Identity, LocalInfo, PeerInfo
 
+from .ports import free_port, free_ports
 from .waiting import wait_for
 
 FAST = {"tick_interval": 0.02, "request_timeout": 3.0}
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def peers_of(*names: str) -> dict[str, str]:
-    return {n: f"127.0.0.1:{free_port()}" for n in names}
+    return {n: f"127.0.0.1:{p}" for n, p in zip(names, free_ports(len(names)), strict=True)}
 
 
 def found(tmp_path: Path, peers: dict[str, str], token: str = "t",
@@ -80,8 +74,9 @@ def test_founders_agree_on_ids_without_talking() -> None:
 
 def test_join_through_nobody_fails_and_leaves_the_dir_fresh(tmp_path: Path) -> None:
     with pytest.raises(embedkv.Unavailable, match="could not join"):
-        embedkv.open(tmp_path / "d", name="n2", listen=f"127.0.0.1:{free_port()}",
-                     join=[f"127.0.0.1:{free_port()}"], insecure=True, **FAST)
+        listen, nobody = free_ports(2)
+        embedkv.open(tmp_path / "d", name="n2", listen=f"127.0.0.1:{listen}",
+                     join=[f"127.0.0.1:{nobody}"], insecure=True, **FAST)
     with embedkv.open(tmp_path / "d") as store:  # never bootstrapped: a fresh store
         store["k"] = 1
         assert store.name == "default"

@@ -22,7 +22,8 @@ from embedkv.net import tls
 from embedkv.net.frames import FrameDecoder, Hello, Purpose, Refused, encode
 from embedkv.net.tls import TLS, Credentials
 
-from .test_cluster_open import FAST, free_port, peers_of
+from .ports import free_port
+from .test_cluster_open import FAST, peers_of
 from .waiting import wait_for
 
 TOKEN = "tls-test"

@@ -17,7 +17,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -30,6 +29,7 @@ from typing import Any
 
 import embedkv.errors
 
+from ..ports import free_port, free_ports
 from ..waiting import wait_for
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -118,24 +118,6 @@ class ChildError(AssertionError):
 
 class PortInUse(ChildError):
     """The child could not listen on its address (another process took the port)."""
-
-
-def free_ports(n: int) -> list[int]:
-    """`n` distinct ports the kernel just handed out on 127.0.0.1 (all bound at once, then
-    released: one at a time, the kernel may hand the same port out twice). Free now, though
-    another process may take one before a child binds it (callers retry)."""
-    with contextlib.ExitStack() as stack:
-        ports = []
-        for _ in range(n):
-            s = stack.enter_context(socket.socket(socket.AF_INET, socket.SOCK_STREAM))
-            s.bind(("127.0.0.1", 0))
-            ports.append(int(s.getsockname()[1]))
-        return ports
-
-
-def free_port() -> int:
-    """One port as `free_ports` picks them."""
-    return free_ports(1)[0]
 
 
 def remote_error(reply: dict[str, Any], where: str) -> BaseException:

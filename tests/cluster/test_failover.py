@@ -11,8 +11,9 @@ import pytest
 import embedkv
 from tests.waiting import wait_for
 
+from ..ports import free_port, free_ports
 from .conftest import MakeCluster
-from .harness import ChildError, Member, free_port, free_ports
+from .harness import ChildError, Member
 
 
 @pytest.mark.parametrize("tls", [False, True], ids=["tcp", "tls"])

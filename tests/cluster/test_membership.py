@@ -9,8 +9,9 @@ import pytest
 import embedkv
 from tests.waiting import wait_for
 
+from ..ports import free_port, free_ports
 from .conftest import MakeCluster
-from .harness import ChildError, Member, free_port, free_ports
+from .harness import ChildError, Member
 
 KEYS = 5000
 """Keys in the cluster a new member joins (the bench does it with 100k)."""

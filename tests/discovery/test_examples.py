@@ -19,8 +19,9 @@ import pytest
 
 from embedkv import cli
 
+from ..ports import free_port
 from ..waiting import wait_for
-from .test_loopback import free_port, loopback_ip
+from .test_loopback import loopback_ip
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 

@@ -8,7 +8,6 @@ import io
 import json
 import random
 import secrets
-import socket
 import threading
 from collections.abc import Callable
 from pathlib import Path
@@ -21,6 +20,7 @@ from embedkv import Discovery, cli
 from embedkv.member.founding import Timing
 from embedkv.net.discovery import Announcement, Mdns
 
+from ..ports import free_port
 from ..waiting import wait_for
 
 FAST: dict[str, Any] = {"tick_interval": 0.02, "request_timeout": 5.0}
@@ -38,12 +38,6 @@ def loopback_ip() -> str:
         if ip not in _used:
             _used.add(ip)
             return ip
-
-
-def free_port(ip: str) -> int:
-    with socket.socket() as s:
-        s.bind((ip, 0))
-        return int(s.getsockname()[1])
 
 
 class Lan:

@@ -24,8 +24,9 @@ from embedkv.net import tls
 from embedkv.net.discovery import Announcement, Mdns
 from embedkv.net.tls import TLS, Credentials
 
+from ..ports import free_port
 from ..waiting import wait_for
-from .test_loopback import FAST, Lan, free_port, has_voters, loopback_ip
+from .test_loopback import FAST, Lan, has_voters, loopback_ip
 
 T = TypeVar("T")
 

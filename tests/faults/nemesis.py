@@ -22,7 +22,8 @@ from typing import Any
 
 import embedkv.errors
 
-from ..cluster.harness import FAST, ChildError, Cluster, Member, free_port
+from ..cluster.harness import FAST, ChildError, Cluster, Member
+from ..ports import free_port
 from ..waiting import wait_for
 
 PROCESS = ("kill", "pause", "disk")

@@ -8,7 +8,6 @@ fault plan (a stopped process would still get what TCP buffered)."""
 from __future__ import annotations
 
 import concurrent.futures
-import socket
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -19,6 +18,7 @@ import embedkv
 from embedkv.member import writer
 from embedkv.net import FaultPlan
 from embedkv.storage.requests import Event
+from tests.ports import free_ports
 from tests.waiting import wait_for
 
 from .conftest import Collector
@@ -26,18 +26,11 @@ from .conftest import Collector
 NAMES = ("n1", "n2", "n3")
 
 
-def _port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
-
-
 @pytest.fixture
 def cluster(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[dict[str, Any]]:
     monkeypatch.setattr(writer, "LOG_RETAIN", 10)
     monkeypatch.setattr(writer, "LOG_COMPACT_EVERY", 20)
-    peers = {name: f"127.0.0.1:{_port()}" for name in NAMES}
+    peers = {n: f"127.0.0.1:{p}" for n, p in zip(NAMES, free_ports(len(NAMES)), strict=True)}
 
     def start(name: str) -> Any:
         return embedkv.open(tmp_path / name, name=name, listen=peers[name], peers=peers,
