@@ -93,12 +93,19 @@ def test_the_leader_job_example_runs_the_job_on_the_leader_only(tmp_path: Path) 
                      "n1 is elected and starts the job"]
 
 
+def _ctrl_c_stops() -> None:
+    """In the child: SIGINT at its default, so that Python raises KeyboardInterrupt on it.
+    A suite started in the background by a shell inherits SIGINT ignored, and a Python that
+    starts with SIGINT ignored leaves it so: Ctrl-C would then stop nothing."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 class Device:
     """An example run with --device in a process of its own; its output lines in a queue."""
 
     def __init__(self, args: list[str]) -> None:
         self.proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                     text=True)
+                                     text=True, preexec_fn=_ctrl_c_stops)
         self.lines: queue.SimpleQueue[str] = queue.SimpleQueue()
         self.seen: list[str] = []
         threading.Thread(target=self._read, daemon=True).start()
@@ -142,8 +149,14 @@ def test_the_config_example_runs_as_its_header_says_on_three_devices(tmp_path: P
     finally:
         for device in devices.values():
             device.proc.send_signal(signal.SIGINT)  # Ctrl-C
-        for device in devices.values():
-            device.proc.wait(60)
+        try:
+            for device in devices.values():
+                device.proc.wait(60)
+        finally:  # none left running, whatever failed
+            for device in devices.values():
+                if device.proc.poll() is None:
+                    device.proc.kill()
+                    device.proc.wait()
     for name, device in devices.items():
         assert device.proc.stderr is not None
         assert device.proc.returncode == 0
