@@ -52,7 +52,7 @@ from embedkv.storage import DataDir, Identity, LocalInfo, PeerInfo, TLSFiles
 from embedkv.storage.codec import MAX_ID
 from embedkv.storage.directory import is_serial, members_from_rows
 
-from .writer import LogWriter, NodeCall
+from .writer import LogWriter, NodeCall, Removal
 
 log = logging.getLogger("embedkv.member")
 
@@ -564,6 +564,8 @@ class Links:
             tls=self.tls,
             member_name=self._name_of,
             revoked=lambda serial: serial in dd.denied,
+            removed=lambda mid: mid in dd.removed,
+            on_removed=lambda peer, _: self.told_removed(peer, "it refused our link"),
         )
         self.transport.on_call = self._on_call
 
@@ -681,6 +683,15 @@ class Links:
 
     def _on_message(self, msg: Message) -> None:
         self._writer.submit(msg)
+
+    def told_removed(self, peer: int, how: str) -> None:
+        """`peer` says this member was removed: it applied the removal and called us, or it
+        refused our link (we were down when the removal committed). Believe a member of our
+        own configuration, and stop serving."""
+        conf = self._dd.conf_state
+        if peer in conf.voters | conf.learners:
+            self._writer.submit(Removal(f"member {self._me:#x} was removed from its cluster "
+                                        f"(told by {peer:#x}: {how})"))
 
     def _report_unreachable(self, peer: int) -> None:
         self._writer.submit(NodeCall(lambda n: n.report_unreachable(peer)))

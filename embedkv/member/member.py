@@ -88,7 +88,6 @@ from .writer import (
     NodeCall,
     NotLeader,
     Proposal,
-    Removal,
     Signal,
 )
 
@@ -1006,12 +1005,9 @@ class Member:
         return None
 
     async def _serve_removed(self, caller: int, body: Any) -> Any:
-        """A member applied our removal (at index `body`): believe a member of our own
-        configuration, and stop serving."""
-        conf = self._dd.conf_state
-        if caller in conf.voters | conf.learners and type(body) is int:
-            self._writer.submit(Removal(f"member {self.member_id:#x} was removed from its "
-                                        f"cluster (at index {body}, told by {caller:#x})"))
+        """A member applied our removal (at index `body`)."""
+        if type(body) is int and self._links is not None:
+            self._links.told_removed(caller, f"removed at index {body}")
         return None
 
     async def _leading_caught_up(self, body: Any) -> list[int]:

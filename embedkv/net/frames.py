@@ -119,9 +119,11 @@ class SnapshotAck:
 
 @dataclass(frozen=True, slots=True)
 class Refused:
-    """Sent by a listener before it closes a connection whose hello it refuses."""
+    """Sent by a listener before it closes a connection whose hello it refuses; `removed`:
+    the dialer is a member removed from the cluster (it missed its removal: it stops)."""
 
     reason: str
+    removed: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -194,6 +196,8 @@ def _payload(frame: Frame) -> list[Any]:
         return [Kind.CALL, _u64(frame.call_id, "call id"), _method(frame.method), _body(frame.body)]
     if isinstance(frame, Reply):
         return [Kind.REPLY, _u64(frame.call_id, "call id"), _bool(frame.ok, "ok"), _reply(frame)]
+    if frame.removed:
+        return [Kind.REFUSED, frame.reason, True]
     return [Kind.REFUSED, frame.reason]
 
 
@@ -392,10 +396,11 @@ def _validate(p: object) -> Frame:
         reply = Reply(_u64(items[1], "call id"), _bool(items[2], "ok"), items[3])
         _reply(reply)
         return reply
-    _list(items, "refusal", 2)
+    if len(items) != 3:
+        _list(items, "refusal", 2)
     if type(items[1]) is not str:
         raise ProtocolError("refusal reason must be a string")
-    return Refused(items[1])
+    return Refused(items[1], len(items) == 3 and _bool(items[2], "removed"))
 
 
 def _bignum(sign: int) -> Callable[[object, bool], int]:

@@ -206,6 +206,7 @@ class _Link:
         self.wake = asyncio.Event()
         self.redial = asyncio.Event()  # set: the peer is evidently up, end the backoff now
         self.attempt = 0
+        self.told_removed = False  # the peer said this member was removed from the cluster
         self.task = asyncio.get_running_loop().create_task(
             self._run(), name=f"embedkv-net-link-{peer}"
         )
@@ -265,7 +266,7 @@ class _Link:
         t = self.t
         reader, writer = await t.dial(self.address)
         t.check_listener(writer, self.peer, self.address)
-        watch: asyncio.Task[str | None] | None = None
+        watch: asyncio.Task[Refused | str | None] | None = None
         try:
             writer.write(encode(Hello(t.member_id, t.cluster, Purpose.RAFT), t.max_frame))
             await writer.drain()
@@ -282,6 +283,15 @@ class _Link:
                         waiter.cancel()
                 if watch.done():
                     refusal = watch.result()
+                    if isinstance(refusal, Refused):
+                        # Told once that we were removed: the redials that follow are quiet.
+                        level = logging.DEBUG if self.told_removed else logging.WARNING
+                        log.log(level, "peer %d refused our link: %s", self.peer,
+                                refusal.reason)
+                        if refusal.removed and t.on_removed is not None:
+                            self.told_removed = True
+                            _call("on_removed", t.on_removed, self.peer, refusal.reason)
+                        return False
                     if refusal is not None:
                         log.warning("peer %d refused our link: %s", self.peer, refusal)
                         return False
@@ -305,8 +315,9 @@ class _Link:
             with contextlib.suppress(Exception):
                 await writer.wait_closed()
 
-    async def _watch(self, reader: asyncio.StreamReader) -> str | None:
-        """Waits for the peer to close our outbound link; returns a refusal's reason if any."""
+    async def _watch(self, reader: asyncio.StreamReader) -> Refused | str | None:
+        """Waits for the peer to close our outbound link; returns its refusal if it sent one,
+        what went wrong if it sent something else, None if it just closed."""
         frames = _Reader(reader, self.t.max_frame)
         try:
             frame = await frames.next()
@@ -317,7 +328,7 @@ class _Link:
             # buffer resets the connection. It is gone all the same (on_peer_lost).
             return None
         if isinstance(frame, Refused):
-            return frame.reason
+            return frame
         if frame is not None:
             return f"unexpected {type(frame).__name__} frame on an outbound link"
         return None
@@ -428,7 +439,9 @@ class PeerTransport:
     Callbacks run on the loop and must not block: `on_message(msg)` for each inbound message,
     `report_unreachable(peer)` when a message to `peer` was dropped (queue full or link down),
     `on_peer_lost(peer)` when an established link was closed by the peer, and
-    `report_snapshot(peer, ok)` when a snapshot stream ends.
+    `report_snapshot(peer, ok)` when a snapshot stream ends, and `on_removed(peer, reason)`
+    when `peer` refused our link because this member was removed from the cluster.
+    `removed(member_id)` says which dialers to tell so.
 
     `call` sends a request to another member and awaits its reply; `on_call` (settable any
     time) answers the calls other members make to this one.
@@ -468,6 +481,8 @@ class PeerTransport:
         tls: Credentials | None = None,
         member_name: Callable[[int], str | None] | None = None,
         revoked: Callable[[str], bool] | None = None,
+        removed: Callable[[int], bool] | None = None,
+        on_removed: Callable[[int, str], None] | None = None,
         any_member: bool = False,
     ) -> None:
         if member_id <= 0:
@@ -494,6 +509,8 @@ class PeerTransport:
         self.client_ssl = client_ssl
         self.member_name = member_name if member_name is not None else (lambda _: None)
         self.revoked = revoked if revoked is not None else (lambda _: False)
+        self.removed = removed if removed is not None else (lambda _: False)
+        self.on_removed = on_removed
         self.any_member = any_member
         """With TLS: accept a hello from any certificate of the CA, whatever member id it
         claims (members that are in no directory yet: founding by discovery, whose handler
@@ -905,11 +922,16 @@ class PeerTransport:
             hello = await self._greeting(frames, writer, pending, peername)
             if hello is None:
                 return
-            refusal = self._refusal(hello) or self._identity_refusal(hello, writer)
+            refusal = self._refusal(hello)
+            gone = refusal is None and self._was_removed(hello)
+            if gone:
+                assert isinstance(hello, Hello)
+                refusal = f"member {hello.member} was removed from the cluster"
+            refusal = refusal or self._identity_refusal(hello, writer)
             if refusal is not None:
                 self._log(pending, logging.WARNING, "refused a connection from %s: %s",
                           peername, refusal)
-                writer.write(encode(Refused(refusal)))
+                writer.write(encode(Refused(refusal, removed=gone)))
                 await writer.drain()
                 return
             assert isinstance(hello, Hello)
@@ -983,6 +1005,11 @@ class PeerTransport:
             self.identities[hello.member] = peer
         self._inbound_ids[writer] = peer
         return None
+
+    def _was_removed(self, hello: Frame) -> bool:
+        """A member of this cluster (it has the token; with TLS, a certificate of its CA)
+        that was removed while it could not hear of it: it is told so, and stops."""
+        return isinstance(hello, Hello) and bool(hello.cluster) and self.removed(hello.member)
 
     def _refusal(self, hello: Frame) -> str | None:
         if not isinstance(hello, Hello):

@@ -35,14 +35,17 @@ from .directory import (
     DENIED,
     LOCAL,
     MEMBERS,
+    REMOVED,
     LocalInfo,
     PeerInfo,
     decode_denied,
     decode_local,
     decode_members,
+    decode_removed,
     encode_denied,
     encode_local,
     encode_members,
+    encode_removed,
 )
 from .lmdbenv import (
     MARKER_FILE,
@@ -143,6 +146,8 @@ class DataDir:
             self._local = None if raw is None else decode_local(raw)
             raw = txn.get(DENIED, db=env.dbs[b"raft_state"])
             self._denied = frozenset[str]() if raw is None else decode_denied(raw)
+            raw = txn.get(REMOVED, db=env.dbs[b"raft_state"])
+            self._removed = frozenset[int]() if raw is None else decode_removed(raw)
         self.kv = KeySpace(env, revision, compact)
         self.log = RaftLog.load(env, applied)
         self._tables = Tables(env)
@@ -226,6 +231,12 @@ class DataDir:
         """Serials (hex) of the certificates of removed members, as of the applied index:
         refused on every peer connection."""
         return self._denied
+
+    @property
+    def removed(self) -> frozenset[int]:
+        """Ids of the members removed from the cluster, as of the applied index: ids are
+        never reused, so one of them dialing in is a member that missed its removal."""
+        return self._removed
 
     @property
     def local(self) -> LocalInfo | None:
@@ -401,6 +412,7 @@ class WriteBatch:
         self._members = dd._members
         self._local = dd._local
         self._denied = dd._denied
+        self._removed = dd._removed
         self._state_dirty = False
 
     # --- the operations -----------------------------------------------------------------
@@ -560,6 +572,8 @@ class WriteBatch:
             members = dict(self._members)
             del members[member_id]
             self._put_members(members)
+        if member_id not in self._removed:
+            self._put_removed(self._removed | {member_id})
 
     def _put_members(self, members: dict[int, PeerInfo]) -> None:
         assert self._txn is not None
@@ -579,6 +593,15 @@ class WriteBatch:
         else:  # none: no record, as in a dir that never revoked anything
             self._txn.delete(DENIED, db=db)
         self._denied = denied
+
+    def _put_removed(self, removed: frozenset[int]) -> None:
+        assert self._txn is not None
+        db = self._env.dbs[b"raft_state"]
+        if removed:
+            self._txn.put(REMOVED, encode_removed(removed), db=db)
+        else:  # none: no record, as in a dir that never removed anyone
+            self._txn.delete(REMOVED, db=db)
+        self._removed = removed
 
     def _set_local(self, local: LocalInfo) -> None:
         assert self._txn is not None
@@ -611,6 +634,7 @@ class WriteBatch:
         self._set_conf_state(meta.conf_state)
         self._put_members(header.get("members", {}))
         self._put_denied(header.get("denied", frozenset()))
+        self._put_removed(header.get("removed", frozenset()))
 
     def _compact_step(self, max_keys: int) -> bool:
         return self._applier.compact_step(max_keys)  # the current applier (after a replay too)
@@ -725,6 +749,7 @@ class WriteBatch:
         dd._members = self._members
         dd._local = self._local
         dd._denied = self._denied
+        dd._removed = self._removed
         log.trim_tail()
         dd.kv.revision = self._applier.revision
         dd.kv.compact_revision = self._applier.compact

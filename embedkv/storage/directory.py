@@ -9,8 +9,11 @@ and the TLS files it runs with (None: plain TCP, chosen with insecure=True).
 
 With TLS the directory also holds the serials of each member's certificates (recorded by the
 leader as it sees them), and `DENIED` the serials of removed members' certificates, refused on
-every connection. All records are sealed with the per-record checksum like every other record;
-the TLS fields are optional, so records written before them still read.
+every connection. `REMOVED` holds the ids of every member ever removed (ids are never reused):
+a member that was down when it was removed is told so when it dials back, as etcd answers
+such a member "the member has been permanently removed". All records are sealed with the
+per-record checksum like every other record; the TLS fields and `REMOVED` are optional, so
+records written before them still read.
 """
 
 from __future__ import annotations
@@ -30,6 +33,7 @@ _T = TypeVar("_T")
 MEMBERS: Final = b"members"
 LOCAL: Final = b"local"
 DENIED: Final = b"denied"
+REMOVED: Final = b"removed"
 
 MAX_SERIALS: Final = 16
 """Certificate serials kept per member (the most recent): one more per renewal."""
@@ -115,6 +119,21 @@ def encode_denied(denied: frozenset[str]) -> bytes:
 
 def decode_denied(raw: bytes) -> frozenset[str]:
     return _decode(DENIED, raw, 2, denied_from_list)
+
+
+def removed_from_list(items: object) -> frozenset[int]:
+    if not isinstance(items, list) or any(type(i) is not int or not 0 < i < 1 << 64
+                                          for i in items):
+        raise CorruptData(f"the removed members' ids are invalid: {items!r:.100}")
+    return frozenset(items)
+
+
+def encode_removed(removed: frozenset[int]) -> bytes:
+    return seal(REMOVED, cbor2.dumps(sorted(removed)))
+
+
+def decode_removed(raw: bytes) -> frozenset[int]:
+    return _decode(REMOVED, raw, 2, removed_from_list)
 
 
 def encode_members(members: Mapping[int, PeerInfo]) -> bytes:

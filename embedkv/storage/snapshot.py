@@ -49,13 +49,17 @@ from .codec import (
 from .directory import (
     DENIED,
     MEMBERS,
+    REMOVED,
     decode_denied,
     decode_members,
+    decode_removed,
     denied_from_list,
     encode_denied,
     encode_members,
+    encode_removed,
     members_from_rows,
     members_rows,
+    removed_from_list,
 )
 from .lmdbenv import (
     COMPACTING,
@@ -165,6 +169,9 @@ def _write_snapshot(env: Env, out: IO[bytes]) -> dict[str, Any]:
         raw = txn.get(DENIED, db=env.dbs[b"raft_state"])
         if raw is not None:
             fields["denied"] = sorted(decode_denied(raw))  # revoked certificates, likewise
+        raw = txn.get(REMOVED, db=env.dbs[b"raft_state"])
+        if raw is not None:
+            fields["removed"] = sorted(decode_removed(raw))  # and removed members
         header = cbor2.dumps(fields)
         emit(MAGIC)
         emit(FRAME.pack(TAG_HEADER, len(header)) + header)
@@ -262,6 +269,8 @@ def _header(payload: bytes) -> dict[str, Any]:
         header["members"] = members_from_rows(header["members"])
     if "denied" in header:
         header["denied"] = denied_from_list(header["denied"])
+    if "removed" in header:
+        header["removed"] = removed_from_list(header["removed"])
     if "compacting" in header:
         work = header["compacting"]
         if (type(work) is not list or len(work) != len(CompactionWork._fields)
@@ -379,6 +388,8 @@ def restore_into(
         pending.append((state_db, MEMBERS, encode_members(header["members"])))
     if conf_state is None and header.get("denied"):
         pending.append((state_db, DENIED, encode_denied(header["denied"])))
+    if conf_state is None and header.get("removed"):
+        pending.append((state_db, REMOVED, encode_removed(header["removed"])))
     if "compacting" in header:
         pending.append((env.dbs[STATE_DB], COMPACTING,
                         COMPACTION_WORK.pack(*header["compacting"])))

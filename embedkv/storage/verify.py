@@ -242,7 +242,16 @@ def _check_state(
 ) -> None:
     """The fixed records of the main database and raft_state: present ones decode (and
     pending compaction work fits the compact revision)."""
-    from .directory import DENIED, LOCAL, MEMBERS, decode_denied, decode_local, decode_members
+    from .directory import (
+        DENIED,
+        LOCAL,
+        MEMBERS,
+        REMOVED,
+        decode_denied,
+        decode_local,
+        decode_members,
+        decode_removed,
+    )
     from .mvcc import read_compaction_work
     from .raftlog import CONF_STATE, HARD_STATE  # raftlog imports lmdbenv; keep this light
 
@@ -261,6 +270,7 @@ def _check_state(
             (b"raft_state", MEMBERS, state, decode_members),
             (b"raft_state", LOCAL, state, decode_local),
             (b"raft_state", DENIED, state, decode_denied),
+            (b"raft_state", REMOVED, state, decode_removed),
         ]
     damaged: set[bytes] = set()
     for table, key, db, decode in checks:

@@ -126,6 +126,44 @@ def test_removed_member_fails_every_operation(make_cluster: MakeCluster, tls: bo
     assert leader.get("from/victim") is None
 
 
+def _removed(victim: Member) -> bool:
+    """Whether `victim` refuses a write with Removed (not just Unavailable)."""
+    try:
+        victim.put("from/victim", 1)
+    except embedkv.Unavailable as exc:  # Removed is an Unavailable
+        return getattr(exc, "remote", None) == "Removed"
+    return False
+
+
+@pytest.mark.parametrize("tls", [False, True], ids=["tcp", "tls"])
+def test_member_removed_while_down_learns_it_when_it_comes_back(
+        make_cluster: MakeCluster, tls: bool) -> None:
+    """It missed its removal (and the leader's word of it): restarted with the old
+    configuration, it dials the others, which tell it it was removed (etcd's "permanently
+    removed"). It then fails every operation with Removed, not with endless timeouts."""
+    cluster = make_cluster(3, tls=tls)
+    leader = cluster.wait_leader()
+    victim = cluster.followers(leader)[0]
+    rest = [m for m in cluster if m is not victim]
+    leader.put("k", 1)
+    cluster.wait_converged()
+    victim.kill()
+    rest[1].call("remove_member", name=victim.name)
+    for m in rest:
+        cluster.wait_members(m, {m.name: True for m in rest})
+    victim.restart()
+    wait_for(lambda: _removed(victim), 30, "the restarted member to learn it was removed")
+    with pytest.raises(embedkv.Unavailable, match="Removed"):
+        victim.get("k")
+    for m in rest:
+        m.put(f"after/{m.name}", 1)
+    cluster.wait_converged(rest)
+    assert leader.get("from/victim") is None
+    # Its own log never got the removal: it is told again each time it comes back.
+    victim.restart()
+    wait_for(lambda: _removed(victim), 30, "the member told again after another restart")
+
+
 def test_member_removed_while_cut_off_cannot_disturb_the_cluster(
     make_cluster: MakeCluster,
 ) -> None:

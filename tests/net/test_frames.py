@@ -111,7 +111,7 @@ other_frames = st.one_of(
     st.builds(SnapshotChunk, st.binary(max_size=64)),
     st.builds(SnapshotEnd, U64),
     st.builds(SnapshotAck, st.booleans()),
-    st.builds(Refused, st.text(max_size=40)),
+    st.builds(Refused, st.text(max_size=40), st.booleans()),
 )
 any_frame = any_message | other_frames
 

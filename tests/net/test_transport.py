@@ -276,6 +276,36 @@ def test_a_member_of_another_cluster_is_refused(caplog: pytest.LogCaptureFixture
     run(main)
 
 
+def test_a_removed_member_dialing_back_is_told_it_was_removed(
+        caplog: pytest.LogCaptureFixture) -> None:
+    """etcd answers a removed member "permanently removed": here the listener refuses the
+    hello of an id its `removed` says left the cluster, and the dialer's on_removed hears
+    of it, once per link however often it redials; other members are served as before."""
+    caplog.set_level(logging.DEBUG, logger="embedkv.net")
+
+    async def main() -> None:
+        told: list[tuple[int, str]] = []
+        b = await Node(2).start({}, removed=lambda mid: mid == 1)
+        c = await Node(3).start({2: f"127.0.0.1:{b.port}"})
+        a = await Node(1).start({2: f"127.0.0.1:{b.port}"},
+                                on_removed=lambda p, why: told.append((p, why)))
+        try:
+            await until(lambda: len(told) >= 2, "a told twice (it redials after a refusal)")
+            assert {p for p, _ in told} == {2}
+            assert "member 1 was removed from the cluster" in told[0][1]
+            a.transport.send([msg(1, 2, b"from a")])
+            c.transport.send([msg(3, 2, b"from c")])
+            await until(lambda: b.bodies() == [b"from c"], "c's message at b")
+            assert a.lost == []  # a refusal is not a crashed peer
+            warned = [r for r in caplog.records if r.levelno == logging.WARNING
+                      and "refused our link" in r.getMessage()]
+            assert len(warned) == 1, [r.getMessage() for r in warned]
+        finally:
+            await close([a, b, c])
+
+    run(main)
+
+
 def test_a_partition_by_direction_and_its_healing() -> None:
     async def main() -> None:
         plan = FaultPlan(rng=random.Random(1))

@@ -199,3 +199,49 @@ def _without_members(data: bytes) -> bytes:
         body += snapshot.FRAME.pack(tag, len(payload)) + payload
     digest = hashlib.sha256(body).digest()
     return bytes(body) + snapshot.FRAME.pack(snapshot.TAG_END, len(digest)) + digest
+
+
+def test_a_removal_records_the_member_id_for_good(tmp_path: Path) -> None:
+    """Ids are never reused: a removed id dialing back is a member that missed its removal.
+    The set is replicated state: committed with the batch, carried by snapshot streams, and
+    installed or restored with them."""
+    from embedkv.raft.types import Snapshot
+    from embedkv.storage.snapshot import open_stream
+
+    m = _founded(tmp_path / "src")
+    assert m.dd.removed == frozenset()
+    with m.dd.write() as w:
+        w.remove_member(3)
+        w.remove_member(99)  # in no directory (a joiner refused at apply): still never again
+    assert m.dd.removed == {3, 99}
+    with pytest.raises(RuntimeError, match="boom"), m.dd.write() as w:
+        w.remove_member(2)
+        raise RuntimeError("boom")
+    assert m.dd.removed == {3, 99}
+    m.propose(Put("k", 1))
+    m.reopen()
+    assert m.dd.removed == {3, 99}
+    assert m.dd.verify().ok
+    meta, chunks = m.dd.snapshot_stream()
+    data = b"".join(chunks)
+    assert open_stream([data])[1]["removed"] == {3, 99}
+    with DataDir.restore(tmp_path / "copy", [data], identity=Identity(7, 2)) as copy:
+        assert copy.removed == {3, 99}
+    target = Member(tmp_path / "target")
+    target.dd.bootstrap(Identity(7, 2), CONF)
+    with target.dd.write() as w:
+        w.install_snapshot(Snapshot(meta, data))
+    assert target.dd.removed == {3, 99}
+    target.reopen()
+    assert target.dd.removed == {3, 99}
+    target.close()
+    m.close()
+
+
+def test_removed_ids_are_checked() -> None:
+    from embedkv.storage.directory import decode_removed, encode_removed, removed_from_list
+
+    assert decode_removed(encode_removed(frozenset({5, 1 << 63}))) == {5, 1 << 63}
+    for bad in ({}, [0], [1 << 64], [True], ["1"], [1.0]):
+        with pytest.raises(CorruptData):
+            removed_from_list(bad)
