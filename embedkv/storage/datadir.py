@@ -586,22 +586,21 @@ class WriteBatch:
             self._put_denied(self._denied | serials)
 
     def _put_denied(self, denied: frozenset[str]) -> None:
-        assert self._txn is not None
-        db = self._env.dbs[b"raft_state"]
-        if denied:
-            self._txn.put(DENIED, encode_denied(denied), db=db)
-        else:  # none: no record, as in a dir that never revoked anything
-            self._txn.delete(DENIED, db=db)
+        self._put_state(DENIED, encode_denied(denied) if denied else None)
         self._denied = denied
 
     def _put_removed(self, removed: frozenset[int]) -> None:
+        self._put_state(REMOVED, encode_removed(removed) if removed else None)
+        self._removed = removed
+
+    def _put_state(self, key: bytes, raw: bytes | None) -> None:
+        """Write a raft_state record; None: no record, as in a dir that never had one."""
         assert self._txn is not None
         db = self._env.dbs[b"raft_state"]
-        if removed:
-            self._txn.put(REMOVED, encode_removed(removed), db=db)
-        else:  # none: no record, as in a dir that never removed anyone
-            self._txn.delete(REMOVED, db=db)
-        self._removed = removed
+        if raw is not None:
+            self._txn.put(key, raw, db=db)
+        else:
+            self._txn.delete(key, db=db)
 
     def _set_local(self, local: LocalInfo) -> None:
         assert self._txn is not None
