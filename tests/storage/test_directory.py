@@ -12,7 +12,7 @@ import pytest
 from embedkv.errors import CorruptData
 from embedkv.raft.types import ConfState
 from embedkv.storage import DataDir, Identity, LocalInfo, PeerInfo, backup
-from embedkv.storage.directory import LOCAL, MEMBERS
+from embedkv.storage.directory import LOCAL, MEMBERS, REMOVED
 from embedkv.storage.requests import Put
 
 from .harness import Member
@@ -94,10 +94,12 @@ def test_set_local_in_a_batch_or_alone(tmp_path: Path) -> None:
     m.close()
 
 
-@pytest.mark.parametrize("record", [MEMBERS, LOCAL])
+@pytest.mark.parametrize("record", [MEMBERS, LOCAL, REMOVED])
 @pytest.mark.parametrize("how", ["flip", "garbage"])
 def test_a_damaged_record_is_reported(tmp_path: Path, record: bytes, how: str) -> None:
     m = _founded(tmp_path)
+    with m.dd.write() as w:
+        w.remove_member(3)  # a REMOVED record to damage
     env = m.dd._env
     with env.env.begin(write=True) as txn:
         db = env.dbs[b"raft_state"]
