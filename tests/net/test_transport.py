@@ -280,7 +280,7 @@ def test_a_removed_member_dialing_back_is_told_it_was_removed(
         caplog: pytest.LogCaptureFixture) -> None:
     """etcd answers a removed member "permanently removed": here the listener refuses the
     hello of an id its `removed` says left the cluster, and the dialer's on_removed hears
-    of it, once per link however often it redials; other members are served as before."""
+    of it at each redial (logged as a warning once); other members are served as before."""
     caplog.set_level(logging.DEBUG, logger="embedkv.net")
 
     async def main() -> None:
