@@ -31,18 +31,22 @@ import http.client
 import itertools
 import json
 import shutil
-import socket
 import subprocess
+import sys
 import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import ExitStack, contextmanager
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+# This checkout's embedkv and test helpers, not whatever `pip install -e` points at.
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
 import embedkv
 from embedkv import Put, Version
+from tests.ports import free_ports
 
 
 def timed(threads: int, per: int, body: Callable[[int, int], None]) -> float:
@@ -89,16 +93,6 @@ def puts_then_deletes(per: int, put: Callable[[int, int], None],
     return 4 * per / (time.perf_counter() - start)
 
 
-def _free_ports(n: int) -> list[int]:
-    """`n` distinct free ports on 127.0.0.1: bound all at once, as one at a time the kernel
-    may hand the same port out twice."""
-    with ExitStack() as stack:
-        socks = [stack.enter_context(socket.socket()) for _ in range(n)]
-        for s in socks:
-            s.bind(("127.0.0.1", 0))
-        return [int(s.getsockname()[1]) for s in socks]
-
-
 # --- embedkv ------------------------------------------------------------------------------------
 
 
@@ -111,7 +105,7 @@ def embedkv_stores(members: int, durable: bool) -> Iterator[list[embedkv.Store]]
                 yield [s]
             return
         peers = {f"n{i}": f"127.0.0.1:{port}"
-                 for i, port in enumerate(_free_ports(members), 1)}
+                 for i, port in enumerate(free_ports(members), 1)}
         stores: list[embedkv.Store] = []
         try:
             for name in peers:
@@ -206,7 +200,7 @@ def etcd_members(binary: str, members: int, durable: bool) -> Iterator[list[int]
     base = None if durable or not Path("/dev/shm").is_dir() else "/dev/shm"
     with tempfile.TemporaryDirectory(dir=base) as tmp:
         names = [f"e{i}" for i in range(1, members + 1)]
-        ports = _free_ports(2 * members)
+        ports = free_ports(2 * members)
         peer = dict(zip(names, ports[:members], strict=True))
         client = dict(zip(names, ports[members:], strict=True))
         initial = ",".join(f"{n}=http://127.0.0.1:{peer[n]}" for n in names)
