@@ -923,15 +923,12 @@ class PeerTransport:
             if hello is None:
                 return
             refusal = self._refusal(hello)
-            gone = refusal is None and self._was_removed(hello)
-            if gone:
-                assert isinstance(hello, Hello)
-                refusal = f"member {hello.member} was removed from the cluster"
-            refusal = refusal or self._identity_refusal(hello, writer)
+            removed = None if refusal is not None else self._removed_refusal(hello)
+            refusal = refusal or removed or self._identity_refusal(hello, writer)
             if refusal is not None:
                 self._log(pending, logging.WARNING, "refused a connection from %s: %s",
                           peername, refusal)
-                writer.write(encode(Refused(refusal, removed=gone)))
+                writer.write(encode(Refused(refusal, removed=removed is not None)))
                 await writer.drain()
                 return
             assert isinstance(hello, Hello)
@@ -1006,10 +1003,13 @@ class PeerTransport:
         self._inbound_ids[writer] = peer
         return None
 
-    def _was_removed(self, hello: Frame) -> bool:
-        """A member of this cluster (it has the token; with TLS, a certificate of its CA)
-        that was removed while it could not hear of it: it is told so, and stops."""
-        return isinstance(hello, Hello) and bool(hello.cluster) and self.removed(hello.member)
+    def _removed_refusal(self, hello: Frame) -> str | None:
+        """For a hello `_refusal` passed: if it comes from a member of this cluster (it has the
+        token; with TLS, a certificate of its CA) removed while it could not hear of it, the
+        refusal that tells it so (it then stops)."""
+        if isinstance(hello, Hello) and hello.cluster and self.removed(hello.member):
+            return f"member {hello.member} was removed from the cluster"
+        return None
 
     def _refusal(self, hello: Frame) -> str | None:
         if not isinstance(hello, Hello):
